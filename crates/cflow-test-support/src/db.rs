@@ -1,0 +1,1 @@
+//! Temporary SQLite stores and throwaway PostgreSQL databases for tests.
