@@ -1,0 +1,67 @@
+//! The server's configuration. The CLI layers it (defaults → `cflow.toml` → `CFLOW_*`
+//! environment → flags); this crate only defines it and its defaults.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Everything `cflow up` / `cflow server` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Where the embedded database, `admin.token` and other local state live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for scale-out; `None` means SQLite at `<data_dir>/cflow.db`.
+    pub database_url: Option<String>,
+    /// PEM certificate chain and private key: both set means HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted (larger gets 413).
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered with a timeout problem.
+    pub request_timeout_secs: u64,
+    pub rate_limit: RateLimitConfig,
+    /// How often expired memory entries are purged (they are invisible at once regardless).
+    pub memory_purge_interval_secs: u64,
+    /// Serve `/metrics` without authentication (for a Prometheus on a trusted network).
+    pub metrics_public: bool,
+}
+
+/// Token buckets: a sustained rate per second and a burst. `0` as a rate means unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_key_rps: u32,
+    pub per_key_burst: u32,
+    pub per_tenant_rps: u32,
+    pub per_tenant_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_key_rps: 2_000,
+            per_key_burst: 4_000,
+            per_tenant_rps: 5_000,
+            per_tenant_burst: 10_000,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".to_string(),
+            data_dir: PathBuf::from(".cflow"),
+            database_url: None,
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout_secs: 30,
+            rate_limit: RateLimitConfig::default(),
+            memory_purge_interval_secs: 60,
+            metrics_public: false,
+        }
+    }
+}
