@@ -222,6 +222,12 @@ mod tests {
         c.remove(1);
         let (seq, why) = verify_chain(&c).unwrap_err();
         assert_eq!(seq, 3);
-        assert_eq!(why, Break::SeqGap { expected: 2, found: 3 });
+        assert_eq!(
+            why,
+            Break::SeqGap {
+                expected: 2,
+                found: 3
+            }
+        );
     }
 }

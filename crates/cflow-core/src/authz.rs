@@ -46,7 +46,9 @@ impl fmt::Display for Role {
 
 /// The error for a role name that is not one of [`Role::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role '{0}': expected one of superadmin, admin, operator, developer, viewer, auditor")]
+#[error(
+    "unknown role '{0}': expected one of superadmin, admin, operator, developer, viewer, auditor"
+)]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -170,8 +172,14 @@ mod tests {
     /// The whole matrix, written out so that a change to the policy is a visible change here.
     /// Columns: superadmin, admin, operator, developer, viewer, auditor.
     const MATRIX: &[(Action, [bool; 6])] = &[
-        (Action::TenantCreate, [true, false, false, false, false, false]),
-        (Action::TenantList, [true, false, false, false, false, false]),
+        (
+            Action::TenantCreate,
+            [true, false, false, false, false, false],
+        ),
+        (
+            Action::TenantList,
+            [true, false, false, false, false, false],
+        ),
         (Action::KeyCreate, [true, true, false, false, false, false]),
         (Action::KeyList, [true, true, false, false, false, false]),
         (Action::KeyRevoke, [true, true, false, false, false, false]),
@@ -179,13 +187,19 @@ mod tests {
         (Action::MemoryRead, [true, true, true, true, true, true]),
         (Action::MemoryWrite, [true, true, true, true, false, false]),
         (Action::AuditRead, [true, true, false, false, false, true]),
-        (Action::MetricsRead, [true, false, false, false, false, false]),
+        (
+            Action::MetricsRead,
+            [true, false, false, false, false, false],
+        ),
         (Action::SwarmRead, [true, true, true, true, true, true]),
         (Action::SwarmWrite, [true, true, true, false, false, false]),
         (Action::TaskRead, [true, true, true, true, true, true]),
         (Action::TaskSubmit, [true, true, true, true, false, false]),
         (Action::TaskCancel, [true, true, true, true, false, false]),
-        (Action::WorkerConnect, [true, true, true, false, false, false]),
+        (
+            Action::WorkerConnect,
+            [true, true, true, false, false, false],
+        ),
     ];
 
     #[test]

@@ -1,5 +1,7 @@
 //! Domain types and pure policy for cflow: roles, the permission matrix, input validation,
-//! API-key token format, the audit hash chain and search-query parsing.
+//! API-key token format, the audit hash chain, search-query parsing, and the policy of the
+//! orchestration layer (topologies, task DAGs and states, fair queuing, load balancing, circuit
+//! breakers and result quorums).
 //!
 //! # Invariant
 //! This crate does no I/O, has no async runtime and never reads the clock or a random source:
@@ -12,12 +14,26 @@
 //! - [`audit`]: the canonical audit entry and its hash chain.
 //! - [`search`]: turning a user's search text into safe search terms.
 //! - [`timefmt`]: RFC 3339 formatting of Unix-millisecond timestamps.
+//! - [`topology`]: swarm topologies and who may message or delegate to whom.
+//! - [`dag`]: checking a task DAG and tracking unmet dependencies.
+//! - [`task`]: task states and transitions, retry backoff, limits on scheduling fields.
+//! - [`fairshare`]: the ready queue: weighted fair share between tenants, priority within one.
+//! - [`balance`]: choosing an agent by smooth weighted round robin or least load.
+//! - [`breaker`]: the circuit breaker for failing agents and providers.
+//! - [`quorum`]: output normalisation, digests and the replica vote.
 
 pub mod apikey;
 pub mod audit;
 pub mod authz;
+pub mod balance;
+pub mod breaker;
+pub mod dag;
+pub mod fairshare;
+pub mod quorum;
 pub mod search;
+pub mod task;
 pub mod timefmt;
+pub mod topology;
 pub mod validate;
 
 pub use authz::{Action, Role};

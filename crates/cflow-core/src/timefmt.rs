@@ -27,7 +27,10 @@ mod tests {
         let s = rfc3339(1_764_064_800_123);
         assert_eq!(s, "2025-11-25T10:00:00.123Z");
         assert_eq!(parse_rfc3339(&s), Some(1_764_064_800_123));
-        assert_eq!(parse_rfc3339("2025-11-25T11:00:00+01:00"), Some(1_764_064_800_000));
+        assert_eq!(
+            parse_rfc3339("2025-11-25T11:00:00+01:00"),
+            Some(1_764_064_800_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

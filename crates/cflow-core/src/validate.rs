@@ -68,7 +68,10 @@ pub fn name(field: &str, value: &str) -> Result {
     let ok_chars = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let ok_start = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_start = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok_chars || !ok_start {
         return Err(ValidationError::new(
             field,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what cflow's build and tests need on a fresh Debian machine, and nothing when it is
+# already there: PostgreSQL server binaries for the throwaway test cluster.
+set -euo pipefail
+
+have_initdb() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+if ! have_initdb; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: PostgreSQL is not installed; run as root or install Debian's 'postgresql' package" >&2
+    exit 1
+  fi
+  echo "setup: installing PostgreSQL (Debian package 'postgresql') for the test cluster"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
+# The throwaway cluster runs as an unprivileged user, since PostgreSQL refuses to run as root.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
