@@ -1,0 +1,57 @@
+//! The set of drivers a server or worker offers, looked up by kind, so an unknown driver name is
+//! refused with the list of known ones.
+
+use crate::driver::{Driver, DriverError};
+use crate::exec::{ExecConfig, ExecDriver};
+use crate::noop::NoopDriver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Drivers by [`Driver::kind`].
+#[derive(Clone, Default)]
+pub struct Drivers {
+    by_kind: BTreeMap<&'static str, Arc<dyn Driver>>,
+}
+
+impl Drivers {
+    /// No drivers at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The drivers this crate builds today: `exec` (with `exec_config`) and the `noop`
+    /// benchmark driver.
+    pub fn builtin(exec_config: ExecConfig) -> Self {
+        let mut drivers = Self::new();
+        drivers.register(Arc::new(ExecDriver::new(exec_config)));
+        drivers.register(Arc::new(NoopDriver));
+        drivers
+    }
+
+    /// Adds a driver, replacing (and returning) any driver of the same kind.
+    pub fn register(&mut self, driver: Arc<dyn Driver>) -> Option<Arc<dyn Driver>> {
+        self.by_kind.insert(driver.kind(), driver)
+    }
+
+    /// The driver of this kind, or an error naming the known kinds.
+    pub fn get(&self, kind: &str) -> Result<Arc<dyn Driver>, DriverError> {
+        self.by_kind
+            .get(kind)
+            .cloned()
+            .ok_or_else(|| DriverError::UnknownDriver {
+                kind: kind.to_string(),
+                known: self.kinds().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// The kinds offered, in name order.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_kind.keys().copied()
+    }
+}
+
+impl std::fmt::Debug for Drivers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds()).finish()
+    }
+}
