@@ -7,21 +7,69 @@
 //! - Every change is committed together with its audit entry, in one transaction, by the single
 //!   writer task, which also computes the audit hash chain so that its order is total.
 //! - A method that returns `Ok` for a write has committed it durably (SQLite `synchronous=FULL`,
-//!   PostgreSQL `synchronous_commit=on`).
+//!   PostgreSQL `synchronous_commit=on`). A write that returns an error other than a domain
+//!   failure, or whose caller stops waiting, may or may not have committed: the writer finishes
+//!   what it was given, and a lost connection during COMMIT leaves the outcome unknown.
 //!
 //! # Boundary
 //! Only this crate knows SQL. Callers see [`types`] and [`Error`].
 //!
+//! # Audit entries
+//! Every write is audited, whether it succeeds (`success`) or fails on a domain rule
+//! (`precondition_failed`, `not_found`, `conflict`). Actions: `tenant.create`, `key.create`,
+//! `key.revoke`, `memory.write`, `memory.delete`, `memory.purge` (one entry per tenant that lost
+//! expired entries, only when something was deleted), `bootstrap`, plus whatever callers append
+//! with [`Store::audit_append`]. An entry's `tenant_id` is the tenant whose data changed (for
+//! example the tenant a superadmin created a key in), else the caller's from [`AuditContext`].
+//! Details never hold secrets, tokens or memory values.
+//!
 //! # Layout
-//! (filled in by the implementation)
+//! - `lib.rs`: [`Store`], its options and public methods, which validate input and then read
+//!   through the read pool or send an op to the writer.
+//! - [`types`], [`error`]: the records, parameters and error type of the API.
+//! - `writer`: the group-commit writer task (batching, one transaction per batch, isolation of a
+//!   failing op, audit sealing, shutdown).
+//! - `db`: URLs, per-connection settings, the read pool and the embedded migrations
+//!   (`migrations/sqlite`, `migrations/postgres`).
+//! - `tenants`, `keys`, `memory`, `search`, `audit`: each resource's writer ops and reads.
+//! - [`page`]: opaque cursors and the limit rule.
+//!
+//! Both backends run the same SQL through sqlx's `Any` driver (`$1…$n` placeholders, BIGINT
+//! Unix-ms times, TEXT JSON); only full-text search, the purge statement and transaction
+//! locking differ, chosen by [`Backend`].
+//!
+//! The conformance suite (`tests/it`) runs every case on both backends; see
+//! `cflow_test_support::db` and `scripts/pg-test.sh` for the PostgreSQL side.
 
+mod audit;
+mod db;
 pub mod error;
+mod keys;
+mod memory;
+pub mod page;
+mod search;
+mod tenants;
 pub mod types;
+mod writer;
 
+pub use db::sqlite_url;
 pub use error::{Error, Result};
+pub use keys::TOUCH_INTERVAL_MS;
+pub use tenants::{BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TENANT};
 pub use types::*;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cflow_core::validate;
+use sqlx::AnyPool;
+
+use crate::writer::{Op, Output, WriterHandle};
+
+/// Expired entries deleted per writer op by [`Store::memory_purge_expired`], so that a large
+/// purge does not hold the writer (and every other write) for long.
+const PURGE_CHUNK: i64 = 1000;
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,71 +99,161 @@ impl Default for StoreOptions {
 /// The store. Cheap to clone; all clones share one pool and one writer.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    inner: Arc<Inner>,
 }
 
-#[allow(unused_variables)]
+struct Inner {
+    backend: Backend,
+    /// The database URL without its password, for `Debug`.
+    redacted_url: String,
+    /// Serves every read.
+    pool: AnyPool,
+    /// Performs every write.
+    writer: WriterHandle,
+    touches: keys::TouchTracker,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .field("database", &self.inner.redacted_url)
+            .field("closed", &self.inner.writer.is_closed())
+            .finish()
+    }
+}
+
+/// Unwraps the writer's output of the expected kind.
+macro_rules! expect_output {
+    ($out:expr, $pat:pat => $val:expr) => {
+        match $out {
+            $pat => Ok($val),
+            other => Err(Error::Corrupt {
+                what: "writer".to_string(),
+                detail: format!("unexpected output {other:?}"),
+            }),
+        }
+    };
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or `postgres://…`),
     /// applies migrations and starts the writer.
     pub async fn open(url: &str, opts: StoreOptions) -> Result<Store> {
-        unimplemented!()
+        sqlx::any::install_default_drivers();
+        let backend = db::backend_of(url)?;
+        let url = db::prepare_url(url, backend)?;
+        let mut conn = db::connect(&url, backend).await?;
+        db::migrate(&mut conn, backend).await?;
+        let pool = db::read_pool(&url, backend, opts.max_read_connections).await?;
+        let redacted_url = db::redact(&url);
+        // The connection that migrated becomes the writer's own.
+        let writer = WriterHandle::start(conn, url, backend, opts.max_batch);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                redacted_url,
+                pool,
+                writer,
+                touches: keys::TouchTracker::default(),
+            }),
+        })
     }
 
     /// Opens the SQLite database file at `path`, creating it and its directory if needed.
     pub async fn open_sqlite(path: &Path, opts: StoreOptions) -> Result<Store> {
-        unimplemented!()
+        let path = std::path::absolute(path).map_err(|e| {
+            Error::Config(format!("cannot resolve the path {}: {e}", path.display()))
+        })?;
+        Store::open(&sqlite_url(&path), opts).await
     }
 
     pub fn backend(&self) -> Backend {
-        unimplemented!()
+        self.inner.backend
+    }
+
+    /// The read pool, or `Closed` once [`Store::close`] has begun.
+    fn pool(&self) -> Result<&AnyPool> {
+        if self.inner.writer.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(&self.inner.pool)
+    }
+
+    async fn write(&self, ctx: &AuditContext, op: Op) -> Result<Output> {
+        self.inner.writer.call(ctx, op).await
     }
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
-        unimplemented!()
+        sqlx::query("SELECT 1").execute(self.pool()?).await?;
+        Ok(())
     }
 
     /// Stops accepting writes, commits what is queued, and closes every connection.
     pub async fn close(&self) {
-        unimplemented!()
+        self.inner.writer.shutdown().await;
+        // Waits for borrowed connections to come back; a reader stuck on a dead server must not
+        // make shutdown hang.
+        if tokio::time::timeout(Duration::from_secs(10), self.inner.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("store read pool did not close within 10 s");
+        }
     }
 
     /// On an empty database: creates tenant `default`, principal `admin` and a `superadmin` key,
     /// and returns it (the only time its token exists). On a database with tenants: `None`.
     pub async fn bootstrap(&self, ctx: &AuditContext) -> Result<Option<CreatedKey>> {
-        unimplemented!()
+        let out = self.write(ctx, Op::Bootstrap).await?;
+        expect_output!(out, Output::Bootstrap(k) => k)
     }
 
     /// Creates a tenant; `Conflict` if the name is taken.
     pub async fn create_tenant(&self, ctx: &AuditContext, name: &str) -> Result<Tenant> {
-        unimplemented!()
+        validate::name("name", name)?;
+        let op = Op::CreateTenant {
+            name: name.to_string(),
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Tenant(t) => t)
     }
 
     /// A tenant by id or by name.
     pub async fn get_tenant(&self, id_or_name: &str) -> Result<Option<Tenant>> {
-        unimplemented!()
+        tenants::get(self.pool()?, id_or_name).await
     }
 
     /// Tenants ordered by name.
     pub async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
-        unimplemented!()
+        tenants::list(self.pool()?, page).await
     }
 
     /// Creates a service principal named after the key, binds `role` to it at tenant scope (or
     /// project scope when `project` is set, creating the project if needed), and creates its key.
+    /// Names are labels: several keys of a tenant may share one.
     pub async fn create_key(
         &self,
         ctx: &AuditContext,
         tenant_id: &str,
         new: NewKey,
     ) -> Result<CreatedKey> {
-        unimplemented!()
+        validate::name("name", &new.name)?;
+        if let Some(project) = &new.project {
+            validate::name("project", project)?;
+        }
+        let op = Op::CreateKey {
+            tenant_id: tenant_id.to_string(),
+            new,
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Created(k) => k)
     }
 
     /// Keys of a tenant ordered by creation, newest last.
     pub async fn list_keys(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<ApiKey>> {
-        unimplemented!()
+        keys::list(self.pool()?, tenant_id, page).await
     }
 
     /// Revokes a key of the tenant; `NotFound` if the tenant has no such key. Revoking twice is
@@ -126,13 +264,27 @@ impl Store {
         tenant_id: &str,
         key_id: &str,
     ) -> Result<ApiKey> {
-        unimplemented!()
+        let op = Op::RevokeKey {
+            tenant_id: tenant_id.to_string(),
+            key_id: key_id.to_string(),
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Key(k) => k)
     }
 
     /// Checks a presented token at time `now`. Records `last_used_at` (at most once a minute per
     /// key, off the request's path).
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<AuthOutcome> {
-        unimplemented!()
+        let (outcome, touch) =
+            keys::authenticate(self.pool()?, &self.inner.touches, token, now).await?;
+        if touch && let AuthOutcome::Valid(key) = &outcome {
+            // Queued without waiting: authentication stays one read.
+            self.inner.writer.call_detached(Op::TouchKey {
+                key_id: key.id.clone(),
+                at: now,
+            });
+        }
+        Ok(outcome)
     }
 
     /// Writes a memory entry under its precondition. Returns the entry as written.
@@ -143,7 +295,21 @@ impl Store {
         tenant_id: &str,
         put: MemoryPut,
     ) -> Result<MemoryEntry> {
-        unimplemented!()
+        validate::namespace(&put.namespace)?;
+        validate::memory_key(&put.key)?;
+        validate::tags(&put.tags)?;
+        if let Some(ttl) = put.ttl_seconds {
+            validate::ttl_seconds(ttl)?;
+        }
+        let value_text = put.value.to_string();
+        validate::value_size(value_text.len())?;
+        let op = Op::MemoryPut {
+            tenant_id: tenant_id.to_string(),
+            put,
+            value_text,
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Memory(e) => e)
     }
 
     /// A live (not expired) entry.
@@ -154,7 +320,7 @@ impl Store {
         key: &str,
         now: i64,
     ) -> Result<Option<MemoryEntry>> {
-        unimplemented!()
+        memory::get(self.pool()?, tenant_id, namespace, key, now).await
     }
 
     /// Deletes a live entry under its precondition; `NotFound` if there is none.
@@ -166,7 +332,14 @@ impl Store {
         key: &str,
         precondition: Precondition,
     ) -> Result<()> {
-        unimplemented!()
+        let op = Op::MemoryDelete {
+            tenant_id: tenant_id.to_string(),
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            precondition,
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Unit => ())
     }
 
     /// Live entries of a namespace whose key starts with `prefix`, ordered by key.
@@ -178,7 +351,7 @@ impl Store {
         now: i64,
         page: &PageRequest,
     ) -> Result<Page<MemoryEntry>> {
-        unimplemented!()
+        memory::list(self.pool()?, tenant_id, namespace, prefix, now, page).await
     }
 
     /// Full-text search of live entries (key, value text and tags) for entries matching every
@@ -191,17 +364,41 @@ impl Store {
         now: i64,
         limit: u32,
     ) -> Result<Vec<SearchHit>> {
-        unimplemented!()
+        let pool = self.pool()?;
+        search::search(
+            pool,
+            self.inner.backend,
+            tenant_id,
+            terms,
+            namespace,
+            now,
+            limit,
+        )
+        .await
     }
 
     /// Deletes entries that expired before `now`; returns how many.
     pub async fn memory_purge_expired(&self, now: i64) -> Result<u64> {
-        unimplemented!()
+        let system = AuditContext::default();
+        let mut total = 0u64;
+        loop {
+            let op = Op::PurgeExpired {
+                now,
+                limit: PURGE_CHUNK,
+            };
+            let out = self.write(&system, op).await?;
+            let n = expect_output!(out, Output::Count(n) => n)?;
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Appends an entry that records no change (a denied or failed request).
     pub async fn audit_append(&self, ctx: &AuditContext, event: AuditEvent) -> Result<()> {
-        unimplemented!()
+        let out = self.write(ctx, Op::AuditAppend { event }).await?;
+        expect_output!(out, Output::Unit => ())
     }
 
     /// Ledger entries in `seq` order.
@@ -210,11 +407,11 @@ impl Store {
         query: &AuditQuery,
         page: &PageRequest,
     ) -> Result<Page<cflow_core::audit::AuditEntry>> {
-        unimplemented!()
+        audit::list(self.pool()?, query, page).await
     }
 
     /// Walks the whole chain and reports the first entry that does not fit.
     pub async fn audit_verify(&self) -> Result<VerifyReport> {
-        unimplemented!()
+        audit::verify(self.pool()?).await
     }
 }

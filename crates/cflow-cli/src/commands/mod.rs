@@ -1,0 +1,72 @@
+//! Dispatch of the subcommands. Each command loads only what it needs: client commands get a
+//! current-thread runtime (start-up time matters for scripts calling `cflow` in a loop), the
+//! server and the benchmark a multi-thread one, and `config show` none at all.
+
+pub mod audit;
+pub mod config;
+pub mod key;
+pub mod memory;
+pub mod tenant;
+pub mod up;
+
+use crate::cli::{AuditCmd, BenchCmd, Cli, Command, ConfigCmd};
+use crate::client::Client;
+use crate::config::{FlagValue, Loaded, load};
+use crate::output::Printer;
+use anyhow::{Context, Result};
+use std::process::ExitCode;
+
+/// Runs a parsed command line; the exit code is 0 on success and 1 when a check failed (an
+/// error returned from here also exits 1).
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let mut flags = cli.global.flags();
+    match &cli.command {
+        Command::Up(a) => flags.extend(a.flags()),
+        Command::Server(a) => {
+            flags.extend(a.up.flags());
+            if let Some(d) = &a.database {
+                flags.push(FlagValue::new("database", d.as_str()));
+            }
+        }
+        Command::Audit(AuditCmd::Verify {
+            database: Some(d), ..
+        }) => flags.push(FlagValue::new("database", d.as_str())),
+        _ => {}
+    }
+    let loaded = load(cli.global.config.as_deref(), &flags)?;
+    let printer = Printer::new(loaded.config.client.output);
+    match cli.command {
+        Command::Up(_) => up::run(loaded, up::Mode::Embedded),
+        Command::Server(_) => up::run(loaded, up::Mode::Server),
+        Command::Config(ConfigCmd::Show) => config::show(&loaded, printer),
+        Command::Audit(AuditCmd::Verify { .. }) => {
+            current_thread()?.block_on(audit::verify(&loaded, printer))
+        }
+        Command::Bench(BenchCmd::Api(args)) => {
+            crate::bench::run(&loaded, args, cli.global.server.is_some(), printer)
+        }
+        cmd => current_thread()?.block_on(client_command(cmd, &loaded, printer)),
+    }
+}
+
+async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Result<ExitCode> {
+    let client = Client::from_config(loaded)?;
+    match cmd {
+        Command::Tenant(c) => tenant::run(&client, c, printer).await?,
+        Command::Key(c) => key::run(&client, c, printer).await?,
+        Command::Whoami => key::whoami(&client, printer).await?,
+        Command::Memory(c) => memory::run(&client, c, printer).await?,
+        Command::Audit(c) => audit::run(&client, c, printer).await?,
+        Command::Up(_) | Command::Server(_) | Command::Config(_) | Command::Bench(_) => {
+            unreachable!("dispatched in run()")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the `cflow` binary: every test runs the built binary as a real process
+//! against a real server (itself started as `cflow up` on a free port with a temporary data
+//! directory) and asserts on exit codes, output and the state left behind.
+
+mod audit;
+mod config;
+mod errors;
+mod harness;
+mod keys;
+mod memory;
+mod up;

@@ -1,0 +1,241 @@
+//! Authentication, rate limiting and role checks: the [`Caller`] extractor. A handler that takes
+//! `Caller<O>` runs only for a live key whose bucket has tokens and whose role may perform `O`'s
+//! action; everything else is refused here, before the body is read, and audited by the edge.
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{AppState, now_ms};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use cflow_core::{Action, Role, apikey};
+use cflow_store::{ApiKey, AuditContext, AuthOutcome};
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+
+/// Per-request facts set by the edge middleware before routing.
+#[derive(Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// The client's IP address.
+    pub source: Option<String>,
+    /// Filled by [`Caller`] so that the edge can audit a refusal or a rejected input with who
+    /// asked and what for.
+    pub slot: AuditSlot,
+}
+
+/// Who asked for what, recorded once authentication has got as far as it could.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub ctx: AuditContext,
+    /// Audit action name, for example `memory.write`.
+    pub action: &'static str,
+    pub mutating: bool,
+    /// The request path, as the resource of an entry that records no change.
+    pub resource: String,
+}
+
+#[derive(Clone, Default)]
+pub struct AuditSlot(Arc<OnceLock<Attempt>>);
+
+impl AuditSlot {
+    fn set(&self, attempt: Attempt) {
+        // Only the first extractor of a request records; a handler has one `Caller`.
+        let _ = self.0.set(attempt);
+    }
+
+    pub fn get(&self) -> Option<&Attempt> {
+        self.0.get()
+    }
+}
+
+/// An operation a route performs: the permission it needs and its name in the audit ledger.
+pub trait Op: Send + Sync + 'static {
+    const ACTION: Action;
+    const NAME: &'static str;
+}
+
+macro_rules! ops {
+    ($($(#[$doc:meta])* $ty:ident => $action:ident, $name:literal;)*) => {$(
+        $(#[$doc])*
+        pub struct $ty;
+        impl Op for $ty {
+            const ACTION: Action = Action::$action;
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+/// Operation markers, one per kind of route.
+pub mod op {
+    use super::*;
+    ops! {
+        TenantCreate => TenantCreate, "tenant.create";
+        TenantList => TenantList, "tenant.list";
+        KeyCreate => KeyCreate, "key.create";
+        KeyList => KeyList, "key.list";
+        KeyRevoke => KeyRevoke, "key.revoke";
+        Whoami => Whoami, "whoami";
+        MemoryRead => MemoryRead, "memory.read";
+        MemoryWrite => MemoryWrite, "memory.write";
+        /// Deleting needs the write permission but is its own entry in the ledger.
+        MemoryDelete => MemoryWrite, "memory.delete";
+        AuditRead => AuditRead, "audit.read";
+        MetricsRead => MetricsRead, "metrics.read";
+    }
+}
+
+/// An authenticated, rate-limited, authorised caller allowed to perform `O`.
+pub struct Caller<O> {
+    pub key: ApiKey,
+    /// Pass this to every store write, so that the audit entry names the caller.
+    pub ctx: AuditContext,
+    _op: PhantomData<fn() -> O>,
+}
+
+impl<O> Caller<O> {
+    pub fn tenant_id(&self) -> &str {
+        &self.key.tenant_id
+    }
+
+    pub fn is_superadmin(&self) -> bool {
+        self.key.role == Role::Superadmin
+    }
+
+    /// Refuses a project-scoped key outside its project's namespaces (`p` and `p/…`).
+    pub fn check_namespace(&self, namespace: &str) -> ApiResult<()> {
+        match &self.key.project {
+            Some(p) if !namespace_in_project(p, namespace) => Err(ApiError::forbidden(format!(
+                "this key is scoped to project '{p}' and may only use namespaces '{p}' and '{p}/…'"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn namespace_in_project(project: &str, namespace: &str) -> bool {
+    namespace
+        .strip_prefix(project)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The request context the edge inserted; absent only if a route was mounted without the edge,
+/// which is a programming error answered with a 500 rather than a panic.
+pub fn request_context(parts: &Parts) -> ApiResult<&RequestContext> {
+    parts
+        .extensions
+        .get::<RequestContext>()
+        .ok_or_else(|| ApiError::internal("request context missing: route mounted without edge"))
+}
+
+/// The bearer token, or why there is none. Never logged.
+fn bearer(parts: &Parts) -> ApiResult<&str> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Err(ApiError::unauthenticated(
+            "missing API key: send 'Authorization: Bearer <token>'",
+        ));
+    };
+    let value = value.to_str().unwrap_or_default();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthenticated(
+            "malformed Authorization header: expected 'Bearer <token>'",
+        ));
+    }
+    let token = token.trim();
+    if apikey::parse_token(token).is_none() {
+        return Err(ApiError::unauthenticated(
+            "malformed API key: expected cflow_<16 hex>_<64 hex>",
+        ));
+    }
+    Ok(token)
+}
+
+impl<O: Op> FromRequestParts<AppState> for Caller<O> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let rc = request_context(parts)?;
+        let mut ctx = AuditContext {
+            tenant_id: None,
+            principal_id: None,
+            request_id: Some(rc.request_id.clone()),
+            source: rc.source.clone(),
+        };
+        let slot = rc.slot.clone();
+        let record = |ctx: &AuditContext| {
+            slot.set(Attempt {
+                ctx: ctx.clone(),
+                action: O::NAME,
+                mutating: O::ACTION.is_mutating(),
+                resource: parts.uri.path().to_owned(),
+            })
+        };
+
+        let token = match bearer(parts) {
+            Ok(t) => t,
+            Err(e) => {
+                record(&ctx);
+                return Err(e);
+            }
+        };
+        let now = now_ms();
+        let outcome = match state.auth_cache.get(token, now) {
+            Some(key) => AuthOutcome::Valid(key),
+            None => {
+                let outcome = state.store.authenticate(token, now).await?;
+                if let AuthOutcome::Valid(key) = &outcome {
+                    state.auth_cache.put(token, key, now);
+                }
+                outcome
+            }
+        };
+        let (refusal, key) = match outcome {
+            AuthOutcome::Valid(key) => (None, key),
+            AuthOutcome::Invalid => {
+                record(&ctx);
+                // Unknown key id and wrong secret are deliberately indistinguishable.
+                return Err(ApiError::unauthenticated("unknown API key or wrong secret"));
+            }
+            AuthOutcome::Revoked(key) => (Some("API key has been revoked"), key),
+            AuthOutcome::Expired(key) => (Some("API key has expired"), key),
+        };
+        // A revoked or expired key still names its tenant and principal, so the ledger entry of
+        // the refusal is visible to that tenant's auditors.
+        ctx.tenant_id = Some(key.tenant_id.clone());
+        ctx.principal_id = Some(key.principal_id.clone());
+        record(&ctx);
+        if let Some(why) = refusal {
+            return Err(ApiError::unauthenticated(why));
+        }
+
+        if let Err(secs) = state.limits.check(&key.id, &key.tenant_id) {
+            return Err(ApiError::rate_limited(secs));
+        }
+        if !cflow_core::authz::allows(key.role, O::ACTION) {
+            return Err(ApiError::forbidden(format!(
+                "role '{}' may not perform {}",
+                key.role,
+                O::NAME
+            )));
+        }
+        Ok(Caller {
+            key,
+            ctx,
+            _op: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_scope() {
+        assert!(namespace_in_project("web", "web"));
+        assert!(namespace_in_project("web", "web/notes"));
+        assert!(!namespace_in_project("web", "website"));
+        assert!(!namespace_in_project("web", "api/web"));
+        assert!(!namespace_in_project("web", "we"));
+    }
+}

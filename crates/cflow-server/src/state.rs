@@ -1,0 +1,60 @@
+//! The state shared by every handler: the store, configuration, limiters and metrics.
+
+use crate::authcache::AuthCache;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use axum::body::Bytes;
+use cflow_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub limits: RateLimits,
+    pub auth_cache: AuthCache,
+    pub request_timeout: Duration,
+    pub metrics_public: bool,
+    /// The OpenAPI document, serialised once at start: it cannot change while the server runs.
+    pub openapi_json: Bytes,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, config: &ServerConfig) -> Self {
+        let doc = crate::openapi();
+        let openapi_json = serde_json::to_vec(&doc).expect("the OpenAPI document serialises");
+        AppState(Arc::new(Inner {
+            store,
+            metrics: Metrics::new(),
+            limits: RateLimits::new(&config.rate_limit),
+            auth_cache: AuthCache::default(),
+            // Zero would answer every request with a timeout; treat it as "no limit".
+            request_timeout: match config.request_timeout_secs {
+                0 => Duration::from_secs(365 * 24 * 3600),
+                s => Duration::from_secs(s),
+            },
+            metrics_public: config.metrics_public,
+            openapi_json: Bytes::from(openapi_json),
+        }))
+    }
+}
+
+/// The current time in Unix milliseconds, the unit of every stored time.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

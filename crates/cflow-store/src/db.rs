@@ -1,0 +1,277 @@
+//! Connections: URLs, per-connection settings, the read pool and the embedded migrations.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyConnection, AnyPool};
+use sqlx::{AssertSqlSafe, Connection, Executor, SqlSafeStr};
+
+use crate::{Backend, Error, Result};
+
+/// How long a SQLite connection waits for a lock held by another connection or process.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+
+/// The milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The `sqlite://` URL that [`crate::Store::open`] accepts for the database file at `path`,
+/// creating the file if it is missing. Characters that a URL would read as syntax are
+/// percent-encoded, so any path works.
+pub fn sqlite_url(path: &Path) -> String {
+    let raw = path.to_string_lossy();
+    let mut out = String::with_capacity(raw.len() + 20);
+    out.push_str("sqlite://");
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str("?mode=rwc");
+    out
+}
+
+/// Which backend a URL names.
+pub(crate) fn backend_of(url: &str) -> Result<Backend> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(Error::Config(format!(
+            "unsupported database URL '{}': expected sqlite://PATH or postgres://…",
+            redact(url)
+        )))
+    }
+}
+
+/// A URL without its password, for error messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let masked = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// For a SQLite URL: the database file (percent-decoded), if it names one.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return None;
+    }
+    let decoded = percent_decode(file);
+    Some(PathBuf::from(decoded))
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi * 16 + lo);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Prepares a URL for opening: for SQLite, creates the file's directory and asks for the file to
+/// be created when missing (unless the URL already says which mode it wants).
+pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
+    if backend != Backend::Sqlite {
+        return Ok(url.to_string());
+    }
+    if let Some(path) = sqlite_path(url)
+        && let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create the database directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let has_mode = url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("mode=")));
+    Ok(if has_mode {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
+}
+
+/// Settings every connection gets. SQLite's are per connection, so they are applied on each:
+/// `synchronous=FULL` makes a commit durable before it returns (in WAL mode NORMAL would not),
+/// foreign keys are off by default in SQLite, and the busy timeout lets a second process wait for
+/// the write lock instead of failing at once. PostgreSQL's `synchronous_commit` is set explicitly
+/// because a server default of `off` would silently break "accepted means durable".
+pub(crate) async fn setup_connection(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+    match backend {
+        Backend::Sqlite => {
+            let sql = format!(
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+            );
+            conn.execute(AssertSqlSafe(sql)).await?;
+        }
+        Backend::Postgres => {
+            conn.execute("SET synchronous_commit = on").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens one connection with the settings above.
+pub(crate) async fn connect(url: &str, backend: Backend) -> Result<AnyConnection> {
+    let mut conn = AnyConnection::connect(url).await?;
+    setup_connection(&mut conn, backend).await?;
+    Ok(conn)
+}
+
+/// The pool that serves reads. WAL lets SQLite readers run while the writer commits.
+pub(crate) async fn read_pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max.max(1))
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        // A SQLite connection cannot go stale; a PostgreSQL one can (server restart, proxy
+        // timeout), and a ping is cheaper than a failed request.
+        .test_before_acquire(backend == Backend::Postgres)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                setup_connection(conn, backend).await.map_err(|e| match e {
+                    Error::Database(e) => e,
+                    other => sqlx::Error::Configuration(other.to_string().into()),
+                })
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+/// The schema, embedded in the binary. Built by hand rather than with `sqlx::migrate!` because
+/// that macro needs sqlx's `macros` feature, which would change sqlx's feature set (and rebuild
+/// it) for the whole workspace.
+fn migrator(backend: Backend) -> Migrator {
+    let files: &[(i64, &str, &str)] = match backend {
+        Backend::Sqlite => &[(
+            1,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+        )],
+        Backend::Postgres => &[(
+            1,
+            "init",
+            include_str!("../migrations/postgres/0001_init.sql"),
+        )],
+    };
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Brings the database to the current schema. Safe to run from several processes at once: sqlx
+/// takes a lock (an advisory lock on PostgreSQL, the write lock on SQLite).
+pub(crate) async fn migrate(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+    if backend == Backend::Sqlite {
+        // WAL is a property of the file, so setting it once here covers every later connection.
+        // It lets readers run while the writer commits.
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; reads will wait for writes");
+        }
+    }
+    migrator(backend).run(&mut *conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_round_trip_paths() {
+        let p = Path::new("/tmp/a dir/wé#?.db");
+        let url = sqlite_url(p);
+        assert!(url.starts_with("sqlite:///tmp/a%20dir/"), "{url}");
+        assert!(url.ends_with("?mode=rwc"));
+        assert_eq!(sqlite_path(&url).unwrap(), p);
+        assert_eq!(backend_of(&url).unwrap(), Backend::Sqlite);
+    }
+
+    #[test]
+    fn backends_and_redaction() {
+        assert_eq!(
+            backend_of("postgres://u:p@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(backend_of("mysql://h/db").is_err());
+        let r = redact("postgres://user:secret@host/db");
+        assert!(!r.contains("secret"), "{r}");
+    }
+
+    #[test]
+    fn prepare_adds_create_mode() {
+        let dir = std::env::temp_dir().join(format!("cflow-db-test-{}", std::process::id()));
+        let file = dir.join("sub/x.db");
+        let url = format!("sqlite://{}", file.display());
+        let prepared = prepare_url(&url, Backend::Sqlite).unwrap();
+        assert!(prepared.ends_with("?mode=rwc"));
+        assert!(file.parent().unwrap().is_dir());
+        let with_mode = prepare_url(&format!("{url}?mode=ro"), Backend::Sqlite).unwrap();
+        assert!(with_mode.ends_with("?mode=ro"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! Tenants: creation and bootstrap (writer ops) and reads.
+
+use serde_json::json;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool};
+
+use crate::audit::Draft;
+use crate::keys::{self, KeySpec};
+use crate::types::{Page, PageRequest, Tenant};
+use crate::writer::{OpCx, Output, Step};
+use crate::{Error, Result, page};
+
+/// The tenant, principal and key that [`crate::Store::bootstrap`] creates.
+pub const BOOTSTRAP_TENANT: &str = "default";
+pub const BOOTSTRAP_PRINCIPAL: &str = "admin";
+
+const CURSOR_TAG: &str = "t";
+
+fn from_row(r: &AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+    })
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn insert(conn: &mut AnyConnection, name: &str, now: i64) -> Result<Tenant> {
+    let tenant = Tenant {
+        id: new_id(),
+        name: name.to_string(),
+        created_at: now,
+    };
+    sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(tenant.id.clone())
+        .bind(tenant.name.clone())
+        .bind(tenant.created_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(tenant)
+}
+
+/// Writer op: a new tenant, unless the name is taken.
+pub(crate) async fn create(cx: &mut OpCx<'_>, name: &str) -> Result<Step> {
+    let draft = Draft::success(None, "tenant.create", format!("tenant/{name}"), json!({}));
+    let taken = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+        .bind(name.to_string())
+        .fetch_optional(&mut *cx.conn)
+        .await?
+        .is_some();
+    if taken {
+        return Ok(Step::failed(
+            Error::Conflict(format!("tenant '{name}'")),
+            draft,
+        ));
+    }
+    let tenant = insert(cx.conn, name, cx.now).await?;
+    let draft = Draft {
+        tenant_id: Some(tenant.id.clone()),
+        detail: json!({ "tenant_id": tenant.id }),
+        ..draft
+    };
+    Ok(Step::done(Output::Tenant(tenant), draft))
+}
+
+/// Writer op: on a database without tenants, the first tenant, its admin and a superadmin key.
+/// Checking inside the writer's transaction makes concurrent bootstraps (even from several
+/// nodes) create exactly one.
+pub(crate) async fn bootstrap(cx: &mut OpCx<'_>) -> Result<Step> {
+    let any = sqlx::query("SELECT id FROM tenants LIMIT 1")
+        .fetch_optional(&mut *cx.conn)
+        .await?
+        .is_some();
+    if any {
+        return Ok(Step::silent(Output::Bootstrap(None)));
+    }
+    let tenant = insert(cx.conn, BOOTSTRAP_TENANT, cx.now).await?;
+    let created = keys::insert_with_principal(
+        cx,
+        &tenant.id,
+        "user",
+        BOOTSTRAP_PRINCIPAL,
+        &KeySpec {
+            name: BOOTSTRAP_PRINCIPAL,
+            role: cflow_core::Role::Superadmin,
+            project: None,
+            expires_at: None,
+        },
+    )
+    .await?;
+    let draft = Draft::success(
+        Some(&tenant.id),
+        "bootstrap",
+        format!("tenant/{}", tenant.name),
+        json!({
+            "tenant_id": tenant.id,
+            "principal_id": created.key.principal_id,
+            "key_id": created.key.id,
+            "role": created.key.role,
+        }),
+    );
+    Ok(Step::done(Output::Bootstrap(Some(created)), draft))
+}
+
+/// A tenant by id, or else by name (an id match wins, since a name may look like an id).
+pub(crate) async fn get(pool: &AnyPool, id_or_name: &str) -> Result<Option<Tenant>> {
+    let row = sqlx::query(
+        "SELECT id, name, created_at FROM tenants WHERE id = $1 OR name = $1 \
+         ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+    )
+    .bind(id_or_name.to_string())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Tenants ordered by name.
+pub(crate) async fn list(pool: &AnyPool, req: &PageRequest) -> Result<Page<Tenant>> {
+    let limit = page::clamp_limit(req.limit);
+    let after = page::decode_opt(CURSOR_TAG, &req.cursor)?;
+    let rows =
+        match after {
+            Some(after) => sqlx::query(
+                "SELECT id, name, created_at FROM tenants WHERE name > $1 ORDER BY name LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?,
+            None => {
+                sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name LIMIT $1")
+                    .bind(limit + 1)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+    let tenants = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    Ok(page::finish(tenants, limit, CURSOR_TAG, |t| t.name.clone()))
+}

@@ -1,0 +1,212 @@
+//! Many writers at once: compare-and-set without lost updates, and batches whose failing ops do
+//! not affect the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cflow_store::{Error, MemoryPut, Precondition, Store};
+use serde_json::json;
+
+use crate::{ctx, each_backend, now, page, put, tenant};
+
+/// One increment by compare-and-set: read, write `value + 1` if the version is unchanged,
+/// retry when someone else won. Returns how many attempts failed.
+async fn increment(store: &Store, t: &str) -> u64 {
+    let mut failures = 0;
+    loop {
+        let cur = store
+            .memory_get(t, "counters", "hits", now())
+            .await
+            .unwrap()
+            .unwrap();
+        let n = cur.value.as_i64().unwrap();
+        let next = MemoryPut {
+            precondition: Precondition::Version(cur.version),
+            ..put("counters", "hits", json!(n + 1))
+        };
+        match store.memory_put(&ctx(t), t, next).await {
+            Ok(_) => return failures,
+            Err(Error::PreconditionFailed { .. }) => failures += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_cas_increments_lose_nothing() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "cas").await;
+        store
+            .memory_put(&ctx(&t), &t, put("counters", "hits", json!(0)))
+            .await
+            .unwrap();
+        let failures = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, t, failures) = (store.clone(), t.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..4 {
+                    failures.fetch_add(increment(&store, &t).await, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let end = store
+            .memory_get(&t, "counters", "hits", now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end.value, json!(200), "{backend:?}");
+        assert_eq!(end.version, 201);
+
+        // Every attempt, won or lost, is in the ledger.
+        let mut writes = 0u64;
+        let mut refused = 0u64;
+        let mut cursor = None;
+        loop {
+            let q = cflow_store::AuditQuery {
+                tenant_id: Some(t.clone()),
+                since: None,
+            };
+            let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
+            for e in &p.items {
+                if e.action == "memory.write" {
+                    match e.outcome.as_str() {
+                        "success" => writes += 1,
+                        "precondition_failed" => refused += 1,
+                        other => panic!("{other}"),
+                    }
+                }
+            }
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(writes, 201);
+        assert_eq!(refused, failures.load(Ordering::Relaxed), "{backend:?}");
+        assert!(store.audit_verify().await.unwrap().first_break.is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_ops_in_a_batch_do_not_affect_the_others() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "batch").await;
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let (store, t) = (store.clone(), t.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{i:03}");
+                match i % 3 {
+                    // A stale If-Match on an absent key: a domain failure.
+                    0 => {
+                        store
+                            .memory_put(
+                                &ctx(&t),
+                                &t,
+                                MemoryPut {
+                                    precondition: Precondition::Version(7),
+                                    ..put("b", &key, json!(i))
+                                },
+                            )
+                            .await
+                    }
+                    // A write into a tenant that does not exist: the database refuses the
+                    // statement, which rolls the batch back and re-runs its ops one by one.
+                    1 if i % 30 == 1 => {
+                        store
+                            .memory_put(&ctx(&t), "ghost-tenant", put("b", &key, json!(i)))
+                            .await
+                    }
+                    _ => {
+                        store
+                            .memory_put(&ctx(&t), &t, put("b", &key, json!(i)))
+                            .await
+                    }
+                }
+            }));
+        }
+        let mut ok = 0;
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            match (i % 3, i % 30 == 1, result) {
+                (0, _, Err(Error::PreconditionFailed { current: None })) => {}
+                (1, true, Err(Error::NotFound(_))) => {}
+                (_, _, Ok(e)) if i % 3 != 0 && i % 30 != 1 => {
+                    assert_eq!(e.version, 1);
+                    ok += 1;
+                }
+                (_, _, other) => panic!("{backend:?}: op {i}: {other:?}"),
+            }
+        }
+        let listed = store
+            .memory_list(&t, "b", "", now(), &page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(listed.len(), ok, "{backend:?}");
+        assert!(listed.iter().all(|e| {
+            let i: usize = e.key[1..].parse().unwrap();
+            !i.is_multiple_of(3) && i % 30 != 1
+        }));
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_plain_writes_to_the_same_entries_keep_versions_exact() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "same").await;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let (store, t) = (store.clone(), t.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{}", i % 10);
+                let e = store
+                    .memory_put(&ctx(&t), &t, put("s", &key, json!(i)))
+                    .await
+                    .unwrap();
+                (key, e.version, i)
+            }));
+        }
+        let mut by_key: std::collections::BTreeMap<String, Vec<(i64, i32)>> = Default::default();
+        for task in tasks {
+            let (key, version, i) = task.await.unwrap();
+            by_key.entry(key).or_default().push((version, i));
+        }
+        assert_eq!(by_key.len(), 10);
+        for (key, mut writes) in by_key {
+            writes.sort();
+            let versions: Vec<i64> = writes.iter().map(|w| w.0).collect();
+            assert_eq!(versions, (1..=20).collect::<Vec<_>>(), "{backend:?}: {key}");
+            // The entry holds the value of the write that got the highest version.
+            let live = store
+                .memory_get(&t, "s", &key, now())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(live.version, 20);
+            assert_eq!(
+                live.value,
+                json!(writes.last().unwrap().1),
+                "{backend:?}: {key}"
+            );
+        }
+        let hits = store
+            .memory_search(&t, &["k3".into()], None, now(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{backend:?}: the index holds one document per entry"
+        );
+    })
+    .await;
+}
