@@ -13,4 +13,4 @@ if [ -z "${CFLOW_TEST_DATABASE_URL:-}" ]; then
 fi
 export CFLOW_TEST_DATABASE_URL
 
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

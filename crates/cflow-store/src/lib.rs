@@ -251,7 +251,8 @@ impl Store {
         expect_output!(out, Output::Created(k) => k)
     }
 
-    /// Keys of a tenant ordered by creation, newest last.
+    /// Keys of a tenant ordered by creation time, newest last (keys created in the same
+    /// millisecond in id order).
     pub async fn list_keys(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<ApiKey>> {
         keys::list(self.pool()?, tenant_id, page).await
     }

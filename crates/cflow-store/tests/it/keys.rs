@@ -143,8 +143,12 @@ async fn list_keys_oldest_first_with_pages_and_duplicate_names() {
                 .create_key(&ctx(&t), &t, new_key(&name, Role::Viewer))
                 .await
                 .unwrap();
-            ids.push(k.key.id);
+            ids.push((k.key.created_at, k.key.id));
         }
+        // Keys created in the same millisecond are listed in id order (ids are random), so the
+        // expected order is by creation time, then id.
+        ids.sort();
+        let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
