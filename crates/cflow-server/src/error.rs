@@ -296,6 +296,9 @@ impl From<cflow_store::Error> for ApiError {
                 ProblemKind::Unavailable,
                 "the server is shutting down; retry on another node or later",
             ),
+            e @ (E::State(_) | E::StaleEpoch { .. }) => {
+                ApiError::new(ProblemKind::Conflict, e.to_string())
+            }
             other => ApiError::internal(format!("store: {other}")),
         }
     }

@@ -193,16 +193,30 @@ pub(crate) async fn read_pool(url: &str, backend: Backend, max: u32) -> Result<A
 /// it) for the whole workspace.
 fn migrator(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &str)] = match backend {
-        Backend::Sqlite => &[(
-            1,
-            "init",
-            include_str!("../migrations/sqlite/0001_init.sql"),
-        )],
-        Backend::Postgres => &[(
-            1,
-            "init",
-            include_str!("../migrations/postgres/0001_init.sql"),
-        )],
+        Backend::Sqlite => &[
+            (
+                1,
+                "init",
+                include_str!("../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "orchestration",
+                include_str!("../migrations/sqlite/0002_orchestration.sql"),
+            ),
+        ],
+        Backend::Postgres => &[
+            (
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "orchestration",
+                include_str!("../migrations/postgres/0002_orchestration.sql"),
+            ),
+        ],
     };
     Migrator::with_migrations(
         files

@@ -27,6 +27,18 @@ pub enum Error {
     Corrupt { what: String, detail: String },
     #[error("{0}")]
     Config(String),
+    /// The resource exists but its state forbids the change (a stopped swarm, a finished
+    /// task); the message says which state. The API answers 409.
+    #[error("{0}")]
+    State(String),
+    /// A report about an attempt carried an epoch that is no longer the task's live one: the
+    /// attempt was re-assigned, lost or ended. Nothing changed. The API answers 409.
+    #[error("stale epoch {epoch} for task {task_id} (live epoch: {current:?})")]
+    StaleEpoch {
+        task_id: String,
+        epoch: i64,
+        current: Option<i64>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

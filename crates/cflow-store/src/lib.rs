@@ -18,10 +18,16 @@
 //! Every write is audited, whether it succeeds (`success`) or fails on a domain rule
 //! (`precondition_failed`, `not_found`, `conflict`). Actions: `tenant.create`, `key.create`,
 //! `key.revoke`, `memory.write`, `memory.delete`, `memory.purge` (one entry per tenant that lost
-//! expired entries, only when something was deleted), `bootstrap`, plus whatever callers append
+//! expired entries, only when something was deleted), `bootstrap`, `swarm.create`,
+//! `swarm.pause`, `swarm.resume`, `swarm.stop`, `agent.create`, `agent.state`, `task.submit`
+//! (one entry per submission, listing the created and the idempotently matched ids),
+//! `task.assign`, `task.start`, `task.complete`, `task.lease_lost`, `task.cancel`, `task.retry`
+//! (one entry per promotion that queued something), plus whatever callers append
 //! with [`Store::audit_append`]. An entry's `tenant_id` is the tenant whose data changed (for
 //! example the tenant a superadmin created a key in), else the caller's from [`AuditContext`].
-//! Details never hold secrets, tokens or memory values.
+//! Details never hold secrets, tokens or memory values. Lease extensions (heartbeats) are
+//! bookkeeping like a key's last use and are not audited when accepted; a refused report (stale
+//! epoch, unknown task) is, with outcome `stale_epoch` or `not_found`.
 //!
 //! # Layout
 //! - `lib.rs`: [`Store`], its options and public methods, which validate input and then read
@@ -32,6 +38,18 @@
 //! - `db`: URLs, per-connection settings, the read pool and the embedded migrations
 //!   (`migrations/sqlite`, `migrations/postgres`).
 //! - `tenants`, `keys`, `memory`, `search`, `audit`: each resource's writer ops and reads.
+//! - [`orch_types`]: the records and parameters of orchestration (swarms, agents, tasks,
+//!   attempts); re-exported at the crate root.
+//! - `swarms`: swarms and agents (ops, reads, `Store` methods), with the capacity check made
+//!   inside the writer's transaction.
+//! - `tasks`: bulk submission (validated by `cflow_core::task`, planned by
+//!   `cflow_core::dag::plan` in the writer's transaction, all or nothing, idempotency keys
+//!   resolved to existing tasks) and the task reads (`ready_tasks` rebuilds the scheduler's
+//!   queue).
+//! - `attempts`: assignment with a lease and an epoch, and the epoch-fenced reports (start,
+//!   heartbeat, complete, lease lost); `settle`: dependents, cancellation and retry promotion;
+//!   `attempts_api`: their `Store` methods. Task states always come from
+//!   `cflow_core::task::transition`.
 //! - [`page`]: opaque cursors and the limit rule.
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver (`$1…$n` placeholders, BIGINT
@@ -41,20 +59,29 @@
 //! The conformance suite (`tests/it`) runs every case on both backends; see
 //! `cflow_test_support::db` and `scripts/pg-test.sh` for the PostgreSQL side.
 
+mod attempts;
+mod attempts_api;
 mod audit;
 mod db;
 pub mod error;
 mod keys;
 mod memory;
+pub mod orch_types;
 pub mod page;
 mod search;
+mod settle;
+mod swarms;
+mod tasks;
 mod tenants;
 pub mod types;
 mod writer;
 
+pub use attempts::MAX_LEASE_MS;
 pub use db::sqlite_url;
 pub use error::{Error, Result};
 pub use keys::TOUCH_INTERVAL_MS;
+pub use orch_types::*;
+pub use tasks::MAX_SUBMIT;
 pub use tenants::{BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TENANT};
 pub use types::*;
 

@@ -31,12 +31,15 @@ use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::attempts::AttemptOp;
 use crate::audit::{self, Draft};
+use crate::orch_types::{Agent, Attempt, Cancelled, NewTask, Settled, Submitted, Swarm};
+use crate::swarms::SwarmOp;
 use crate::types::{
     ApiKey, AuditContext, AuditEvent, CreatedKey, MemoryEntry, MemoryPut, NewKey, Precondition,
     Tenant,
 };
-use crate::{Backend, Error, Result, db, keys, memory, tenants};
+use crate::{Backend, Error, Result, attempts, db, keys, memory, swarms, tasks, tenants};
 
 /// The key of the PostgreSQL advisory lock that serialises write batches across server nodes.
 /// Any constant works as long as every node uses the same one; this is "cflowaud" in ASCII.
@@ -82,6 +85,12 @@ pub(crate) enum Op {
     AuditAppend {
         event: AuditEvent,
     },
+    Swarm(SwarmOp),
+    SubmitTasks {
+        tenant_id: String,
+        tasks: Vec<NewTask>,
+    },
+    Attempt(AttemptOp),
     /// Records a key's last use; bookkeeping, so it has no audit entry and no caller waiting.
     TouchKey {
         key_id: String,
@@ -99,6 +108,12 @@ pub(crate) enum Output {
     Key(ApiKey),
     Memory(MemoryEntry),
     Count(u64),
+    Swarm(Swarm),
+    Agent(Agent),
+    Submitted(Vec<Submitted>),
+    Assigned(Attempt),
+    Settled(Settled),
+    Cancelled(Cancelled),
 }
 
 /// The result of applying one op inside the batch transaction: its answer and the audit entry to
@@ -140,6 +155,8 @@ fn outcome_of(err: &Error) -> &'static str {
         Error::Conflict(_) => "conflict",
         Error::PreconditionFailed { .. } => "precondition_failed",
         Error::Invalid(_) => "invalid",
+        Error::State(_) => "conflict",
+        Error::StaleEpoch { .. } => "stale_epoch",
         _ => "error",
     }
 }
@@ -171,6 +188,9 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
             precondition,
         } => memory::delete(cx, tenant_id, namespace, key, *precondition).await,
         Op::PurgeExpired { now, limit } => memory::purge(cx, *now, *limit).await,
+        Op::Swarm(op) => swarms::apply(cx, op).await,
+        Op::SubmitTasks { tenant_id, tasks } => tasks::submit(cx, tenant_id, tasks).await,
+        Op::Attempt(op) => attempts::apply(cx, op).await,
         Op::AuditAppend { event } => Ok(Step::done(
             Output::Unit,
             Draft {
@@ -367,6 +387,16 @@ fn duplicate(e: &Error) -> Error {
             detail: detail.clone(),
         },
         Error::Config(s) => Error::Config(s.clone()),
+        Error::State(s) => Error::State(s.clone()),
+        Error::StaleEpoch {
+            task_id,
+            epoch,
+            current,
+        } => Error::StaleEpoch {
+            task_id: task_id.clone(),
+            epoch: *epoch,
+            current: *current,
+        },
     }
 }
 

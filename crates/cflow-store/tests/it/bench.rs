@@ -122,3 +122,85 @@ async fn bench_search_100k() {
         store.close().await;
     }
 }
+
+/// Bulk-submits 10,000 independent tasks, once as a single submission and once as 40
+/// concurrent submissions of 250, and prints tasks/s (committed, durable).
+async fn bulk_submit(store: &Store, backend: Backend) {
+    use cflow_store::NewTask;
+    const TOTAL: usize = 10_000;
+    let t = tenant(store, "submit-bench").await;
+    let make = |n: usize| -> Vec<NewTask> {
+        (0..n)
+            .map(|i| NewTask {
+                idempotency_key: Some(format!("k-{}", uuid::Uuid::new_v4().simple())),
+                ..NewTask::new(json!({"command": ["true"], "n": i}))
+            })
+            .collect()
+    };
+    let batch = make(TOTAL);
+    let start = Instant::now();
+    store.submit_tasks(&ctx(&t), &t, batch).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{backend:?}: {TOTAL} tasks in one submission in {secs:.2} s = {:.0} tasks/s",
+        TOTAL as f64 / secs
+    );
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let (store, t, batch) = (store.clone(), t.clone(), make(TOTAL / 40));
+        calls.push(tokio::spawn(async move {
+            store.submit_tasks(&ctx(&t), &t, batch).await.unwrap();
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{backend:?}: {TOTAL} tasks in 40 concurrent submissions of 250 in {secs:.2} s = {:.0} tasks/s",
+        TOTAL as f64 / secs
+    );
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let batch: Vec<NewTask> = (0..TOTAL / 40)
+            .map(|i| NewTask::new(json!({"command": ["true"], "n": i})))
+            .collect();
+        let (store, t) = (store.clone(), t.clone());
+        calls.push(tokio::spawn(async move {
+            store.submit_tasks(&ctx(&t), &t, batch).await.unwrap();
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{backend:?}: {TOTAL} tasks without keys in 40 concurrent submissions in {secs:.2} s = {:.0} tasks/s",
+        TOTAL as f64 / secs
+    );
+    let plain: Vec<NewTask> = (0..TOTAL)
+        .map(|i| NewTask::new(json!({"command": ["true"], "n": i})))
+        .collect();
+    let start = Instant::now();
+    store.submit_tasks(&ctx(&t), &t, plain).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{backend:?}: {TOTAL} tasks without idempotency keys in one submission in {secs:.2} s = {:.0} tasks/s",
+        TOTAL as f64 / secs
+    );
+    assert_eq!(store.ready_tasks(1).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn bench_bulk_submit() {
+    let (store, _dir) = db::temp_sqlite().await;
+    bulk_submit(&store, Backend::Sqlite).await;
+    store.close().await;
+    if let Some((store, _)) = db::postgres_store().await {
+        bulk_submit(&store, Backend::Postgres).await;
+        store.close().await;
+    }
+}

@@ -1,6 +1,7 @@
 //! The store conformance suite: every test runs the same body against SQLite and PostgreSQL
 //! (PostgreSQL when `CFLOW_TEST_DATABASE_URL` is set; see `scripts/pg-test.sh`).
 
+mod attempts;
 mod audit;
 mod bench;
 mod concurrency;
@@ -8,6 +9,8 @@ mod keys;
 mod lifecycle;
 mod memory;
 mod search;
+mod swarms;
+mod tasks;
 mod tenants;
 
 use std::future::Future;

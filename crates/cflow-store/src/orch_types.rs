@@ -1,0 +1,305 @@
+//! The records and parameters of orchestration storage: swarms, agents, tasks and attempts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use cflow_core::task::TaskState;
+use cflow_core::topology::Topology;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Parses the snake_case names of a state enum, for reading rows back.
+macro_rules! named_states {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(format!("unknown {} '{other}'", stringify!($ty))),
+                }
+            }
+        }
+    };
+}
+
+/// A swarm's lifecycle. `stopped` is final: a stopped swarm takes no agents and cannot resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwarmState {
+    Active,
+    Paused,
+    Stopped,
+}
+named_states!(SwarmState { Active => "active", Paused => "paused", Stopped => "stopped" });
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Swarm {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub topology: Topology,
+    pub project: Option<String>,
+    pub max_agents: i64,
+    pub state: SwarmState,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What to create with [`crate::Store::create_swarm`].
+#[derive(Debug, Clone)]
+pub struct NewSwarm {
+    pub name: String,
+    pub topology: Topology,
+    pub project: Option<String>,
+    /// 1 to [`MAX_AGENTS_PER_SWARM`].
+    pub max_agents: i64,
+}
+
+/// The most agents one swarm may hold.
+pub const MAX_AGENTS_PER_SWARM: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Starting,
+    Idle,
+    Busy,
+    Draining,
+    Stopped,
+    Failed,
+    Quarantined,
+}
+named_states!(AgentState {
+    Starting => "starting",
+    Idle => "idle",
+    Busy => "busy",
+    Draining => "draining",
+    Stopped => "stopped",
+    Failed => "failed",
+    Quarantined => "quarantined",
+});
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: String,
+    pub tenant_id: String,
+    pub swarm_id: String,
+    pub agent_type: String,
+    pub driver: String,
+    pub capabilities: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub state: AgentState,
+    pub tasks_done: i64,
+    pub failures: i64,
+    /// Time spent on attempts, summed when each attempt ends.
+    pub busy_ms: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What to create with [`crate::Store::create_agent`]; it starts in `starting`.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub agent_type: String,
+    pub driver: String,
+    pub capabilities: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One task of a bulk submission.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// A name for the task inside this submission, so that other tasks of the submission can
+    /// depend on it before it has an id. `depends_on` entries match these first, then existing
+    /// task ids of the tenant.
+    pub local_id: Option<String>,
+    pub swarm_id: Option<String>,
+    /// Driver-specific (a command, a prompt…); stored as given.
+    pub spec: Value,
+    pub priority: i64,
+    pub requires: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub depends_on: Vec<String>,
+    pub timeout_seconds: i64,
+    pub max_attempts: i64,
+    pub replicas: i64,
+    pub quorum: i64,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewTask {
+    /// A task with this spec and every other field at its default.
+    pub fn new(spec: Value) -> Self {
+        use cflow_core::task as t;
+        NewTask {
+            local_id: None,
+            swarm_id: None,
+            spec,
+            priority: t::DEFAULT_PRIORITY,
+            requires: Vec::new(),
+            labels: BTreeMap::new(),
+            depends_on: Vec::new(),
+            timeout_seconds: t::DEFAULT_TIMEOUT_SECONDS,
+            max_attempts: t::DEFAULT_MAX_ATTEMPTS,
+            replicas: 1,
+            quorum: 1,
+            idempotency_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub tenant_id: String,
+    pub swarm_id: Option<String>,
+    pub spec: Value,
+    pub priority: i64,
+    pub requires: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Every dependency as submitted, resolved to task ids.
+    pub depends_on: Vec<String>,
+    pub timeout_ms: i64,
+    pub max_attempts: i64,
+    pub replicas: i64,
+    pub quorum: i64,
+    pub idempotency_key: Option<String>,
+    pub state: TaskState,
+    /// Why the task ended as it did, when the store knows (`dependency X failed`, `cancelled`).
+    pub reason: Option<String>,
+    /// Attempts started so far (assignments).
+    pub attempts: i64,
+    /// The epoch of the latest assignment (0 before the first); reports must carry it.
+    pub epoch: i64,
+    /// Dependencies that have not yet succeeded.
+    pub unmet: i64,
+    /// For a task waiting in `pending` on a retry: when it may be queued again.
+    pub retry_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The answer to a bulk submission, in submission order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: String,
+    pub state: TaskState,
+    /// `true` when the idempotency key named a task that already existed, whose id this is.
+    pub existing: bool,
+}
+
+/// Which tasks [`crate::Store::list_tasks`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub swarm_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// The lease expired: the worker went silent.
+    Lost,
+    Cancelled,
+}
+named_states!(AttemptState {
+    Assigned => "assigned",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    TimedOut => "timed_out",
+    Lost => "lost",
+    Cancelled => "cancelled",
+});
+
+/// The record of one attempt, kept for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub task_id: String,
+    pub epoch: i64,
+    pub attempt_no: i64,
+    pub agent_id: String,
+    pub worker_id: String,
+    pub state: AttemptState,
+    pub lease_expires_at: i64,
+    pub assigned_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
+    pub result: Option<Value>,
+}
+
+/// How an attempt ended, as its worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Succeeded,
+    /// `retryable: false` for failures another attempt cannot fix.
+    Failed {
+        retryable: bool,
+    },
+    TimedOut,
+}
+
+/// A worker's report that an attempt ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub exit_code: Option<i64>,
+    /// Capped to the last [`OUTPUT_TAIL_BYTES`] bytes when stored (truncation marked).
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub result: Option<Value>,
+}
+
+/// Most bytes of each output stream kept on an attempt record.
+pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
+
+/// What an ended attempt did to its task and the tasks depending on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The task's new state (`pending` waiting on a retry, `queued` again, or terminal).
+    pub state: TaskState,
+    /// Dependents queued because their last dependency just succeeded.
+    pub queued: Vec<String>,
+    /// Dependents (transitively) cancelled because this task did not succeed.
+    pub cancelled: Vec<String>,
+}
+
+/// An attempt whose lease ran out, from [`crate::Store::expired_leases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub task_id: String,
+    pub tenant_id: String,
+    pub epoch: i64,
+    pub agent_id: String,
+    pub worker_id: String,
+    pub lease_expires_at: i64,
+}
+
+/// The answer to [`crate::Store::cancel_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The attempt that was live and whose process must now be killed, by worker and epoch.
+    pub kill: Option<(String, i64)>,
+    /// Dependents cancelled with it.
+    pub dependents: Vec<String>,
+}

@@ -1,0 +1,447 @@
+//! Tasks: bulk submission (one writer op per submission) and the reads that list tasks, rebuild
+//! the scheduler's queue and show attempts.
+//!
+//! A submission is all or nothing: it is validated field by field before it reaches the writer,
+//! then its dependency graph is planned by `cflow_core::dag::plan` inside the writer's
+//! transaction (so dependency states cannot change under it), and only then written. It gets one
+//! audit entry, `task.submit`, listing the ids it created and the ids its idempotency keys
+//! matched: one entry per task would double the rows a 10,000-task submission writes.
+
+use std::collections::{HashMap, HashSet};
+
+use cflow_core::ValidationError;
+use cflow_core::dag::{self, DagTask, DepRef, Start};
+use cflow_core::task::{self as core_task, TaskState};
+use cflow_core::validate;
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::audit::Draft;
+use crate::orch_types::{Attempt, NewTask, Submitted, Task, TaskFilter};
+use crate::swarms::{check_labels, check_names, json_col, parse, unexpected};
+use crate::types::{AuditContext, Page, PageRequest};
+use crate::writer::{Op, OpCx, Output, Step};
+use crate::{Error, Result, Store, page};
+
+/// Most tasks in one submission.
+pub const MAX_SUBMIT: usize = 10_000;
+/// Rows per multi-row INSERT. Small on purpose: sqlx's SQLite driver binds a statement's
+/// parameters at a cost that grows faster than their number, and 64 rows (1,344 parameters)
+/// measured 4.4 times the throughput of 400 rows on SQLite, with PostgreSQL unchanged.
+const INSERT_CHUNK: usize = 64;
+/// Ids per `IN (…)` lookup.
+const LOOKUP_CHUNK: usize = 500;
+const TASK_CURSOR: &str = "k";
+
+pub(crate) const TASK_COLUMNS: &str = "id, tenant_id, swarm_id, spec, priority, requires, labels, \
+     depends_on, timeout_ms, max_attempts, replicas, quorum, idempotency_key, state, reason, \
+     attempts, epoch, unmet, retry_at, created_at, updated_at";
+pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, epoch, attempt_no, agent_id, worker_id, state, \
+     lease_expires_at, assigned_at, started_at, ended_at, exit_code, stdout_tail, stderr_tail, \
+     result";
+
+pub(crate) fn task_from_row(r: &AnyRow) -> Result<Task> {
+    Ok(Task {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        swarm_id: r.try_get(2)?,
+        spec: json_col("tasks.spec", &r.try_get::<String, _>(3)?)?,
+        priority: r.try_get(4)?,
+        requires: json_col("tasks.requires", &r.try_get::<String, _>(5)?)?,
+        labels: json_col("tasks.labels", &r.try_get::<String, _>(6)?)?,
+        depends_on: json_col("tasks.depends_on", &r.try_get::<String, _>(7)?)?,
+        timeout_ms: r.try_get(8)?,
+        max_attempts: r.try_get(9)?,
+        replicas: r.try_get(10)?,
+        quorum: r.try_get(11)?,
+        idempotency_key: r.try_get(12)?,
+        state: parse("tasks.state", &r.try_get::<String, _>(13)?)?,
+        reason: r.try_get(14)?,
+        attempts: r.try_get(15)?,
+        epoch: r.try_get(16)?,
+        unmet: r.try_get(17)?,
+        retry_at: r.try_get(18)?,
+        created_at: r.try_get(19)?,
+        updated_at: r.try_get(20)?,
+    })
+}
+
+pub(crate) fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
+    let result: Option<String> = r.try_get(13)?;
+    Ok(Attempt {
+        task_id: r.try_get(0)?,
+        epoch: r.try_get(1)?,
+        attempt_no: r.try_get(2)?,
+        agent_id: r.try_get(3)?,
+        worker_id: r.try_get(4)?,
+        state: parse("attempts.state", &r.try_get::<String, _>(5)?)?,
+        lease_expires_at: r.try_get(6)?,
+        assigned_at: r.try_get(7)?,
+        started_at: r.try_get(8)?,
+        ended_at: r.try_get(9)?,
+        exit_code: r.try_get(10)?,
+        stdout_tail: r.try_get(11)?,
+        stderr_tail: r.try_get(12)?,
+        result: result
+            .map(|s| json_col("attempts.result", &s))
+            .transpose()?,
+    })
+}
+
+/// `$from, $from+1, …` for `n` parameters.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks one task's fields; the error names the field and, in its rule, the task's position.
+fn check(i: usize, t: &NewTask) -> Result<(), ValidationError> {
+    let checked = (|| {
+        core_task::priority(t.priority)?;
+        core_task::timeout_seconds(t.timeout_seconds)?;
+        core_task::max_attempts(t.max_attempts)?;
+        core_task::replicas_and_quorum(t.replicas, t.quorum)?;
+        check_names("requires", &t.requires)?;
+        check_labels(&t.labels)?;
+        if let Some(id) = &t.local_id {
+            validate::name("local_id", id)?;
+        }
+        if let Some(key) = &t.idempotency_key {
+            validate::memory_key(key)
+                .map_err(|e| ValidationError::new("idempotency_key", e.rule))?;
+        }
+        if t.spec.to_string().len() > validate::MAX_VALUE_BYTES {
+            return Err(ValidationError::new(
+                "spec",
+                format!(
+                    "must be at most {} bytes of JSON",
+                    validate::MAX_VALUE_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    })();
+    checked.map_err(|e| ValidationError::new(e.field, format!("task {i}: {}", e.rule)))
+}
+
+/// Looks up `(id, state)` of the tenant's tasks among `ids`.
+async fn states_of(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    column: &str,
+    ids: &[String],
+) -> Result<Vec<(String, String, TaskState)>> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let sql = format!(
+            "SELECT {column}, id, state FROM tasks WHERE tenant_id = $1 AND {column} IN ({})",
+            placeholders(2, chunk.len())
+        );
+        // The text holds only a column name chosen here and placeholders.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant_id.to_string());
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        for r in q.fetch_all(&mut *cx.conn).await? {
+            let state: String = r.try_get(2)?;
+            out.push((r.try_get(0)?, r.try_get(1)?, parse("tasks.state", &state)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Writer op: a whole submission, or nothing of it.
+pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]) -> Result<Step> {
+    let mut draft = Draft::success(Some(tenant_id), "task.submit", "tasks".into(), json!({}));
+
+    // Idempotency keys that already name a task resolve to that task, which stays as it is.
+    let keys: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| t.idempotency_key.clone())
+        .collect();
+    let known: HashMap<String, (String, TaskState)> =
+        states_of(cx, tenant_id, "idempotency_key", &keys)
+            .await?
+            .into_iter()
+            .map(|(key, id, state)| (key, (id, state)))
+            .collect();
+    let mut results: Vec<Option<Submitted>> = vec![None; tasks.len()];
+    let mut alias: HashMap<&str, String> = HashMap::new();
+    let mut fresh = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        match t.idempotency_key.as_ref().and_then(|k| known.get(k)) {
+            Some((id, state)) => {
+                if let Some(l) = &t.local_id {
+                    alias.insert(l, id.clone());
+                }
+                results[i] = Some(Submitted {
+                    id: id.clone(),
+                    state: *state,
+                    existing: true,
+                });
+            }
+            None => fresh.push(i),
+        }
+    }
+
+    // Every new task gets its id now; dependencies on resubmitted tasks point at the originals.
+    let ids: Vec<String> = fresh.iter().map(|_| crate::tenants::new_id()).collect();
+    let dag_tasks: Vec<DagTask> = fresh
+        .iter()
+        .zip(&ids)
+        .map(|(&i, id)| {
+            let t = &tasks[i];
+            let deps = t
+                .depends_on
+                .iter()
+                .map(|d| alias.get(d.as_str()).unwrap_or(d).clone());
+            DagTask::new(t.local_id.clone().unwrap_or_else(|| id.clone()), deps)
+        })
+        .collect();
+    let local: HashSet<&str> = dag_tasks.iter().map(|d| d.id.as_str()).collect();
+    let outside: Vec<String> = dag_tasks
+        .iter()
+        .flat_map(|d| d.depends_on.iter())
+        .filter(|d| !local.contains(d.as_str()))
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let existing: HashMap<String, TaskState> = states_of(cx, tenant_id, "id", &outside)
+        .await?
+        .into_iter()
+        .map(|(id, _, state)| (id, state))
+        .collect();
+    let plan = match dag::plan(&dag_tasks, |id| existing.get(id).copied()) {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Step::failed(Error::Invalid(e.into()), draft)),
+    };
+
+    let swarm_ids: Vec<String> = fresh
+        .iter()
+        .filter_map(|&i| tasks[i].swarm_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    for s in &swarm_ids {
+        let found = sqlx::query("SELECT id FROM swarms WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id.to_string())
+            .bind(s.clone())
+            .fetch_optional(&mut *cx.conn)
+            .await?;
+        if found.is_none() {
+            let e = ValidationError::new("swarm_id", format!("no swarm {s} in this tenant"));
+            return Ok(Step::failed(Error::Invalid(e), draft));
+        }
+    }
+
+    // Resolve each dependency to a task id, and write.
+    let id_of = |r: &DepRef| match r {
+        DepRef::Local(j) => ids[*j].clone(),
+        DepRef::Existing(id) => id.clone(),
+    };
+    let local_ids: HashMap<&str, &str> = dag_tasks
+        .iter()
+        .zip(&ids)
+        .map(|(d, id)| (d.id.as_str(), id.as_str()))
+        .collect();
+    let mut rows = Vec::with_capacity(fresh.len());
+    let mut edges = Vec::new();
+    for (n, &i) in fresh.iter().enumerate() {
+        let (state, reason, unmet) = match &plan.start[n] {
+            Start::Ready => (TaskState::Queued, None, 0),
+            Start::Waiting { on } => {
+                edges.extend(on.iter().map(|r| (ids[n].clone(), id_of(r))));
+                (TaskState::Pending, None, on.len() as i64)
+            }
+            Start::Cancelled { reason } => (TaskState::Cancelled, Some(reason.clone()), 0),
+        };
+        let deps: Vec<&str> = dag_tasks[n]
+            .depends_on
+            .iter()
+            .map(|d| local_ids.get(d.as_str()).copied().unwrap_or(d.as_str()))
+            .collect();
+        rows.push((i, state, reason, unmet, json!(deps).to_string()));
+        results[i] = Some(Submitted {
+            id: ids[n].clone(),
+            state,
+            existing: false,
+        });
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut sql = format!("INSERT INTO tasks ({TASK_COLUMNS}) VALUES ");
+        for r in 0..chunk.len() {
+            if r > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("({})", placeholders(r * 21 + 1, 21)));
+        }
+        // The text holds only placeholders; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (i, state, reason, unmet, deps) in chunk {
+            let t = &tasks[*i];
+            let id = results[*i].as_ref().map(|s| s.id.clone());
+            q = q
+                .bind(id)
+                .bind(tenant_id.to_string())
+                .bind(t.swarm_id.clone())
+                .bind(t.spec.to_string())
+                .bind(t.priority)
+                .bind(json!(t.requires).to_string())
+                .bind(json!(t.labels).to_string())
+                .bind(deps.clone())
+                .bind(t.timeout_seconds * 1000)
+                .bind(t.max_attempts)
+                .bind(t.replicas)
+                .bind(t.quorum)
+                .bind(t.idempotency_key.clone())
+                .bind(state.as_str())
+                .bind(reason.clone())
+                .bind(0i64)
+                .bind(0i64)
+                .bind(*unmet)
+                .bind(None::<i64>)
+                .bind(cx.now)
+                .bind(cx.now);
+        }
+        q.execute(&mut *cx.conn).await?;
+    }
+    for chunk in edges.chunks(INSERT_CHUNK) {
+        let mut sql = "INSERT INTO task_deps (task_id, dep_id) VALUES ".to_string();
+        for r in 0..chunk.len() {
+            if r > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, ${})", r * 2 + 1, r * 2 + 2));
+        }
+        // The text holds only placeholders; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (task, dep) in chunk {
+            q = q.bind(task.clone()).bind(dep.clone());
+        }
+        q.execute(&mut *cx.conn).await?;
+    }
+
+    let results: Vec<Submitted> = results.into_iter().flatten().collect();
+    draft.detail = json!({
+        "created": results.iter().filter(|s| !s.existing).map(|s| &s.id).collect::<Vec<_>>(),
+        "existing": results.iter().filter(|s| s.existing).map(|s| &s.id).collect::<Vec<_>>(),
+    });
+    Ok(Step::done(Output::Submitted(results), draft))
+}
+
+impl Store {
+    /// Submits tasks in one transaction: every task is accepted (and durable) or none is.
+    /// Answers in submission order; a task whose idempotency key the tenant already used answers
+    /// with the existing task's id and `existing: true`, and is not changed.
+    pub async fn submit_tasks(
+        &self,
+        ctx: &AuditContext,
+        tenant_id: &str,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Submitted>> {
+        if tasks.is_empty() || tasks.len() > MAX_SUBMIT {
+            let rule = format!("must hold 1 to {MAX_SUBMIT} tasks (got {})", tasks.len());
+            return Err(Error::Invalid(ValidationError::new("tasks", rule)));
+        }
+        let mut keys = HashSet::new();
+        for (i, t) in tasks.iter().enumerate() {
+            check(i, t)?;
+            if let Some(k) = &t.idempotency_key
+                && !keys.insert(k.as_str())
+            {
+                let rule = format!("task {i}: '{k}' is used twice in this submission");
+                return Err(Error::Invalid(ValidationError::new(
+                    "idempotency_key",
+                    rule,
+                )));
+            }
+        }
+        let op = Op::SubmitTasks {
+            tenant_id: tenant_id.to_string(),
+            tasks,
+        };
+        match self.write(ctx, op).await? {
+            Output::Submitted(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A task of the tenant (another tenant's is `None`).
+    pub async fn get_task(&self, tenant_id: &str, id: &str) -> Result<Option<Task>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .fetch_optional(self.pool()?)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// The tenant's tasks ordered by id (UUIDv7, so by submission), optionally only in one
+    /// state or swarm.
+    pub async fn list_tasks(
+        &self,
+        tenant_id: &str,
+        filter: &TaskFilter,
+        req: &PageRequest,
+    ) -> Result<Page<Task>> {
+        let limit = page::clamp_limit(req.limit);
+        let after = page::decode_opt(TASK_CURSOR, &req.cursor)?.unwrap_or_default();
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND id > $2");
+        let mut n = 3;
+        if filter.state.is_some() {
+            sql.push_str(&format!(" AND state = ${n}"));
+            n += 1;
+        }
+        if filter.swarm_id.is_some() {
+            sql.push_str(&format!(" AND swarm_id = ${n}"));
+            n += 1;
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${n}"));
+        // The text holds only placeholders; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.to_string())
+            .bind(after);
+        if let Some(s) = filter.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(s) = &filter.swarm_id {
+            q = q.bind(s.clone());
+        }
+        let rows = q.bind(limit + 1).fetch_all(self.pool()?).await?;
+        let items = rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page::finish(items, limit, TASK_CURSOR, |t| t.id.clone()))
+    }
+
+    /// Queued tasks of every tenant, highest priority first, then oldest: what the scheduler
+    /// loads into its in-memory queues at start.
+    pub async fn ready_tasks(&self, limit: u32) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'queued' \
+             ORDER BY priority DESC, created_at, id LIMIT $1"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool()?)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    /// Every attempt of one of the tenant's tasks, oldest first.
+    pub async fn list_attempts(&self, tenant_id: &str, task_id: &str) -> Result<Vec<Attempt>> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE tenant_id = $1 AND task_id = $2 \
+             ORDER BY epoch"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.to_string())
+            .bind(task_id.to_string())
+            .fetch_all(self.pool()?)
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+}

@@ -1,0 +1,336 @@
+//! Task submission: bulk submit, validation (nothing written on bad input), DAG planning,
+//! idempotency keys, tenant isolation, listing and the ready queue.
+
+use cflow_core::task::TaskState;
+use cflow_store::{Error, NewTask, Store, Task, TaskFilter};
+use serde_json::json;
+
+use crate::{ctx, each_backend, page, tenant};
+
+pub fn task(local: &str, deps: &[&str]) -> NewTask {
+    NewTask {
+        local_id: Some(local.to_string()),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        ..NewTask::new(json!({"command": ["true"]}))
+    }
+}
+
+pub async fn all_tasks(store: &Store, tenant_id: &str) -> Vec<Task> {
+    store
+        .list_tasks(tenant_id, &TaskFilter::default(), &page(1000, None))
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test]
+async fn a_bulk_submit_plans_the_dag() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "dag").await;
+        let out = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![
+                    task("a", &[]),
+                    task("b", &["a"]),
+                    task("c", &["a", "b"]),
+                    task("d", &[]),
+                ],
+            )
+            .await
+            .unwrap();
+        let states: Vec<TaskState> = out.iter().map(|s| s.state).collect();
+        use TaskState::*;
+        assert_eq!(states, [Queued, Pending, Pending, Queued], "{backend:?}");
+        assert!(
+            out.iter()
+                .all(|s| !s.existing && uuid::Uuid::parse_str(&s.id).is_ok())
+        );
+        let c = store.get_task(&t, &out[2].id).await.unwrap().unwrap();
+        assert_eq!(c.depends_on, [out[0].id.clone(), out[1].id.clone()]);
+        assert_eq!(c.unmet, 2);
+        assert_eq!(c.timeout_ms, 3_600_000);
+        assert_eq!(c.spec, json!({"command": ["true"]}));
+
+        // A later submission may depend on existing tasks by id.
+        let later = store
+            .submit_tasks(&ctx(&t), &t, vec![task("e", &[&out[3].id])])
+            .await
+            .unwrap();
+        assert_eq!(later[0].state, Pending);
+
+        let audit = store
+            .audit_list(&Default::default(), &page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        let submits: Vec<_> = audit.iter().filter(|e| e.action == "task.submit").collect();
+        assert_eq!(submits.len(), 2, "one audit entry per submission");
+        assert_eq!(submits[0].detail["created"].as_array().unwrap().len(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_naming_the_field_and_write_nothing() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "bad").await;
+        let other = tenant(&store, "other").await;
+        let foreign = store
+            .submit_tasks(&ctx(&other), &other, vec![task("x", &[])])
+            .await
+            .unwrap();
+        let cases: Vec<(Vec<NewTask>, &str)> = vec![
+            (
+                vec![NewTask {
+                    priority: 101,
+                    ..task("a", &[])
+                }],
+                "priority",
+            ),
+            (
+                vec![NewTask {
+                    timeout_seconds: 0,
+                    ..task("a", &[])
+                }],
+                "timeout_seconds",
+            ),
+            (
+                vec![NewTask {
+                    timeout_seconds: 86_401,
+                    ..task("a", &[])
+                }],
+                "timeout_seconds",
+            ),
+            (
+                vec![NewTask {
+                    max_attempts: 0,
+                    ..task("a", &[])
+                }],
+                "max_attempts",
+            ),
+            (
+                vec![NewTask {
+                    replicas: 3,
+                    quorum: 4,
+                    ..task("a", &[])
+                }],
+                "quorum",
+            ),
+            (
+                vec![NewTask {
+                    requires: vec!["a b".into()],
+                    ..task("a", &[])
+                }],
+                "requires",
+            ),
+            (vec![task("a", &["b"]), task("b", &["a"])], "depends_on"),
+            (vec![task("a", &["a"])], "depends_on"),
+            (vec![task("a", &[]), task("a", &[])], "depends_on"),
+            (vec![task("a", &["nope"])], "depends_on"),
+            (vec![task("a", &[&foreign[0].id])], "depends_on"),
+            (
+                vec![NewTask {
+                    swarm_id: Some("nope".into()),
+                    ..task("a", &[])
+                }],
+                "swarm_id",
+            ),
+            (
+                vec![
+                    NewTask {
+                        idempotency_key: Some("k".into()),
+                        ..task("a", &[])
+                    },
+                    NewTask {
+                        idempotency_key: Some("k".into()),
+                        ..task("b", &[])
+                    },
+                ],
+                "idempotency_key",
+            ),
+            (vec![], "tasks"),
+        ];
+        for (tasks, field) in cases {
+            let err = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid(ref v) if v.field == field),
+                "{backend:?} {field}: {err}"
+            );
+        }
+        // A cycle's message names it.
+        let err = store
+            .submit_tasks(&ctx(&t), &t, vec![task("a", &["b"]), task("b", &["a"])])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+        // The good task of a bad submission is not written either.
+        let err = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![task("ok", &[]), task("bad", &["missing"])],
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(all_tasks(&store, &t).await.is_empty(), "{backend:?}");
+        assert_eq!(
+            store.ready_tasks(100).await.unwrap().len(),
+            1,
+            "only the other tenant's"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_existing_task() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "idem").await;
+        let other = tenant(&store, "other").await;
+        let keyed = |k: &str, local: &str, deps: &[&str]| NewTask {
+            idempotency_key: Some(k.to_string()),
+            ..task(local, deps)
+        };
+        let first = store
+            .submit_tasks(&ctx(&t), &t, vec![keyed("build-1", "a", &[])])
+            .await
+            .unwrap();
+        let again = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![keyed("build-1", "a", &[]), keyed("test-1", "b", &["a"])],
+            )
+            .await
+            .unwrap();
+        assert_eq!(again[0].id, first[0].id, "{backend:?}");
+        assert!(again[0].existing);
+        assert!(!again[1].existing);
+        // The dependency on the resubmitted task points at the original.
+        let b = store.get_task(&t, &again[1].id).await.unwrap().unwrap();
+        assert_eq!(b.depends_on, [first[0].id.clone()]);
+        assert_eq!(all_tasks(&store, &t).await.len(), 2);
+        // Keys are per tenant.
+        let theirs = store
+            .submit_tasks(&ctx(&other), &other, vec![keyed("build-1", "a", &[])])
+            .await
+            .unwrap();
+        assert_ne!(theirs[0].id, first[0].id);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn listing_is_tenant_scoped_filtered_and_paged() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "list").await;
+        let other = tenant(&store, "other").await;
+        let sw = store
+            .create_swarm(&ctx(&t), &t, crate::swarms::new_swarm("s", 1))
+            .await
+            .unwrap();
+        let mut batch: Vec<NewTask> = (0..5).map(|i| task(&format!("t{i}"), &[])).collect();
+        batch[1].swarm_id = Some(sw.id.clone());
+        batch[2].depends_on = vec!["t0".into()];
+        let out = store.submit_tasks(&ctx(&t), &t, batch).await.unwrap();
+        store
+            .submit_tasks(&ctx(&other), &other, vec![task("x", &[])])
+            .await
+            .unwrap();
+
+        assert_eq!(store.get_task(&other, &out[0].id).await.unwrap(), None);
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let p = store
+                .list_tasks(&t, &TaskFilter::default(), &page(2, cursor))
+                .await
+                .unwrap();
+            seen.extend(p.items.into_iter().map(|t| t.id));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut want: Vec<String> = out.iter().map(|s| s.id.clone()).collect();
+        want.sort();
+        assert_eq!(seen, want, "{backend:?}");
+
+        let pending = TaskFilter {
+            state: Some(TaskState::Pending),
+            swarm_id: None,
+        };
+        let p = store
+            .list_tasks(&t, &pending, &page(10, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.items.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            [&out[2].id]
+        );
+        let in_swarm = TaskFilter {
+            state: None,
+            swarm_id: Some(sw.id.clone()),
+        };
+        let p = store
+            .list_tasks(&t, &in_swarm, &page(10, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.items.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            [&out[1].id]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ready_tasks_come_by_priority_then_age_across_tenants() {
+    each_backend(|store, backend| async move {
+        let a = tenant(&store, "a").await;
+        let b = tenant(&store, "b").await;
+        let low = store
+            .submit_tasks(
+                &ctx(&a),
+                &a,
+                vec![NewTask {
+                    priority: 10,
+                    ..task("l", &[])
+                }],
+            )
+            .await
+            .unwrap();
+        let high = store
+            .submit_tasks(
+                &ctx(&b),
+                &b,
+                vec![NewTask {
+                    priority: 90,
+                    ..task("h", &[])
+                }],
+            )
+            .await
+            .unwrap();
+        let mid = store
+            .submit_tasks(&ctx(&a), &a, vec![task("m", &[]), task("w", &["m"])])
+            .await
+            .unwrap();
+        let ready: Vec<String> = store
+            .ready_tasks(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(
+            ready,
+            [high[0].id.clone(), mid[0].id.clone(), low[0].id.clone()],
+            "{backend:?}"
+        );
+        assert_eq!(store.ready_tasks(1).await.unwrap().len(), 1);
+    })
+    .await;
+}
