@@ -204,6 +204,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "orchestration",
                 include_str!("../migrations/sqlite/0002_orchestration.sql"),
             ),
+            (
+                3,
+                "memory tombstones",
+                include_str!("../migrations/sqlite/0003_memory_tombstones.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -215,6 +220,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "orchestration",
                 include_str!("../migrations/postgres/0002_orchestration.sql"),
+            ),
+            (
+                3,
+                "memory tombstones",
+                include_str!("../migrations/postgres/0003_memory_tombstones.sql"),
             ),
         ],
     };
@@ -247,7 +257,13 @@ pub(crate) async fn migrate(conn: &mut AnyConnection, backend: Backend) -> Resul
             tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; reads will wait for writes");
         }
     }
-    migrator(backend).run(&mut *conn).await?;
+    // `Migrator::run` goes through `Acquire`, whose impl for `&mut AnyConnection` trips a
+    // higher-ranked lifetime bound and makes this future (and so `Store::open`) not `Send`.
+    // `run_direct`, which `run` calls after acquiring, is sqlx's own way around that: it takes
+    // the connection as it is, and does the same (lock, check applied migrations, apply, unlock).
+    migrator(backend)
+        .run_direct(None, &mut *conn, false)
+        .await?;
     Ok(())
 }
 

@@ -1,8 +1,12 @@
 //! Memory: writes, deletes and purges (writer ops) and reads.
 //!
 //! An entry whose `expires_at` is at or before "now" is treated as absent by every read and
-//! precondition at once, whether or not the purge has removed it yet. Versions keep growing when
-//! an expired entry is overwritten, so an old `If-Match` can never match the new entry.
+//! precondition at once, whether or not the purge has removed it yet.
+//!
+//! A version of a (tenant, namespace, key) never repeats, so an old `If-Match` can never match a
+//! later entry: versions keep growing when an expired entry is overwritten, and a delete or purge
+//! leaves the last version in `memory_tombstones` (a trigger, in the same transaction) for a new
+//! entry to count on from.
 
 use std::collections::BTreeMap;
 
@@ -79,6 +83,23 @@ macro_rules! insert_head {
     };
 }
 
+/// The version of a new entry: one past the last version of the entry's deleted predecessors, if
+/// any. The placeholders are the entry's tenant, namespace and key.
+macro_rules! first_version {
+    ($t:literal, $n:literal, $k:literal) => {
+        concat!(
+            "COALESCE((SELECT memory_tombstones.last_version FROM memory_tombstones \
+             WHERE memory_tombstones.tenant_id = ",
+            $t,
+            " AND memory_tombstones.namespace = ",
+            $n,
+            " AND memory_tombstones.key = ",
+            $k,
+            "), 0) + 1"
+        )
+    };
+}
+
 /// How a plain write meets an existing entry: it replaces it. An expired entry being replaced
 /// starts a new life (`created_at`) but keeps counting versions.
 macro_rules! upsert_tail {
@@ -94,7 +115,9 @@ macro_rules! upsert_tail {
 /// Writes whatever is there.
 const UPSERT: &str = concat!(
     insert_head!(),
-    "($1, $2, $3, $4, $5, 1, $6, $6, $7)",
+    "($1, $2, $3, $4, $5, ",
+    first_version!("$1", "$2", "$3"),
+    ", $6, $6, $7)",
     upsert_tail!(),
     " RETURNING version, created_at"
 );
@@ -102,7 +125,9 @@ const UPSERT: &str = concat!(
 /// `If-None-Match: *`: inserts, or replaces only an expired entry.
 const UPSERT_IF_ABSENT: &str = concat!(
     insert_head!(),
-    "($1, $2, $3, $4, $5, 1, $6, $6, $7) \
+    "($1, $2, $3, $4, $5, ",
+    first_version!("$1", "$2", "$3"),
+    ", $6, $6, $7) \
     ON CONFLICT (tenant_id, namespace, key) DO UPDATE SET \
     value = excluded.value, tags = excluded.tags, version = memory.version + 1, \
     created_at = excluded.created_at, updated_at = excluded.updated_at, \
@@ -211,11 +236,12 @@ pub(crate) async fn put_many(
         if i > 0 {
             sql.push(',');
         }
+        let (t, n, k) = (b + 1, b + 2, b + 3);
         sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, 1, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
+            "(${t}, ${n}, ${k}, ${}, ${}, COALESCE((SELECT memory_tombstones.last_version \
+             FROM memory_tombstones WHERE memory_tombstones.tenant_id = ${t} \
+             AND memory_tombstones.namespace = ${n} AND memory_tombstones.key = ${k}), 0) + 1, \
+             ${}, ${}, ${})",
             b + 4,
             b + 5,
             b + 6,

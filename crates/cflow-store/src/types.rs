@@ -60,7 +60,8 @@ pub struct MemoryEntry {
     pub key: String,
     pub value: serde_json::Value,
     pub tags: Vec<String>,
-    /// Starts at 1 and grows by one on every write of the key.
+    /// Starts at 1 and grows on every write of the key and never repeats, even across deletes
+    /// and purges: an entry created after one starts one past its predecessor's last version.
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,

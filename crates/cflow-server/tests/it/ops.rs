@@ -141,23 +141,17 @@ async fn run_writes_a_private_admin_token_once_and_stops_on_its_signal() {
     let token_path = config.data_dir.join("admin.token");
     for round in 0..2 {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = cflow_server::run(config.clone(), async {
+        let server = tokio::spawn(cflow_server::run(config.clone(), async {
             let _ = rx.await;
-        });
-        // Driven side by side in this task rather than spawned: the store's open future is not
-        // `Send` (see the report), which `run` inherits.
-        let check = async {
-            let token = eventually("admin.token", Duration::from_secs(20), async || {
-                std::fs::read_to_string(&token_path)
-                    .ok()
-                    .filter(|t| t.ends_with('\n'))
-            })
-            .await;
-            tx.send(()).unwrap();
-            token
-        };
-        let (result, token) = tokio::join!(server, check);
-        result.expect("run ends cleanly");
+        }));
+        let token = eventually("admin.token", Duration::from_secs(20), async || {
+            std::fs::read_to_string(&token_path)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        })
+        .await;
+        tx.send(()).unwrap();
+        server.await.unwrap().expect("run ends cleanly");
         let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "round {round}");
         assert!(token.trim().starts_with("cflow_"));

@@ -212,3 +212,28 @@ async fn store_is_send_sync_clone_and_debug() {
     })
     .await;
 }
+
+/// Opening is `Send`, so a store (and a server built on one) can be opened on a spawned task.
+#[tokio::test]
+async fn open_can_be_spawned() {
+    each_backend_url(|store, backend, url| async move {
+        store.close().await;
+        let again = tokio::spawn(async move { Store::open(&url, StoreOptions::default()).await })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.backend(), backend);
+        again.ping().await.unwrap();
+        again.close().await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spawned/cflow.db");
+    let store =
+        tokio::spawn(async move { Store::open_sqlite(&path, StoreOptions::default()).await })
+            .await
+            .unwrap()
+            .unwrap();
+    store.ping().await.unwrap();
+    store.close().await;
+}
