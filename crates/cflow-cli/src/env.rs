@@ -149,6 +149,20 @@ pub const VARS: &[EnvVar] = &[
         description: "burst per tenant",
         secret: false,
     },
+    EnvVar {
+        name: "CFLOW_RATE_LIMIT_PER_IP_AUTH_FAILURES_RPS",
+        key: "server.rate_limit.per_ip_auth_failures_rps",
+        flag: None,
+        description: "sustained failed authentications/s per source IP (0: unlimited)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_RATE_LIMIT_PER_IP_AUTH_FAILURES_BURST",
+        key: "server.rate_limit.per_ip_auth_failures_burst",
+        flag: None,
+        description: "burst of failed authentications per source IP",
+        secret: false,
+    },
 ];
 
 /// The registry entry for a configuration key.

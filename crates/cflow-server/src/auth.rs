@@ -1,6 +1,8 @@
 //! Authentication, rate limiting and role checks: the [`Caller`] extractor. A handler that takes
 //! `Caller<O>` runs only for a live key whose bucket has tokens and whose role may perform `O`'s
-//! action; everything else is refused here, before the body is read, and audited by the edge.
+//! action; everything else is refused here, before the body is read, and audited by the edge —
+//! except failed authentications beyond the source address's failure bucket, which are answered
+//! 429 and audited in aggregate by the background task.
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, now_ms};
@@ -170,13 +172,27 @@ impl<O: Op> FromRequestParts<AppState> for Caller<O> {
                 resource: parts.uri.path().to_owned(),
             })
         };
+        // A failed authentication spends a token of the source address's failure bucket. Once
+        // that is empty the answer is 429 and nothing is recorded, so the edge appends no ledger
+        // entry: the failure is only counted, into one aggregated entry per address that the
+        // background task appends (see `serve::audit_suppressed_auth_failures`).
+        let source = rc.source.clone();
+        let fail = |ctx: &AuditContext, e: ApiError| -> ApiError {
+            if let Some(source) = &source
+                && let Err(secs) = state.limits.auth_failure(source)
+            {
+                return ApiError::rate_limited_because(
+                    "too many failed authentications from this address",
+                    secs,
+                );
+            }
+            record(ctx);
+            e
+        };
 
         let token = match bearer(parts) {
             Ok(t) => t,
-            Err(e) => {
-                record(&ctx);
-                return Err(e);
-            }
+            Err(e) => return Err(fail(&ctx, e)),
         };
         let now = now_ms();
         let outcome = match state.auth_cache.get(token, now) {
@@ -192,9 +208,9 @@ impl<O: Op> FromRequestParts<AppState> for Caller<O> {
         let (refusal, key) = match outcome {
             AuthOutcome::Valid(key) => (None, key),
             AuthOutcome::Invalid => {
-                record(&ctx);
                 // Unknown key id and wrong secret are deliberately indistinguishable.
-                return Err(ApiError::unauthenticated("unknown API key or wrong secret"));
+                let e = ApiError::unauthenticated("unknown API key or wrong secret");
+                return Err(fail(&ctx, e));
             }
             AuthOutcome::Revoked(key) => (Some("API key has been revoked"), key),
             AuthOutcome::Expired(key) => (Some("API key has expired"), key),
@@ -203,10 +219,10 @@ impl<O: Op> FromRequestParts<AppState> for Caller<O> {
         // the refusal is visible to that tenant's auditors.
         ctx.tenant_id = Some(key.tenant_id.clone());
         ctx.principal_id = Some(key.principal_id.clone());
-        record(&ctx);
         if let Some(why) = refusal {
-            return Err(ApiError::unauthenticated(why));
+            return Err(fail(&ctx, ApiError::unauthenticated(why)));
         }
+        record(&ctx);
 
         if let Err(secs) = state.limits.check(&key.id, &key.tenant_id) {
             return Err(ApiError::rate_limited(secs));

@@ -36,6 +36,11 @@ pub struct RateLimitConfig {
     pub per_key_burst: u32,
     pub per_tenant_rps: u32,
     pub per_tenant_burst: u32,
+    /// Failed authentications (401) per source IP address. When the bucket is empty, further
+    /// failures from that address are answered 429 and, instead of one ledger entry each, are
+    /// counted into one aggregated entry per address every few seconds.
+    pub per_ip_auth_failures_rps: u32,
+    pub per_ip_auth_failures_burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -45,6 +50,8 @@ impl Default for RateLimitConfig {
             per_key_burst: 4_000,
             per_tenant_rps: 5_000,
             per_tenant_burst: 10_000,
+            per_ip_auth_failures_rps: 10,
+            per_ip_auth_failures_burst: 50,
         }
     }
 }

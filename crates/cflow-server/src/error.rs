@@ -240,9 +240,14 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::rate_limited_because("rate limit exceeded", retry_after_secs)
+    }
+
+    /// A 429 whose detail starts with `why`.
+    pub fn rate_limited_because(why: &str, retry_after_secs: u64) -> Self {
         let mut e = Self::new(
             ProblemKind::RateLimited,
-            format!("rate limit exceeded; retry after {retry_after_secs} s"),
+            format!("{why}; retry after {retry_after_secs} s"),
         );
         e.0.retry_after_secs = Some(retry_after_secs);
         e

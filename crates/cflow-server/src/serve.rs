@@ -8,7 +8,7 @@ use crate::state::{AppState, now_ms};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
-use cflow_store::{AuditContext, Store, StoreOptions};
+use cflow_store::{AuditContext, AuditEvent, Store, StoreOptions};
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -307,7 +307,32 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// Periodic duties: purge expired memory, drain metric histograms, forget idle rate buckets.
+/// Appends one ledger entry per source address whose failed authentications were refused (429)
+/// since the last call, with their number: the ledger shows a flood without growing with it.
+async fn audit_suppressed_auth_failures(state: &AppState) {
+    for (source, suppressed) in state.limits.take_suppressed() {
+        let ctx = AuditContext {
+            source: Some(source.clone()),
+            ..AuditContext::default()
+        };
+        let event = AuditEvent {
+            action: "auth".to_string(),
+            resource: "*".to_string(),
+            outcome: "rate_limited".to_string(),
+            detail: serde_json::json!({
+                "status": 429,
+                "reason": "too many failed authentications from this address",
+                "suppressed": suppressed,
+            }),
+        };
+        if let Err(e) = state.store.audit_append(&ctx, event).await {
+            tracing::warn!(%source, suppressed, error = %e, "could not audit suppressed authentication failures");
+        }
+    }
+}
+
+/// Periodic duties: purge expired memory, drain metric histograms, forget idle rate buckets,
+/// audit refused authentication failures in aggregate.
 async fn background(state: AppState, purge_every: Duration, stopped: watch::Receiver<bool>) {
     let mut purge = tokio::time::interval(purge_every);
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
@@ -317,7 +342,11 @@ async fn background(state: AppState, purge_every: Duration, stopped: watch::Rece
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => return,
+            () = &mut stop => {
+                // The store closes only after this task ends.
+                audit_suppressed_auth_failures(&state).await;
+                return;
+            }
             _ = purge.tick() => match state.store.memory_purge_expired(now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "purged expired memory entries"),
@@ -327,6 +356,7 @@ async fn background(state: AppState, purge_every: Duration, stopped: watch::Rece
                 state.metrics.upkeep();
                 state.limits.shrink();
                 state.auth_cache.shrink(now_ms());
+                audit_suppressed_auth_failures(&state).await;
             }
         }
     }

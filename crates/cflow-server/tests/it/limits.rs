@@ -1,10 +1,12 @@
 //! Rate limits per key and per tenant (429 with Retry-After, audited) and the body limit.
 
-use crate::common::{expect_json, expect_problem};
+use crate::common::{eventually, expect_json, expect_problem};
 use cflow_core::Role;
-use cflow_store::{AuditContext, CreatedKey, NewKey};
+use cflow_core::audit::AuditEntry;
+use cflow_store::{AuditContext, AuditQuery, CreatedKey, NewKey, PageRequest};
 use cflow_test_support::server::TestServer;
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 /// Creates a key through the store, so that setting up does not spend the superadmin's tokens.
 async fn store_key(server: &TestServer, tenant: &str, name: &str, role: Role) -> CreatedKey {
@@ -136,6 +138,113 @@ async fn per_tenant_limit_covers_all_keys_of_a_tenant_only() {
     assert!(refused.headers().contains_key("retry-after"));
     expect_problem(refused, 429, "rate-limited").await;
     expect_json(whoami(&server, &other, "it-other-tenant").await, 200).await;
+    server.shutdown().await;
+}
+
+/// The whole ledger, read through the store so that reading it is not itself a request.
+async fn ledger(server: &TestServer) -> Vec<AuditEntry> {
+    let page = PageRequest {
+        cursor: None,
+        limit: 1000,
+    };
+    let page = server
+        .store
+        .audit_list(&AuditQuery::default(), &page)
+        .await
+        .unwrap();
+    assert!(page.next_cursor.is_none(), "the test ledger fits one page");
+    page.items
+}
+
+/// Failed authentications from one address are audited one by one only up to the burst; after
+/// that they are refused with 429 before the edge audits them, and one aggregated entry per
+/// address records how many were suppressed. A valid key from the same address is unaffected.
+#[tokio::test]
+async fn failed_authentications_per_address_are_limited_and_audited_in_aggregate() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit.per_ip_auth_failures_rps = 1;
+        c.rate_limit.per_ip_auth_failures_burst = 5;
+    })
+    .await;
+    let before = ledger(&server).await.len();
+    // Well-formed, so that each attempt costs a key lookup, but unknown.
+    let bad = format!("cflow_{}_{}", "0".repeat(16), "0".repeat(64));
+    let started = Instant::now();
+    let (mut unauthenticated, mut limited) = (0u64, 0u64);
+    for i in 0..20 {
+        let resp = whoami(&server, &bad, &format!("it-flood-{i}")).await;
+        if resp.status() == 401 {
+            unauthenticated += 1;
+            expect_problem(resp, 401, "unauthenticated").await;
+        } else {
+            assert!(i >= 5, "request {i} within the burst was refused");
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .expect("whole seconds");
+            assert!(retry >= 1);
+            let body = expect_problem(resp, 429, "rate-limited").await;
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("failed authentications"),
+                "{body}"
+            );
+            limited += 1;
+        }
+        if i == 10 {
+            // The address's failure bucket is empty now, yet a valid key gets through.
+            let ok = whoami(&server, &server.admin_token, "it-flood-valid").await;
+            expect_json(ok, 200).await;
+        }
+    }
+    // The bucket refills one token a second; a slow machine may earn a few more 401s.
+    let refills = started.elapsed().as_secs() + 1;
+    assert!(
+        (5..=5 + refills).contains(&unauthenticated),
+        "{unauthenticated} answered 401 in {:?}",
+        started.elapsed()
+    );
+    assert!(limited > 0 && limited + unauthenticated == 20);
+
+    // The suppressed failures appear in aggregate (the background task writes every 5 s).
+    let ledger = eventually(
+        "the aggregated entry",
+        Duration::from_secs(30),
+        async || {
+            let entries = ledger(&server).await;
+            let suppressed: u64 = entries
+                .iter()
+                .filter(|e| e.action == "auth" && e.outcome == "rate_limited")
+                .map(|e| e.detail["suppressed"].as_u64().unwrap())
+                .sum();
+            (suppressed == limited).then_some(entries)
+        },
+    )
+    .await;
+    let aggregates: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.action == "auth" && e.outcome == "rate_limited")
+        .collect();
+    for e in &aggregates {
+        assert_eq!(e.source.as_deref(), Some("127.0.0.1"), "{e:?}");
+        assert_eq!(e.tenant_id, None, "{e:?}");
+    }
+    // Each 401 is audited on its own; the 429s are not.
+    let audited: Vec<_> = ledger
+        .iter()
+        .filter_map(|e| e.request_id.as_deref())
+        .filter(|r| r.starts_with("it-flood-"))
+        .collect();
+    assert_eq!(audited.len() as u64, unauthenticated, "{audited:?}");
+    // The ledger grew by the 401s and a couple of aggregated entries, not by the flood.
+    let grown = (ledger.len() - before) as u64;
+    assert!(
+        grown <= unauthenticated + 3,
+        "the ledger grew by {grown} for {unauthenticated} 401s and {limited} 429s"
+    );
     server.shutdown().await;
 }
 
