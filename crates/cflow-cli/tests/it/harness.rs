@@ -275,6 +275,25 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Sends SIGKILL (no shutdown of any kind runs) and waits for the exit; returns the status,
+    /// the working directory (for a restart) and everything the server printed.
+    pub fn kill9(mut self) -> (ExitStatus, tempfile::TempDir, String) {
+        let mut child = self.child.take().expect("running server");
+        child.kill().expect("sending SIGKILL");
+        let exit = child.wait().expect("waiting for cflow up");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.output) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (
+            exit,
+            self.work.take().expect("working directory"),
+            self.output(),
+        )
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod config;
+mod crash;
 mod errors;
 mod harness;
 mod keys;
