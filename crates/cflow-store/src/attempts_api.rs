@@ -5,7 +5,6 @@ use sqlx::Row;
 
 use crate::attempts::{AttemptOp, MAX_LEASE_MS};
 use crate::orch_types::{Attempt, Cancelled, ExpiredLease, Outcome, Settled};
-use crate::swarms::unexpected;
 use crate::types::AuditContext;
 use crate::writer::{Op, Output};
 use crate::{Error, Result, Store};
@@ -44,10 +43,8 @@ impl Store {
             lease_ms,
             now,
         };
-        match self.attempt_op(ctx, op).await? {
-            Output::Assigned(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        let out = self.attempt_op(ctx, op).await?;
+        expect_output!(out, Output::Assigned(a) => a)
     }
 
     /// The worker reports that the attempt started; repeating it is harmless.
@@ -58,7 +55,7 @@ impl Store {
         epoch: i64,
         now: i64,
     ) -> Result<Attempt> {
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::Start {
@@ -67,11 +64,8 @@ impl Store {
                     now,
                 },
             )
-            .await?
-        {
-            Output::Assigned(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Assigned(a) => a)
     }
 
     /// Extends the attempt's lease to `now + lease_ms`.
@@ -84,7 +78,7 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Attempt> {
         check_lease(lease_ms)?;
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::Heartbeat {
@@ -94,11 +88,8 @@ impl Store {
                     now,
                 },
             )
-            .await?
-        {
-            Output::Assigned(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Assigned(a) => a)
     }
 
     /// Records how the attempt ended, moves the task on (retry, done) and settles its
@@ -111,7 +102,7 @@ impl Store {
         outcome: Outcome,
         now: i64,
     ) -> Result<Settled> {
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::Complete {
@@ -121,11 +112,8 @@ impl Store {
                     now,
                 },
             )
-            .await?
-        {
-            Output::Settled(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Settled(s) => s)
     }
 
     /// Attempts (of every tenant) whose lease expired before `now`, oldest expiry first.
@@ -162,7 +150,7 @@ impl Store {
         epoch: i64,
         now: i64,
     ) -> Result<Settled> {
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::RequeueLost {
@@ -171,17 +159,14 @@ impl Store {
                     now,
                 },
             )
-            .await?
-        {
-            Output::Settled(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Settled(s) => s)
     }
 
     /// Queues up to `limit` tasks (of every tenant) whose retry backoff ended by `now`; returns
     /// how many. The scheduler calls it on a timer.
     pub async fn promote_retries(&self, ctx: &AuditContext, now: i64, limit: u32) -> Result<u64> {
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::PromoteRetries {
@@ -189,11 +174,8 @@ impl Store {
                     limit: i64::from(limit),
                 },
             )
-            .await?
-        {
-            Output::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Count(n) => n)
     }
 
     /// Cancels a task of the tenant that has not finished, and its waiting dependents. `kill` in
@@ -205,7 +187,7 @@ impl Store {
         task_id: &str,
         now: i64,
     ) -> Result<Cancelled> {
-        match self
+        let out = self
             .attempt_op(
                 ctx,
                 AttemptOp::Cancel {
@@ -214,10 +196,7 @@ impl Store {
                     now,
                 },
             )
-            .await?
-        {
-            Output::Cancelled(c) => Ok(c),
-            other => Err(unexpected(other)),
-        }
+            .await?;
+        expect_output!(out, Output::Cancelled(c) => c)
     }
 }

@@ -59,6 +59,19 @@
 //! The conformance suite (`tests/it`) runs every case on both backends; see
 //! `cflow_test_support::db` and `scripts/pg-test.sh` for the PostgreSQL side.
 
+/// Unwraps the writer's output of the expected kind.
+macro_rules! expect_output {
+    ($out:expr, $pat:pat => $val:expr) => {
+        match $out {
+            $pat => Ok($val),
+            other => Err(Error::Corrupt {
+                what: "writer".to_string(),
+                detail: format!("unexpected output {other:?}"),
+            }),
+        }
+    };
+}
+
 mod attempts;
 mod attempts_api;
 mod audit;
@@ -148,19 +161,6 @@ impl std::fmt::Debug for Store {
             .field("closed", &self.inner.writer.is_closed())
             .finish()
     }
-}
-
-/// Unwraps the writer's output of the expected kind.
-macro_rules! expect_output {
-    ($out:expr, $pat:pat => $val:expr) => {
-        match $out {
-            $pat => Ok($val),
-            other => Err(Error::Corrupt {
-                what: "writer".to_string(),
-                detail: format!("unexpected output {other:?}"),
-            }),
-        }
-    };
 }
 
 impl Store {

@@ -367,10 +367,6 @@ pub(crate) fn time_id_cursor(tag: &str, req: &PageRequest) -> Result<(i64, Strin
     }
 }
 
-pub(crate) fn unexpected(out: Output) -> Error {
-    corrupt("writer", format!("unexpected output {out:?}"))
-}
-
 impl Store {
     /// Creates a swarm in `active`; `Conflict` when the tenant has a swarm of that name.
     pub async fn create_swarm(
@@ -396,10 +392,8 @@ impl Store {
             tenant_id: tenant_id.to_string(),
             new,
         };
-        match self.write(ctx, Op::Swarm(op)).await? {
-            Output::Swarm(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        let out = self.write(ctx, Op::Swarm(op)).await?;
+        expect_output!(out, Output::Swarm(s) => s)
     }
 
     /// A swarm of the tenant (another tenant's is `None`).
@@ -450,10 +444,8 @@ impl Store {
             swarm_id: swarm_id.to_string(),
             state,
         };
-        match self.write(ctx, Op::Swarm(op)).await? {
-            Output::Swarm(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        let out = self.write(ctx, Op::Swarm(op)).await?;
+        expect_output!(out, Output::Swarm(s) => s)
     }
 
     /// Creates an agent in `starting`; `State` when the swarm is stopped or full.
@@ -473,10 +465,8 @@ impl Store {
             swarm_id: swarm_id.to_string(),
             new,
         };
-        match self.write(ctx, Op::Swarm(op)).await? {
-            Output::Agent(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        let out = self.write(ctx, Op::Swarm(op)).await?;
+        expect_output!(out, Output::Agent(a) => a)
     }
 
     /// An agent of the tenant.
@@ -530,9 +520,7 @@ impl Store {
             agent_id: agent_id.to_string(),
             state,
         };
-        match self.write(ctx, Op::Swarm(op)).await? {
-            Output::Agent(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        let out = self.write(ctx, Op::Swarm(op)).await?;
+        expect_output!(out, Output::Agent(a) => a)
     }
 }

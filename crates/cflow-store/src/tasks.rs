@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::audit::Draft;
 use crate::orch_types::{Attempt, NewTask, Submitted, Task, TaskFilter};
-use crate::swarms::{check_labels, check_names, json_col, parse, unexpected};
+use crate::swarms::{check_labels, check_names, json_col, parse};
 use crate::types::{AuditContext, Page, PageRequest};
 use crate::writer::{Op, OpCx, Output, Step};
 use crate::{Error, Result, Store, page};
@@ -364,10 +364,8 @@ impl Store {
             tenant_id: tenant_id.to_string(),
             tasks,
         };
-        match self.write(ctx, op).await? {
-            Output::Submitted(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Submitted(s) => s)
     }
 
     /// A task of the tenant (another tenant's is `None`).
