@@ -35,6 +35,7 @@ pub mod exec;
 mod group;
 pub mod noop;
 mod output;
+pub mod proto;
 pub mod registry;
 
 pub use driver::{

@@ -74,20 +74,35 @@ pub fn run(
 }
 
 /// The server under test: one spawned for the run, or one given with `--server`.
-struct Target {
-    url: Url,
+pub(crate) struct Target {
+    pub(crate) url: Url,
     /// A token for the benchmark's requests.
-    token: String,
-    description: String,
-    child: Option<tokio::process::Child>,
+    pub(crate) token: String,
+    pub(crate) description: String,
+    pub(crate) child: Option<tokio::process::Child>,
     /// Holds the spawned server's data directory until the run ends.
     _dir: Option<tempfile::TempDir>,
     /// The spawned server's log, shown when requests failed.
-    log: Option<PathBuf>,
+    pub(crate) log: Option<PathBuf>,
+    /// The spawned server's superadmin token and the benchmark's tenant, so that other keys
+    /// (a worker's) can be made for it.
+    pub(crate) admin_token: Option<String>,
+    pub(crate) tenant: Option<String>,
+}
+
+/// How [`Target::spawn_with`] starts the server.
+#[derive(Debug, Default)]
+pub(crate) struct SpawnOptions {
+    /// Extra environment variables for the server process.
+    pub(crate) env: Vec<(String, String)>,
+    /// `cflow server --database URL` instead of `cflow up` (SQLite).
+    pub(crate) database: Option<String>,
+    /// The role of the benchmark's key (default: developer).
+    pub(crate) role: Option<&'static str>,
 }
 
 impl Target {
-    fn external(loaded: &Loaded) -> Result<Self> {
+    pub(crate) fn external(loaded: &Loaded) -> Result<Self> {
         let client = Client::from_config(loaded)?;
         Ok(Self {
             url: client.base().clone(),
@@ -96,12 +111,19 @@ impl Target {
             child: None,
             _dir: None,
             log: None,
+            admin_token: None,
+            tenant: None,
         })
     }
 
     /// Starts `cflow up` (this very binary) on a free port with a fresh data directory and rate
     /// limits off, waits for `/readyz`, and gives the benchmark a developer key of its own tenant.
     async fn spawn() -> Result<Self> {
+        Self::spawn_with(&SpawnOptions::default()).await
+    }
+
+    /// [`Target::spawn`] with extra environment variables, or on PostgreSQL.
+    pub(crate) async fn spawn_with(opts: &SpawnOptions) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary data directory")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -112,7 +134,11 @@ impl Target {
         let log = std::fs::File::create(&log_path).context("creating the server log")?;
         let exe = std::env::current_exe().context("locating the cflow binary")?;
         let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["up", "--listen", &listen, "--data-dir"])
+        match &opts.database {
+            Some(db) => cmd.args(["server", "--database", db]),
+            None => cmd.arg("up"),
+        };
+        cmd.args(["--listen", &listen, "--data-dir"])
             .arg(dir.path())
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -129,6 +155,9 @@ impl Target {
             cmd.env(env_name(key)?, "0");
         }
         cmd.env(env_name("log")?, "warn");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .spawn()
             .context("starting 'cflow up' for the benchmark")?;
@@ -176,7 +205,7 @@ impl Target {
                 Method::POST,
                 admin_client.url(&["tenants", &tenant, "keys"]),
             )
-            .json(&json!({ "name": "bench", "role": "developer" }));
+            .json(&json!({ "name": "bench", "role": opts.role.unwrap_or("developer") }));
         let key = admin_client
             .json(req, cflow_core::Action::KeyCreate)
             .await?;
@@ -185,19 +214,27 @@ impl Target {
             .and_then(|t| t.as_str())
             .ok_or_else(|| anyhow!("the server created a key without a token"))?
             .to_string();
+        let description = match &opts.database {
+            Some(_) => {
+                format!("fresh 'cflow server' at http://{listen} (PostgreSQL, rate limits off)")
+            }
+            None => format!(
+                "fresh 'cflow up' at http://{listen} (SQLite in a temporary directory, rate limits off)"
+            ),
+        };
         Ok(Self {
             url,
             token,
-            description: format!(
-                "fresh 'cflow up' at http://{listen} (SQLite in a temporary directory, rate limits off)"
-            ),
+            description,
             child: Some(child),
             log: Some(dir.path().join("server.log")),
             _dir: Some(dir),
+            admin_token: Some(admin),
+            tenant: Some(tenant),
         })
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(child) = &mut self.child {
             // A graceful stop first (the server's own SIGTERM path), a kill if it hangs.
             if let Some(pid) = child.id() {
@@ -216,19 +253,19 @@ impl Target {
     }
 }
 
-fn env_name(key: &str) -> Result<&'static str> {
+pub(crate) fn env_name(key: &str) -> Result<&'static str> {
     env::by_key(key)
         .map(|v| v.name)
         .ok_or_else(|| anyhow!("no environment variable for {key}"))
 }
 
-fn tail_of(path: &Path) -> String {
+pub(crate) fn tail_of(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn client_for(url: &Url, token: &str) -> Result<Client> {
+pub(crate) fn client_for(url: &Url, token: &str) -> Result<Client> {
     Client::new(
         url.clone(),
         token.to_string(),
@@ -269,7 +306,7 @@ struct Report {
     phases: Vec<Phase>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -303,29 +340,39 @@ fn phase(
 /// whether it succeeded (and if not, why).
 type Request = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// Failed requests of a phase: how many, and the first reason (enough to see what went wrong).
+/// Failed requests of a phase: how many, and the first few distinct reasons (enough to see what
+/// went wrong).
 #[derive(Default)]
-struct Errors {
+pub(crate) struct Errors {
     count: AtomicU64,
-    first: Mutex<Option<String>>,
+    seen: Mutex<Vec<String>>,
 }
 
+/// How many distinct reasons [`Errors`] keeps.
+const KEPT_REASONS: usize = 5;
+
 impl Errors {
-    fn record(&self, why: String) {
+    pub(crate) fn record(&self, why: String) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut first) = self.first.lock()
-            && first.is_none()
+        if let Ok(mut seen) = self.seen.lock()
+            && seen.len() < KEPT_REASONS
+            && !seen.contains(&why)
         {
-            *first = Some(why);
+            seen.push(why);
         }
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn first(&self) -> Option<String> {
-        self.first.lock().ok().and_then(|f| f.clone())
+    pub(crate) fn first(&self) -> Option<String> {
+        self.seen.lock().ok().and_then(|s| s.first().cloned())
+    }
+
+    /// The first few distinct reasons, in the order they were seen.
+    pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 

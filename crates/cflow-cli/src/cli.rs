@@ -89,6 +89,21 @@ pub enum Command {
     /// Benchmarks against a real server.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run a worker that takes tasks from a server (dials out; first signal drains).
+    Worker(crate::commands::worker::WorkerArgs),
+    /// Swarms of agents: create, inspect, pause, resume, stop, scale.
+    #[command(subcommand)]
+    Swarm(crate::commands::swarm::SwarmCmd),
+    /// Agents of a swarm: spawn, list, stop.
+    #[command(subcommand)]
+    Agent(crate::commands::agent::AgentCmd),
+    /// Tasks: submit, list, get, logs, cancel.
+    #[command(subcommand)]
+    Task(crate::commands::task::TaskCmd),
+    /// Run a workflow file: a swarm and a task DAG, followed live to the end.
+    Run(crate::commands::run::RunArgs),
+    /// Check the server, the token, the database and the drivers' isolation.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +114,9 @@ pub struct UpArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Once ready, run the quickstart workflow (examples/quickstart.toml) and keep serving.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub demo: bool,
 }
 
 impl UpArgs {
@@ -259,6 +277,10 @@ pub enum BenchCmd {
     /// Drive a real server over HTTP: durable writes, reads and whoami at a fixed rate, search,
     /// and the CLI round trip. Without --server, a fresh `cflow up` is started for the run.
     Api(BenchArgs),
+    /// Submit tasks through the HTTP API and measure until they are complete and durable:
+    /// bulk throughput, submit→start latency at a fixed rate, and the server's RSS with many
+    /// idle agents. Without --server, a fresh server is started for the run.
+    Tasks(crate::bench_tasks::BenchTasksArgs),
 }
 
 #[derive(Debug, Args, Clone)]

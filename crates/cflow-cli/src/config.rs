@@ -31,6 +31,8 @@ pub struct Config {
     /// What `cflow up` / `cflow server` run with (the data directory is shared with the client,
     /// which finds `admin.token` there).
     pub server: ServerConfig,
+    /// What `cflow worker` runs with.
+    pub worker: crate::commands::worker::WorkerConfig,
     /// Log filter for the server process.
     pub log: String,
 }
@@ -40,6 +42,7 @@ impl Default for Config {
         Self {
             client: ClientConfig::default(),
             server: ServerConfig::default(),
+            worker: Default::default(),
             log: "info".to_string(),
         }
     }

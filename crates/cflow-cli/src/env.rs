@@ -163,6 +163,48 @@ pub const VARS: &[EnvVar] = &[
         description: "burst of failed authentications per source IP",
         secret: false,
     },
+    EnvVar {
+        name: "CFLOW_LOCAL_SLOTS",
+        key: "server.sched.local_slots",
+        flag: None,
+        description: "slots of the server's local worker pool (0: remote workers only)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_LEASE_MS",
+        key: "server.sched.lease_ms",
+        flag: None,
+        description: "how long an attempt's lease runs past its worker's last heartbeat (ms)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_HEARTBEAT_MS",
+        key: "server.sched.heartbeat_ms",
+        flag: None,
+        description: "how often workers must poll; twice this silent and a worker is suspected (ms)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_WORKER_LABELS",
+        key: "worker.labels",
+        flag: Some("worker_labels"),
+        description: "labels of a `cflow worker`, tasks can be pinned to them (region=eu,gpu=false)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_WORKER_SLOTS",
+        key: "worker.slots",
+        flag: Some("worker_slots"),
+        description: "attempts a `cflow worker` runs at once",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_WORKER_ID",
+        key: "worker.id",
+        flag: Some("worker_id"),
+        description: "stable id of a `cflow worker`, kept across restarts (default: <hostname>-<random> per start)",
+        secret: false,
+    },
 ];
 
 /// The registry entry for a configuration key.

@@ -2,12 +2,14 @@
 //! printed as `error: …` with their causes and exit with code 1; usage errors are clap's (code 2).
 
 mod bench;
+mod bench_tasks;
 mod cli;
 mod client;
 mod commands;
 mod config;
 mod env;
 mod output;
+mod workflow;
 
 use std::process::ExitCode;
 

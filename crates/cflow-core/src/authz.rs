@@ -14,16 +14,19 @@ pub enum Role {
     Developer,
     Viewer,
     Auditor,
+    /// A `cflow worker`'s key: it may connect as a worker of its tenant and nothing else.
+    Worker,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Superadmin,
         Role::Admin,
         Role::Operator,
         Role::Developer,
         Role::Viewer,
         Role::Auditor,
+        Role::Worker,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Role {
             Role::Developer => "developer",
             Role::Viewer => "viewer",
             Role::Auditor => "auditor",
+            Role::Worker => "worker",
         }
     }
 }
@@ -47,7 +51,7 @@ impl fmt::Display for Role {
 /// The error for a role name that is not one of [`Role::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown role '{0}': expected one of superadmin, admin, operator, developer, viewer, auditor"
+    "unknown role '{0}': expected one of superadmin, admin, operator, developer, viewer, auditor, worker"
 )]
 pub struct UnknownRole(pub String);
 
@@ -97,10 +101,14 @@ pub enum Action {
     TaskCancel,
     /// Connect as a worker and run assignments.
     WorkerConnect,
+    /// Send a message between agents of a swarm.
+    MessageSend,
+    /// Change a tenant's scheduler weight and quotas (platform administration).
+    TenantUpdate,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 18] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::KeyCreate,
@@ -117,6 +125,8 @@ impl Action {
         Action::TaskSubmit,
         Action::TaskCancel,
         Action::WorkerConnect,
+        Action::MessageSend,
+        Action::TenantUpdate,
     ];
 
     /// Whether the action changes state (and so is refused to read-only roles and audited).
@@ -131,6 +141,8 @@ impl Action {
                 | Action::TaskSubmit
                 | Action::TaskCancel
                 | Action::WorkerConnect
+                | Action::MessageSend
+                | Action::TenantUpdate
         )
     }
 
@@ -138,14 +150,15 @@ impl Action {
     pub fn is_platform(self) -> bool {
         matches!(
             self,
-            Action::TenantCreate | Action::TenantList | Action::MetricsRead
+            Action::TenantCreate | Action::TenantList | Action::TenantUpdate | Action::MetricsRead
         )
     }
 }
 
 /// The permission matrix. `superadmin` may do everything; platform actions are for it alone;
 /// `viewer` and `auditor` never mutate; only `admin` manages keys; only `admin` and `auditor`
-/// read the audit ledger.
+/// read the audit ledger; a `worker` key may only connect as a worker (and ask who it is), and
+/// only a `worker` key (or a superadmin) may connect as one.
 pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     use Role::*;
@@ -155,13 +168,19 @@ pub fn allows(role: Role, action: Action) -> bool {
     if action.is_platform() {
         return false;
     }
+    if role == Worker {
+        return matches!(action, WorkerConnect | Whoami);
+    }
     match action {
         Whoami | MemoryRead | SwarmRead | TaskRead => true,
         KeyCreate | KeyList | KeyRevoke => role == Admin,
         AuditRead => matches!(role, Admin | Auditor),
-        MemoryWrite | TaskSubmit | TaskCancel => matches!(role, Admin | Operator | Developer),
-        SwarmWrite | WorkerConnect => matches!(role, Admin | Operator),
-        TenantCreate | TenantList | MetricsRead => false,
+        MemoryWrite | TaskSubmit | TaskCancel | MessageSend => {
+            matches!(role, Admin | Operator | Developer)
+        }
+        SwarmWrite => matches!(role, Admin | Operator),
+        WorkerConnect => false,
+        TenantCreate | TenantList | TenantUpdate | MetricsRead => false,
     }
 }
 
@@ -170,35 +189,76 @@ mod tests {
     use super::*;
 
     /// The whole matrix, written out so that a change to the policy is a visible change here.
-    /// Columns: superadmin, admin, operator, developer, viewer, auditor.
-    const MATRIX: &[(Action, [bool; 6])] = &[
+    /// Columns: superadmin, admin, operator, developer, viewer, auditor, worker.
+    const MATRIX: &[(Action, [bool; 7])] = &[
         (
             Action::TenantCreate,
-            [true, false, false, false, false, false],
+            [true, false, false, false, false, false, false],
         ),
         (
             Action::TenantList,
-            [true, false, false, false, false, false],
+            [true, false, false, false, false, false, false],
         ),
-        (Action::KeyCreate, [true, true, false, false, false, false]),
-        (Action::KeyList, [true, true, false, false, false, false]),
-        (Action::KeyRevoke, [true, true, false, false, false, false]),
-        (Action::Whoami, [true, true, true, true, true, true]),
-        (Action::MemoryRead, [true, true, true, true, true, true]),
-        (Action::MemoryWrite, [true, true, true, true, false, false]),
-        (Action::AuditRead, [true, true, false, false, false, true]),
+        (
+            Action::KeyCreate,
+            [true, true, false, false, false, false, false],
+        ),
+        (
+            Action::KeyList,
+            [true, true, false, false, false, false, false],
+        ),
+        (
+            Action::KeyRevoke,
+            [true, true, false, false, false, false, false],
+        ),
+        (Action::Whoami, [true, true, true, true, true, true, true]),
+        (
+            Action::MemoryRead,
+            [true, true, true, true, true, true, false],
+        ),
+        (
+            Action::MemoryWrite,
+            [true, true, true, true, false, false, false],
+        ),
+        (
+            Action::AuditRead,
+            [true, true, false, false, false, true, false],
+        ),
         (
             Action::MetricsRead,
-            [true, false, false, false, false, false],
+            [true, false, false, false, false, false, false],
         ),
-        (Action::SwarmRead, [true, true, true, true, true, true]),
-        (Action::SwarmWrite, [true, true, true, false, false, false]),
-        (Action::TaskRead, [true, true, true, true, true, true]),
-        (Action::TaskSubmit, [true, true, true, true, false, false]),
-        (Action::TaskCancel, [true, true, true, true, false, false]),
+        (
+            Action::SwarmRead,
+            [true, true, true, true, true, true, false],
+        ),
+        (
+            Action::SwarmWrite,
+            [true, true, true, false, false, false, false],
+        ),
+        (
+            Action::TaskRead,
+            [true, true, true, true, true, true, false],
+        ),
+        (
+            Action::TaskSubmit,
+            [true, true, true, true, false, false, false],
+        ),
+        (
+            Action::TaskCancel,
+            [true, true, true, true, false, false, false],
+        ),
         (
             Action::WorkerConnect,
-            [true, true, true, false, false, false],
+            [true, false, false, false, false, false, true],
+        ),
+        (
+            Action::MessageSend,
+            [true, true, true, true, false, false, false],
+        ),
+        (
+            Action::TenantUpdate,
+            [true, false, false, false, false, false, false],
         ),
     ];
 

@@ -22,6 +22,7 @@
 //! - [`breaker`]: the circuit breaker for failing agents and providers.
 //! - [`quorum`]: output normalisation, digests and the replica vote.
 
+pub mod agent_type;
 pub mod apikey;
 pub mod audit;
 pub mod authz;

@@ -83,6 +83,28 @@ pub mod op {
         MemoryDelete => MemoryWrite, "memory.delete";
         AuditRead => AuditRead, "audit.read";
         MetricsRead => MetricsRead, "metrics.read";
+        SwarmRead => SwarmRead, "swarm.read";
+        SwarmCreate => SwarmWrite, "swarm.create";
+        /// Pause, resume or stop.
+        SwarmState => SwarmWrite, "swarm.state";
+        SwarmScale => SwarmWrite, "swarm.scale";
+        AgentSpawn => SwarmWrite, "agent.create";
+        AgentStop => SwarmWrite, "agent.stop";
+        TaskRead => TaskRead, "task.read";
+        TaskSubmit => TaskSubmit, "task.submit";
+        TaskCancel => TaskCancel, "task.cancel";
+        MessageSend => MessageSend, "message.send";
+        /// The event stream shows task, agent and swarm changes: reading it needs `TaskRead`.
+        EventRead => TaskRead, "events.read";
+        WorkerRegister => WorkerConnect, "worker.register";
+        WorkerPoll => WorkerConnect, "worker.poll";
+        WorkerReport => WorkerConnect, "worker.report";
+        WorkerLeave => WorkerConnect, "worker.deregister";
+        WorkerList => SwarmRead, "worker.list";
+        TenantQuotaSet => TenantUpdate, "tenant.quota.set";
+        /// Reading a quota is for the superadmin and the tenant's own admins; the handler checks
+        /// the role, since no action of the matrix means exactly that.
+        TenantQuotaRead => SwarmRead, "tenant.quota.read";
     }
 }
 

@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub memory_purge_interval_secs: u64,
     /// Serve `/metrics` without authentication (for a Prometheus on a trusted network).
     pub metrics_public: bool,
+    /// The scheduler and the local worker pool.
+    pub sched: crate::sched::SchedConfig,
+    /// How many recent events `GET /api/v1/events` can replay to a client that reconnects.
+    pub event_buffer: usize,
 }
 
 /// Token buckets: a sustained rate per second and a burst. `0` as a rate means unlimited.
@@ -69,6 +73,8 @@ impl Default for ServerConfig {
             rate_limit: RateLimitConfig::default(),
             memory_purge_interval_secs: 60,
             metrics_public: false,
+            sched: crate::sched::SchedConfig::default(),
+            event_buffer: 65_536,
         }
     }
 }

@@ -309,6 +309,24 @@ impl From<cflow_store::Error> for ApiError {
     }
 }
 
+/// The one mapping from scheduler errors to HTTP. A refusal is a 403, which the edge audits.
+impl From<crate::sched::SchedError> for ApiError {
+    fn from(e: crate::sched::SchedError) -> Self {
+        use crate::sched::SchedError as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::Refused(why) => ApiError::forbidden(why),
+            E::NotFound(what) => ApiError::not_found(what),
+            E::Invalid(v) => ApiError::validation(v),
+            E::Conflict(why) => ApiError::new(ProblemKind::Conflict, why),
+            E::ShuttingDown => ApiError::new(
+                ProblemKind::Unavailable,
+                "the scheduler is shutting down; retry on another node or later",
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = *self.0;
@@ -353,6 +371,40 @@ mod tests {
             (cflow_store::Error::Conflict("tenant".into()), 409),
             (cflow_store::Error::InvalidCursor, 400),
             (cflow_store::Error::Closed, 503),
+        ] {
+            assert_eq!(ApiError::from(err).0.status.as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn scheduler_errors_map_to_statuses() {
+        use crate::sched::SchedError as E;
+        let refused: ApiError = E::Refused("the star topology forbids it".into()).into();
+        assert_eq!(refused.kind(), ProblemKind::Forbidden);
+        assert!(
+            refused.kind().is_denial(),
+            "a refusal is audited by the edge"
+        );
+        assert_eq!(refused.0.detail, "the star topology forbids it");
+        let invalid: ApiError =
+            E::Invalid(ValidationError::new("tasks[0].agent", "required")).into();
+        assert_eq!(
+            (invalid.0.status.as_u16(), invalid.0.field.as_deref()),
+            (422, Some("tasks[0].agent"))
+        );
+        for (err, status) in [
+            (E::NotFound("worker w".into()), 404),
+            (E::Conflict("stopped".into()), 409),
+            (E::ShuttingDown, 503),
+            (E::Store(cflow_store::Error::Closed), 503),
+            (
+                E::Store(cflow_store::Error::StaleEpoch {
+                    task_id: "t".into(),
+                    epoch: 1,
+                    current: Some(2),
+                }),
+                409,
+            ),
         ] {
             assert_eq!(ApiError::from(err).0.status.as_u16(), status);
         }

@@ -29,10 +29,12 @@ pub mod authcache;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
+pub mod sched;
 pub mod serve;
 pub mod state;
 pub mod tls;
@@ -70,6 +72,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 17, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 44, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }

@@ -34,6 +34,8 @@ pub enum ServerError {
     Listen { addr: String, source: io::Error },
     #[error("cannot create data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: io::Error },
+    #[error("cannot start the scheduler: {0}")]
+    Scheduler(String),
     #[error("cannot open the database: {0}")]
     Store(#[from] cflow_store::Error),
     #[error("cannot write the admin token to {}: {source}", path.display())]
@@ -236,7 +238,11 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             addr: addr.to_string(),
             source,
         })?;
-    let state = AppState::new(store.clone(), &config);
+    let events = crate::events::EventBus::new(config.event_buffer);
+    let sched = crate::sched::Scheduler::start(store.clone(), events.clone(), config.sched.clone())
+        .await
+        .map_err(|e| ServerError::Scheduler(e.to_string()))?;
+    let state = AppState::new(store.clone(), sched, events, &config);
     let make_service = app(state.clone(), config.max_body_bytes)
         .into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = watch::channel(false);
@@ -343,6 +349,9 @@ async fn background(state: AppState, purge_every: Duration, stopped: watch::Rece
     loop {
         tokio::select! {
             () = &mut stop => {
+                // Long-polls and event streams end now, so graceful shutdown does not wait on
+                // them; the local pool drains.
+                state.sched.shutdown();
                 // The store closes only after this task ends.
                 audit_suppressed_auth_failures(&state).await;
                 return;

@@ -2,8 +2,10 @@
 
 use crate::authcache::AuthCache;
 use crate::config::ServerConfig;
+use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
+use crate::sched::Scheduler;
 use axum::body::Bytes;
 use cflow_store::Store;
 use std::sync::Arc;
@@ -15,6 +17,9 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    /// The scheduler: swarms, agents, tasks and workers go through it, not straight to the store.
+    pub sched: Scheduler,
+    pub events: EventBus,
     pub metrics: Metrics,
     pub limits: RateLimits,
     pub auth_cache: AuthCache,
@@ -32,11 +37,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, config: &ServerConfig) -> Self {
+    pub fn new(store: Store, sched: Scheduler, events: EventBus, config: &ServerConfig) -> Self {
         let doc = crate::openapi();
         let openapi_json = serde_json::to_vec(&doc).expect("the OpenAPI document serialises");
         AppState(Arc::new(Inner {
             store,
+            sched,
+            events,
             metrics: Metrics::new(),
             limits: RateLimits::new(&config.rate_limit),
             auth_cache: AuthCache::default(),

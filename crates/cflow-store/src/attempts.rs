@@ -9,20 +9,31 @@
 
 use cflow_core::task::{Backoff, TaskEvent, TaskState, transition};
 use serde_json::json;
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::audit::Draft;
 use crate::orch_types::{
-    AgentState, Attempt, AttemptState, OUTPUT_TAIL_BYTES, Outcome, OutcomeKind, SwarmState,
+    AgentState, Attempt, AttemptState, OUTPUT_TAIL_BYTES, Outcome, OutcomeKind, Settled, SwarmState,
 };
 use crate::swarms::parse;
 use crate::tasks::{ATTEMPT_COLUMNS, attempt_from_row};
 use crate::writer::{OpCx, Output, Step};
-use crate::{Error, Result, settle};
+use crate::{Error, Result, bulk, settle};
 
 /// Longest lease a worker may ask for: long enough for a slow network, short enough that a dead
 /// worker's task moves within minutes.
 pub const MAX_LEASE_MS: i64 = 600_000;
+
+pub(crate) fn check_lease(lease_ms: i64) -> Result<()> {
+    if (1..=MAX_LEASE_MS).contains(&lease_ms) {
+        return Ok(());
+    }
+    let rule = format!("must be from 1 to {MAX_LEASE_MS} ms (got {lease_ms})");
+    Err(Error::Invalid(cflow_core::ValidationError::new(
+        "lease_ms", rule,
+    )))
+}
 
 #[derive(Debug)]
 pub(crate) enum AttemptOp {
@@ -67,29 +78,42 @@ pub(crate) enum AttemptOp {
 }
 
 /// What fencing needs to know about a task.
+#[derive(Clone)]
 pub(crate) struct Head {
     pub tenant_id: String,
     pub state: TaskState,
     pub epoch: i64,
     pub attempts: i64,
     pub max_attempts: i64,
+    pub replicas: i64,
+    /// For a replica: its parent, whose vote its ending may decide.
+    pub replica_of: Option<String>,
+}
+
+/// The columns of [`Head`], for [`head_from_row`].
+pub(crate) const HEAD_COLUMNS: &str =
+    "tenant_id, state, epoch, attempts, max_attempts, replicas, replica_of";
+
+/// A [`Head`] whose columns start at column `b`.
+pub(crate) fn head_from_row(r: &AnyRow, b: usize) -> Result<Head> {
+    Ok(Head {
+        tenant_id: r.try_get(b)?,
+        state: parse("tasks.state", &r.try_get::<String, _>(b + 1)?)?,
+        epoch: r.try_get(b + 2)?,
+        attempts: r.try_get(b + 3)?,
+        max_attempts: r.try_get(b + 4)?,
+        replicas: r.try_get(b + 5)?,
+        replica_of: r.try_get(b + 6)?,
+    })
 }
 
 pub(crate) async fn head(cx: &mut OpCx<'_>, task_id: &str) -> Result<Option<Head>> {
-    let row = sqlx::query(
-        "SELECT tenant_id, state, epoch, attempts, max_attempts FROM tasks WHERE id = $1",
-    )
-    .bind(task_id.to_string())
-    .fetch_optional(&mut *cx.conn)
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    Ok(Some(Head {
-        tenant_id: r.try_get(0)?,
-        state: parse("tasks.state", &r.try_get::<String, _>(1)?)?,
-        epoch: r.try_get(2)?,
-        attempts: r.try_get(3)?,
-        max_attempts: r.try_get(4)?,
-    }))
+    let sql = format!("SELECT {HEAD_COLUMNS} FROM tasks WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(task_id.to_string())
+        .fetch_optional(&mut *cx.conn)
+        .await?;
+    row.map(|r| head_from_row(&r, 0)).transpose()
 }
 
 /// The live attempt `(task, epoch)`, or the error a report about it gets.
@@ -104,9 +128,21 @@ async fn live(cx: &mut OpCx<'_>, task_id: &str, epoch: i64) -> Result<(Head, Att
         .fetch_optional(&mut *cx.conn)
         .await?;
     let attempt = row.as_ref().map(attempt_from_row).transpose()?;
+    check_live(task_id, epoch, h, attempt)
+}
+
+/// Whether `attempt` (read at `epoch` or at the task's epoch) is the live attempt `(task,
+/// epoch)` of the task whose head is `h`; the single and the batched reports share it.
+pub(crate) fn check_live(
+    task_id: &str,
+    epoch: i64,
+    h: Head,
+    attempt: Option<Attempt>,
+) -> Result<(Head, Attempt)> {
     match attempt {
         Some(a)
             if h.epoch == epoch
+                && a.epoch == epoch
                 && h.state.holds_lease()
                 && matches!(a.state, AttemptState::Assigned | AttemptState::Running) =>
         {
@@ -197,7 +233,7 @@ async fn set_task(
 }
 
 /// The last `OUTPUT_TAIL_BYTES` of `s`, marked when cut.
-fn tail(s: &str) -> String {
+pub(crate) fn tail(s: &str) -> String {
     if s.len() <= OUTPUT_TAIL_BYTES {
         return s.to_string();
     }
@@ -208,7 +244,7 @@ fn tail(s: &str) -> String {
     format!("[… {start} bytes truncated]\n{}", &s[start..])
 }
 
-fn stale_step(e: Error, action: &str, task_id: &str, epoch: i64) -> Step {
+pub(crate) fn stale_step(e: Error, action: &str, task_id: &str, epoch: i64) -> Step {
     let draft = Draft::success(
         None,
         action,
@@ -330,58 +366,18 @@ async fn assign(
         let e = Error::State(format!("task {task_id} is {}, not queued", h.state));
         return Ok(Step::failed(e, draft));
     }
-    let agent = sqlx::query(
-        "SELECT a.tenant_id, a.state, s.state FROM agents a JOIN swarms s ON s.id = a.swarm_id \
-         WHERE a.id = $1",
-    )
-    .bind(agent_id.to_string())
-    .fetch_optional(&mut *cx.conn)
-    .await?;
-    let (agent_tenant, agent_state, swarm_state) = match &agent {
-        Some(r) => (
-            r.try_get::<String, _>(0)?,
-            parse::<AgentState>("agents.state", &r.try_get::<String, _>(1)?)?,
-            parse::<SwarmState>("swarms.state", &r.try_get::<String, _>(2)?)?,
-        ),
-        None => (String::new(), AgentState::Stopped, SwarmState::Stopped),
-    };
-    if agent_tenant != h.tenant_id {
-        // Another tenant's agent is as unknown as a missing one.
-        let e = Error::NotFound(format!("agent {agent_id}"));
+    let sql = format!(
+        "SELECT {AGENT_INFO_COLUMNS} FROM agents a JOIN swarms s ON s.id = a.swarm_id WHERE a.id = $1"
+    );
+    let agent = sqlx::query(AssertSqlSafe(sql))
+        .bind(agent_id.to_string())
+        .fetch_optional(&mut *cx.conn)
+        .await?;
+    let agent = agent.map(|r| agent_info(&r)).transpose()?;
+    if let Err(e) = check_agent(agent_id, &h, agent.as_ref()) {
         return Ok(Step::failed(e, draft));
     }
-    // Pausing or stopping a swarm, or taking an agent out of service, stops new assignments
-    // here, whatever the scheduler's in-memory view still says.
-    if swarm_state != SwarmState::Active
-        || matches!(
-            agent_state,
-            AgentState::Stopped
-                | AgentState::Failed
-                | AgentState::Quarantined
-                | AgentState::Draining
-        )
-    {
-        let e = Error::State(format!(
-            "agent {agent_id} is {agent_state} in a swarm that is {swarm_state}: it takes no tasks"
-        ));
-        return Ok(Step::failed(e, draft));
-    }
-    let attempt = Attempt {
-        task_id: task_id.to_string(),
-        epoch: h.epoch + 1,
-        attempt_no: h.attempts + 1,
-        agent_id: agent_id.to_string(),
-        worker_id: worker_id.to_string(),
-        state: AttemptState::Assigned,
-        lease_expires_at: now + lease_ms,
-        assigned_at: now,
-        started_at: None,
-        ended_at: None,
-        exit_code: None,
-        stdout_tail: None,
-        stderr_tail: None,
-        result: None,
-    };
+    let attempt = new_attempt(task_id, agent_id, worker_id, &h, lease_ms, now);
     let done = sqlx::query(
         "UPDATE tasks SET state = 'assigned', epoch = $1, attempts = $2, updated_at = $3 \
          WHERE id = $4 AND epoch = $5 AND state = 'queued'",
@@ -399,25 +395,143 @@ async fn assign(
             detail: format!("assign of {task_id} matched nothing"),
         });
     }
-    sqlx::query(
-        "INSERT INTO attempts (task_id, epoch, attempt_no, tenant_id, agent_id, worker_id, state, \
-         lease_expires_at, assigned_at) VALUES ($1, $2, $3, $4, $5, $6, 'assigned', $7, $8)",
-    )
-    .bind(task_id.to_string())
-    .bind(attempt.epoch)
-    .bind(attempt.attempt_no)
-    .bind(h.tenant_id.clone())
-    .bind(agent_id.to_string())
-    .bind(worker_id.to_string())
-    .bind(attempt.lease_expires_at)
-    .bind(now)
-    .execute(&mut *cx.conn)
-    .await?;
-    let draft = Draft {
-        detail: json!({ "agent_id": agent_id, "worker_id": worker_id, "epoch": attempt.epoch }),
-        ..draft
+    insert_attempts(cx, &[(h.tenant_id.as_str(), &attempt)]).await?;
+    Ok(Step::done(
+        Output::Assigned(attempt.clone()),
+        assigned_draft(draft, &attempt),
+    ))
+}
+
+/// The columns [`agent_info`] reads, from `agents a JOIN swarms s`.
+pub(crate) const AGENT_INFO_COLUMNS: &str = "a.id, a.tenant_id, a.state, s.state";
+
+/// What an assignment checks about an agent: its id, tenant, state and its swarm's state.
+pub(crate) struct AgentInfo {
+    /// Keys the batched lookup.
+    pub id: String,
+    pub tenant_id: String,
+    pub state: AgentState,
+    pub swarm_state: SwarmState,
+}
+
+pub(crate) fn agent_info(r: &AnyRow) -> Result<AgentInfo> {
+    Ok(AgentInfo {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        state: parse("agents.state", &r.try_get::<String, _>(2)?)?,
+        swarm_state: parse("swarms.state", &r.try_get::<String, _>(3)?)?,
+    })
+}
+
+/// Whether `agent` may take a task of `h`'s tenant now.
+pub(crate) fn check_agent(agent_id: &str, h: &Head, agent: Option<&AgentInfo>) -> Result<()> {
+    let Some(agent) = agent.filter(|a| a.tenant_id == h.tenant_id) else {
+        // Another tenant's agent is as unknown as a missing one.
+        return Err(Error::NotFound(format!("agent {agent_id}")));
     };
-    Ok(Step::done(Output::Assigned(attempt), draft))
+    let (agent_state, swarm_state) = (agent.state, agent.swarm_state);
+    // Pausing or stopping a swarm, or taking an agent out of service, stops new assignments
+    // here, whatever the scheduler's in-memory view still says.
+    if swarm_state != SwarmState::Active
+        || matches!(
+            agent_state,
+            AgentState::Stopped
+                | AgentState::Failed
+                | AgentState::Quarantined
+                | AgentState::Draining
+        )
+    {
+        return Err(Error::State(format!(
+            "agent {agent_id} is {agent_state} in a swarm that is {swarm_state}: it takes no tasks"
+        )));
+    }
+    Ok(())
+}
+
+/// The audit entry of a successful assignment.
+pub(crate) fn assigned_draft(draft: Draft, a: &Attempt) -> Draft {
+    Draft {
+        detail: json!({ "agent_id": a.agent_id, "worker_id": a.worker_id, "epoch": a.epoch }),
+        ..draft
+    }
+}
+
+/// The attempt an assignment of the task `h` creates.
+pub(crate) fn new_attempt(
+    task_id: &str,
+    agent_id: &str,
+    worker_id: &str,
+    h: &Head,
+    lease_ms: i64,
+    now: i64,
+) -> Attempt {
+    Attempt {
+        task_id: task_id.to_string(),
+        epoch: h.epoch + 1,
+        attempt_no: h.attempts + 1,
+        agent_id: agent_id.to_string(),
+        worker_id: worker_id.to_string(),
+        state: AttemptState::Assigned,
+        lease_expires_at: now + lease_ms,
+        assigned_at: now,
+        started_at: None,
+        ended_at: None,
+        exit_code: None,
+        stdout_tail: None,
+        stderr_tail: None,
+        result: None,
+    }
+}
+
+/// Inserts new attempts (in `assigned`), each with its task's tenant, in one statement whose one
+/// parameter holds every row (see `bulk`).
+pub(crate) async fn insert_attempts(
+    cx: &mut OpCx<'_>,
+    attempts: &[(&str, &Attempt)],
+) -> Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    use crate::bulk::Ty::{Int, Text};
+    let sql = format!(
+        "INSERT INTO attempts (task_id, epoch, attempt_no, tenant_id, agent_id, worker_id, \
+         lease_expires_at, assigned_at, state) SELECT v.*, 'assigned' FROM ({}) AS v",
+        bulk::rows_from(
+            cx.backend,
+            1,
+            &[
+                ("task_id", Text),
+                ("epoch", Int),
+                ("attempt_no", Int),
+                ("tenant_id", Text),
+                ("agent_id", Text),
+                ("worker_id", Text),
+                ("lease_expires_at", Int),
+                ("assigned_at", Int),
+            ],
+        )
+    );
+    let rows = attempts
+        .iter()
+        .map(|(tenant_id, a)| {
+            json!([
+                a.task_id,
+                a.epoch,
+                a.attempt_no,
+                tenant_id,
+                a.agent_id,
+                a.worker_id,
+                a.lease_expires_at,
+                a.assigned_at
+            ])
+        })
+        .collect();
+    // The text holds only column names written here; every value is in the one parameter.
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(bulk::rows_json(rows))
+        .execute(&mut *cx.conn)
+        .await?;
+    Ok(())
 }
 
 async fn complete(
@@ -431,8 +545,64 @@ async fn complete(
         Ok(v) => v,
         Err(e) => return Ok(stale_step(e, "task.complete", task_id, epoch)),
     };
+    let e = plan_ending(&h, &a, outcome.kind, now)?;
+    let (attempt_state, next) = (e.attempt_state, e.next);
+    fenced(
+        cx,
+        "state = $1, ended_at = $2, exit_code = $3, stdout_tail = $4, stderr_tail = $5, result = $6",
+        task_id,
+        epoch,
+        vec![
+            Bind::S(Some(attempt_state.as_str().to_string())),
+            Bind::I(Some(now)),
+            Bind::I(outcome.exit_code),
+            Bind::S(Some(tail(&outcome.stdout_tail))),
+            Bind::S(Some(tail(&outcome.stderr_tail))),
+            Bind::S(outcome.result.as_ref().map(|r| r.to_string())),
+        ],
+    )
+    .await?;
+    set_task(cx, task_id, epoch, next, e.reason.clone(), e.retry_at, now).await?;
+    let (done, failed) = e.counts();
+    let busy = e.busy;
+    sqlx::query("UPDATE agents SET tasks_done = tasks_done + $1, failures = failures + $2, busy_ms = busy_ms + $3, updated_at = $4 WHERE id = $5")
+        .bind(done)
+        .bind(failed)
+        .bind(busy)
+        .bind(now)
+        .bind(a.agent_id.clone())
+        .execute(&mut *cx.conn)
+        .await?;
+    let settled = settle::settle(cx, task_id, h.replica_of.as_deref(), next, now).await?;
+    let draft = completed_draft(&h, task_id, epoch, &e, &settled);
+    Ok(Step::done(Output::Settled(settled), draft))
+}
+
+/// How an attempt's ending moves its task, computed before anything is written.
+pub(crate) struct Ending {
+    pub attempt_state: AttemptState,
+    pub next: TaskState,
+    pub reason: Option<String>,
+    pub retry_at: Option<i64>,
+    /// Time the agent spent on the attempt.
+    pub busy: i64,
+}
+
+impl Ending {
+    /// `(tasks_done, failures)` to add to the agent.
+    pub fn counts(&self) -> (i64, i64) {
+        if self.attempt_state == AttemptState::Succeeded {
+            (1, 0)
+        } else {
+            (0, 1)
+        }
+    }
+}
+
+/// The ending of the live attempt `a` of the task `h` with an outcome of `kind` at `now`.
+pub(crate) fn plan_ending(h: &Head, a: &Attempt, kind: OutcomeKind, now: i64) -> Result<Ending> {
     let (attempt_no, max) = (h.attempts as u32, h.max_attempts as u32);
-    let (event, attempt_state) = match outcome.kind {
+    let (event, attempt_state) = match kind {
         OutcomeKind::Succeeded => (TaskEvent::Succeeded, AttemptState::Succeeded),
         OutcomeKind::Failed { retryable } => (
             TaskEvent::Failed {
@@ -465,45 +635,34 @@ async fn complete(
         }
         _ => (Some(format!("attempt {attempt_no} {attempt_state}")), None),
     };
-    fenced(
-        cx,
-        "state = $1, ended_at = $2, exit_code = $3, stdout_tail = $4, stderr_tail = $5, result = $6",
-        task_id,
-        epoch,
-        vec![
-            Bind::S(Some(attempt_state.as_str().to_string())),
-            Bind::I(Some(now)),
-            Bind::I(outcome.exit_code),
-            Bind::S(Some(tail(&outcome.stdout_tail))),
-            Bind::S(Some(tail(&outcome.stderr_tail))),
-            Bind::S(outcome.result.as_ref().map(|r| r.to_string())),
-        ],
-    )
-    .await?;
-    set_task(cx, task_id, epoch, next, reason, retry_at, now).await?;
-    let (done, failed) = if attempt_state == AttemptState::Succeeded {
-        (1i64, 0i64)
-    } else {
-        (0, 1)
-    };
-    let busy = (now - a.started_at.unwrap_or(a.assigned_at)).max(0);
-    sqlx::query("UPDATE agents SET tasks_done = tasks_done + $1, failures = failures + $2, busy_ms = busy_ms + $3, updated_at = $4 WHERE id = $5")
-        .bind(done)
-        .bind(failed)
-        .bind(busy)
-        .bind(now)
-        .bind(a.agent_id.clone())
-        .execute(&mut *cx.conn)
-        .await?;
-    let settled = settle::settle(cx, task_id, next, now).await?;
-    let draft = Draft::success(
+    Ok(Ending {
+        attempt_state,
+        next,
+        reason,
+        retry_at,
+        busy: (now - a.started_at.unwrap_or(a.assigned_at)).max(0),
+    })
+}
+
+/// The audit entry of a completion.
+pub(crate) fn completed_draft(
+    h: &Head,
+    task_id: &str,
+    epoch: i64,
+    e: &Ending,
+    settled: &Settled,
+) -> Draft {
+    let mut detail = json!({ "epoch": epoch, "outcome": e.attempt_state.as_str(),
+        "state": e.next.as_str(), "queued": settled.queued, "cancelled": settled.cancelled });
+    if let Some((parent, state)) = &settled.parent {
+        detail["parent"] = json!({ "id": parent, "state": state.as_str() });
+    }
+    Draft::success(
         Some(&h.tenant_id),
         "task.complete",
         format!("task/{task_id}"),
-        json!({ "epoch": epoch, "outcome": attempt_state.as_str(), "state": next.as_str(),
-                "queued": settled.queued, "cancelled": settled.cancelled }),
-    );
-    Ok(Step::done(Output::Settled(settled), draft))
+        detail,
+    )
 }
 
 async fn requeue_lost(cx: &mut OpCx<'_>, task_id: &str, epoch: i64, now: i64) -> Result<Step> {
@@ -535,7 +694,7 @@ async fn requeue_lost(cx: &mut OpCx<'_>, task_id: &str, epoch: i64, now: i64) ->
     let reason = (next == TaskState::Failed)
         .then(|| format!("lease lost on attempt {}; no attempts left", h.attempts));
     set_task(cx, task_id, epoch, next, reason, None, now).await?;
-    let settled = settle::settle(cx, task_id, next, now).await?;
+    let settled = settle::settle(cx, task_id, h.replica_of.as_deref(), next, now).await?;
     let draft = Draft::success(
         Some(&h.tenant_id),
         "task.lease_lost",

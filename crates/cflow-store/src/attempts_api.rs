@@ -3,21 +3,11 @@
 
 use sqlx::Row;
 
-use crate::attempts::{AttemptOp, MAX_LEASE_MS};
+use crate::attempts::{AttemptOp, check_lease};
 use crate::orch_types::{Attempt, Cancelled, ExpiredLease, Outcome, Settled};
 use crate::types::AuditContext;
 use crate::writer::{Op, Output};
 use crate::{Error, Result, Store};
-
-fn check_lease(lease_ms: i64) -> Result<()> {
-    if (1..=MAX_LEASE_MS).contains(&lease_ms) {
-        return Ok(());
-    }
-    let rule = format!("must be from 1 to {MAX_LEASE_MS} ms (got {lease_ms})");
-    Err(Error::Invalid(cflow_core::ValidationError::new(
-        "lease_ms", rule,
-    )))
-}
 
 impl Store {
     async fn attempt_op(&self, ctx: &AuditContext, op: AttemptOp) -> Result<Output> {

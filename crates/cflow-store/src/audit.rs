@@ -2,13 +2,13 @@
 //! verifying the chain.
 
 use cflow_core::audit::{AuditEntry, ChainVerifier, GENESIS_HASH, seal};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::types::{AuditContext, AuditQuery, Page, PageRequest, VerifyReport};
-use crate::{Result, page};
+use crate::{Backend, Result, bulk, page};
 
 /// An audit entry before the writer gives it its place in the chain.
 #[derive(Debug)]
@@ -120,47 +120,64 @@ pub(crate) async fn head(conn: &mut AnyConnection) -> Result<Head> {
     })
 }
 
-/// Rows per INSERT statement: 12 parameters each, far below both backends' limits, and few
-/// enough distinct statement texts for the prepared-statement cache.
-const INSERT_CHUNK: usize = 64;
 const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outcome, request_id, source, detail, prev_hash, hash";
 
-/// Inserts sealed entries with multi-row INSERTs, one round trip per chunk.
-pub(crate) async fn insert(conn: &mut AnyConnection, entries: &[AuditEntry]) -> Result<()> {
-    for chunk in entries.chunks(INSERT_CHUNK) {
-        let mut sql = format!("INSERT INTO audit ({COLUMNS}) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for c in 0..12 {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", i * 12 + c + 1));
-            }
-            sql.push(')');
-        }
-        // The text holds only placeholders; every value is bound.
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for e in chunk {
-            q = q
-                .bind(e.seq)
-                .bind(e.at)
-                .bind(e.tenant_id.clone())
-                .bind(e.principal_id.clone())
-                .bind(e.action.clone())
-                .bind(e.resource.clone())
-                .bind(e.outcome.clone())
-                .bind(e.request_id.clone())
-                .bind(e.source.clone())
-                .bind(e.detail.to_string())
-                .bind(e.prev_hash.clone())
-                .bind(e.hash.clone());
-        }
-        q.execute(&mut *conn).await?;
+/// Inserts sealed entries with one statement whose one parameter holds every entry (see
+/// `bulk`): one round trip and one bind, however many ops the batch had.
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    entries: &[AuditEntry],
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
     }
+    use crate::bulk::Ty::{Int, Text};
+    let sql = format!(
+        "INSERT INTO audit ({COLUMNS}) {}",
+        bulk::rows_from(
+            backend,
+            1,
+            &[
+                ("seq", Int),
+                ("at", Int),
+                ("tenant_id", Text),
+                ("principal_id", Text),
+                ("action", Text),
+                ("resource", Text),
+                ("outcome", Text),
+                ("request_id", Text),
+                ("source", Text),
+                ("detail", Text),
+                ("prev_hash", Text),
+                ("hash", Text),
+            ],
+        )
+    );
+    let rows = entries
+        .iter()
+        .map(|e| {
+            json!([
+                e.seq,
+                e.at,
+                e.tenant_id,
+                e.principal_id,
+                e.action,
+                e.resource,
+                e.outcome,
+                e.request_id,
+                e.source,
+                e.detail.to_string(),
+                e.prev_hash,
+                e.hash
+            ])
+        })
+        .collect();
+    // The text holds only column names written here; every value is in the one parameter.
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(bulk::rows_json(rows))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

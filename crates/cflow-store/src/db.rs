@@ -209,6 +209,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "memory tombstones",
                 include_str!("../migrations/sqlite/0003_memory_tombstones.sql"),
             ),
+            (
+                4,
+                "scheduling",
+                include_str!("../migrations/sqlite/0004_scheduling.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -225,6 +230,11 @@ fn migrator(backend: Backend) -> Migrator {
                 3,
                 "memory tombstones",
                 include_str!("../migrations/postgres/0003_memory_tombstones.sql"),
+            ),
+            (
+                4,
+                "scheduling",
+                include_str!("../migrations/postgres/0004_scheduling.sql"),
             ),
         ],
     };

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use cflow_core::balance::Strategy;
 use cflow_core::task::TaskState;
 use cflow_core::topology::Topology;
 use serde::{Deserialize, Serialize};
@@ -53,8 +54,35 @@ pub struct Swarm {
     pub project: Option<String>,
     pub max_agents: i64,
     pub state: SwarmState,
+    /// How the scheduler picks among eligible agents of this swarm.
+    pub strategy: Strategy,
+    /// The agent pools (per type) the autoscaler keeps between `min` and `max`.
+    pub pools: Vec<AgentPool>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// Per swarm and agent type: how many agents, of what kind, recycled when. The autoscaler keeps
+/// the pool's live agents between `min` and `max`, with `prewarm` idle ones ready beyond demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPool {
+    pub agent_type: String,
+    pub driver: String,
+    /// Empty: the type's default capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub min: i64,
+    pub max: i64,
+    #[serde(default)]
+    pub prewarm: i64,
+    /// Replace an agent after it finished this many tasks (`None`: never).
+    #[serde(default)]
+    pub recycle_after_tasks: Option<i64>,
+    /// Replace an agent after a failed attempt.
+    #[serde(default)]
+    pub recycle_on_failure: bool,
 }
 
 /// What to create with [`crate::Store::create_swarm`].
@@ -65,6 +93,9 @@ pub struct NewSwarm {
     pub project: Option<String>,
     /// 1 to [`MAX_AGENTS_PER_SWARM`].
     pub max_agents: i64,
+    pub strategy: Strategy,
+    /// At most one pool per agent type; `min` ≤ `max` ≤ `max_agents`.
+    pub pools: Vec<AgentPool>,
 }
 
 /// The most agents one swarm may hold.
@@ -132,6 +163,8 @@ pub struct NewTask {
     pub requires: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub depends_on: Vec<String>,
+    /// A preferred agent (sticky): the task waits for it while it is alive and eligible.
+    pub agent_id: Option<String>,
     pub timeout_seconds: i64,
     pub max_attempts: i64,
     pub replicas: i64,
@@ -151,6 +184,7 @@ impl NewTask {
             requires: Vec::new(),
             labels: BTreeMap::new(),
             depends_on: Vec::new(),
+            agent_id: None,
             timeout_seconds: t::DEFAULT_TIMEOUT_SECONDS,
             max_attempts: t::DEFAULT_MAX_ATTEMPTS,
             replicas: 1,
@@ -171,6 +205,11 @@ pub struct Task {
     pub labels: BTreeMap<String, String>,
     /// Every dependency as submitted, resolved to task ids.
     pub depends_on: Vec<String>,
+    /// The preferred (sticky) agent.
+    pub agent_id: Option<String>,
+    /// For a replica of a `replicas: n` task: the parent task and this replica's index (0-based).
+    pub replica_of: Option<String>,
+    pub replica_index: Option<i64>,
     pub timeout_ms: i64,
     pub max_attempts: i64,
     pub replicas: i64,
@@ -187,6 +226,8 @@ pub struct Task {
     pub unmet: i64,
     /// For a task waiting in `pending` on a retry: when it may be queued again.
     pub retry_at: Option<i64>,
+    /// For a quorum parent that ended: the vote, `{"output", "quorum": {"agreeing", "groups"}}`.
+    pub result: Option<Value>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -282,6 +323,20 @@ pub struct Settled {
     pub queued: Vec<String>,
     /// Dependents (transitively) cancelled because this task did not succeed.
     pub cancelled: Vec<String>,
+    /// For a replica whose ending decided its parent's vote: the parent and its new state
+    /// (`succeeded` or `failed`). The parent's own dependents are in `queued` / `cancelled`.
+    pub parent: Option<(String, TaskState)>,
+    /// Live attempts (the other replicas once the vote is decided) whose processes must now be
+    /// killed; their attempts are already `cancelled`.
+    pub kill: Vec<Kill>,
+}
+
+/// A live attempt that the store cancelled and whose process the scheduler must kill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kill {
+    pub task_id: String,
+    pub worker_id: String,
+    pub epoch: i64,
 }
 
 /// An attempt whose lease ran out, from [`crate::Store::expired_leases`].
@@ -298,8 +353,103 @@ pub struct ExpiredLease {
 /// The answer to [`crate::Store::cancel_task`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
-    /// The attempt that was live and whose process must now be killed, by worker and epoch.
-    pub kill: Option<(String, i64)>,
+    /// The attempts that were live and whose processes must now be killed: the task's own, or
+    /// for a quorum parent its replicas'.
+    pub kill: Vec<Kill>,
     /// Dependents cancelled with it.
     pub dependents: Vec<String>,
+}
+
+/// A durable message between agents of a swarm: direct (`to_agent`) or on a topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Grows with every message of the store; inbox reads page with `after`.
+    pub id: i64,
+    pub tenant_id: String,
+    pub swarm_id: String,
+    pub from_agent: String,
+    pub to_agent: Option<String>,
+    pub topic: Option<String>,
+    pub body: Value,
+    pub created_at: i64,
+}
+
+/// What [`crate::Store::send_message`] stores; exactly one of `to_agent` and `topic`.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub swarm_id: String,
+    pub from_agent: String,
+    pub to_agent: Option<String>,
+    pub topic: Option<String>,
+    pub body: Value,
+}
+
+/// A tenant's share of the scheduler: its fair-share `weight` (1–1000, default 1) and the most
+/// tasks it may have running at once (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuota {
+    pub weight: i64,
+    pub max_running: Option<i64>,
+}
+
+impl Default for TenantQuota {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_running: None,
+        }
+    }
+}
+
+/// A live attempt with what the scheduler needs to rebuild its state after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveAttempt {
+    pub task: Task,
+    pub attempt: Attempt,
+}
+
+/// One element of [`crate::Store::assign_tasks`]; see [`crate::Store::assign_task`].
+#[derive(Debug, Clone)]
+pub struct AssignRequest {
+    pub task_id: String,
+    pub agent_id: String,
+    pub worker_id: String,
+    pub lease_ms: i64,
+    pub now: i64,
+}
+
+/// One element of [`crate::Store::start_attempts`]; see [`crate::Store::start_attempt`].
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub task_id: String,
+    pub epoch: i64,
+    pub now: i64,
+}
+
+/// One element of [`crate::Store::complete_attempts`]; see [`crate::Store::complete_attempt`].
+#[derive(Debug, Clone)]
+pub struct CompleteRequest {
+    pub task_id: String,
+    pub epoch: i64,
+    pub outcome: Outcome,
+    pub now: i64,
+}
+
+/// Where [`crate::Store::ready_tasks_after`] resumes: the queue order's key of the last task of
+/// the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyCursor {
+    pub priority: i64,
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl ReadyCursor {
+    pub fn of(task: &Task) -> Self {
+        Self {
+            priority: task.priority,
+            created_at: task.created_at,
+            id: task.id.clone(),
+        }
+    }
 }

@@ -7,16 +7,39 @@ use serde_json::json;
 use sqlx::AssertSqlSafe;
 
 use crate::Error;
-use crate::Result;
 use crate::attempts::{Bind, fenced, head};
 use crate::audit::Draft;
-use crate::orch_types::{Cancelled, Settled};
+use crate::orch_types::{Cancelled, Kill, Settled};
 use crate::writer::{OpCx, Output, Step};
+use crate::{Result, bulk, replicas};
 
 /// The dependents of a task that just ended in `state`: on success each loses one unmet
 /// dependency and those at zero are queued; otherwise every waiting transitive dependent is
 /// cancelled with the reason naming this task (the root cause, which is what a user must fix).
+///
+/// For a replica (`replica_of` set) that ended, the parent's vote is taken again, and what it
+/// decided (the parent's state, its dependents, the replicas to kill) is added to the answer.
 pub(crate) async fn settle(
+    cx: &mut OpCx<'_>,
+    task_id: &str,
+    replica_of: Option<&str>,
+    state: TaskState,
+    now: i64,
+) -> Result<Settled> {
+    let mut out = dependents(cx, task_id, state, now).await?;
+    if let Some(parent) = replica_of
+        && state.is_terminal()
+        && let Some(d) = replicas::vote(cx, parent, now).await?
+    {
+        out.parent = Some((d.parent, d.state));
+        out.kill = d.kill;
+        out.queued.extend(d.queued);
+        out.cancelled.extend(d.cancelled);
+    }
+    Ok(out)
+}
+
+async fn dependents(
     cx: &mut OpCx<'_>,
     task_id: &str,
     state: TaskState,
@@ -26,6 +49,8 @@ pub(crate) async fn settle(
         state,
         queued: Vec::new(),
         cancelled: Vec::new(),
+        parent: None,
+        kill: Vec::new(),
     };
     const WAITING: &str =
         "state = 'pending' AND id IN (SELECT task_id FROM task_deps WHERE dep_id = $1)";
@@ -39,12 +64,16 @@ pub(crate) async fn settle(
             .execute(&mut *cx.conn)
             .await?;
         let sql = format!(
-            "SELECT id FROM tasks WHERE unmet = 0 AND retry_at IS NULL AND {WAITING} ORDER BY id"
+            "SELECT id, replicas FROM tasks WHERE unmet = 0 AND retry_at IS NULL AND {WAITING} \
+             ORDER BY id"
         );
-        out.queued = sqlx::query_scalar(AssertSqlSafe(sql))
+        let ready: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(task_id.to_string())
             .fetch_all(&mut *cx.conn)
             .await?;
+        if ready.is_empty() {
+            return Ok(out);
+        }
         let sql = format!(
             "UPDATE tasks SET state = 'queued', updated_at = $2 WHERE unmet = 0 AND retry_at IS NULL AND {WAITING}"
         );
@@ -53,6 +82,19 @@ pub(crate) async fn settle(
             .bind(now)
             .execute(&mut *cx.conn)
             .await?;
+        // Quorum parents do not run: their replicas are what is queued.
+        let parents: Vec<String> = ready
+            .iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let spawned = replicas::spawn(cx, &parents, now).await?;
+        for (id, _) in ready {
+            match spawned.iter().find(|(p, _)| *p == id) {
+                Some((_, reps)) => out.queued.extend(reps.iter().cloned()),
+                None => out.queued.push(id),
+            }
+        }
         return Ok(out);
     }
     if !state.is_terminal() {
@@ -66,16 +108,23 @@ pub(crate) async fn settle(
             .bind(dep.clone())
             .fetch_all(&mut *cx.conn)
             .await?;
-        for id in ids {
-            sqlx::query(
-                "UPDATE tasks SET state = 'cancelled', reason = $1, updated_at = $2 \
-                 WHERE id = $3 AND state = 'pending'",
-            )
+        if ids.is_empty() {
+            continue;
+        }
+        // One statement for all of this task's waiting dependents (one JSON parameter).
+        let sql = format!(
+            "UPDATE tasks SET state = 'cancelled', reason = $1, updated_at = $2 \
+             WHERE state = 'pending' AND id IN ({})",
+            bulk::ids_from(cx.backend, 3)
+        );
+        // The text holds only SQL written here; the ids are in the one parameter.
+        sqlx::query(AssertSqlSafe(sql))
             .bind(reason.clone())
             .bind(now)
-            .bind(id.clone())
+            .bind(bulk::ids_json(ids.iter().map(String::as_str)))
             .execute(&mut *cx.conn)
             .await?;
+        for id in ids {
             out.cancelled.push(id.clone());
             next.push(id);
         }
@@ -113,8 +162,11 @@ pub(crate) async fn cancel(
             ));
         }
     };
-    let mut kill = None;
-    if h.state.holds_lease() {
+    let mut kill = Vec::new();
+    if h.replicas > 1 && h.replica_of.is_none() {
+        // A parent never has attempts of its own: its replicas are what runs.
+        kill = replicas::cancel_replicas(cx, task_id, now).await?;
+    } else if h.state.holds_lease() {
         let worker: String =
             sqlx::query_scalar("SELECT worker_id FROM attempts WHERE task_id = $1 AND epoch = $2")
                 .bind(task_id.to_string())
@@ -129,7 +181,11 @@ pub(crate) async fn cancel(
             vec![Bind::I(Some(now))],
         )
         .await?;
-        kill = Some((worker, h.epoch));
+        kill.push(Kill {
+            task_id: task_id.to_string(),
+            worker_id: worker,
+            epoch: h.epoch,
+        });
     }
     sqlx::query("UPDATE tasks SET state = $1, reason = 'cancelled', updated_at = $2 WHERE id = $3 AND tenant_id = $4")
         .bind(next.as_str())
@@ -138,9 +194,12 @@ pub(crate) async fn cancel(
         .bind(tenant_id.to_string())
         .execute(&mut *cx.conn)
         .await?;
-    let settled = settle(cx, task_id, next, now).await?;
+    let settled = settle(cx, task_id, h.replica_of.as_deref(), next, now).await?;
+    kill.extend(settled.kill);
+    let killed: Vec<&str> = kill.iter().map(|k| k.task_id.as_str()).collect();
     let draft = Draft {
-        detail: json!({ "from": h.state.as_str(), "kill": kill.is_some(), "cancelled": settled.cancelled }),
+        detail: json!({ "from": h.state.as_str(), "kill": killed, "cancelled": settled.cancelled,
+                        "parent": settled.parent.as_ref().map(|(p, s)| json!({ "id": p, "state": s.as_str() })) }),
         ..draft
     };
     Ok(Step::done(
@@ -162,14 +221,17 @@ pub(crate) async fn promote(cx: &mut OpCx<'_>, now: i64, limit: i64) -> Result<S
         .bind(limit)
         .fetch_all(&mut *cx.conn)
         .await?;
-    for id in &ids {
+    if !ids.is_empty() {
         let sql = format!(
-            "UPDATE tasks SET state = 'queued', retry_at = NULL, updated_at = $2 WHERE id = $3 AND {DUE}"
+            "UPDATE tasks SET state = 'queued', retry_at = NULL, updated_at = $2 WHERE {DUE} \
+             AND id IN ({})",
+            bulk::ids_from(cx.backend, 3)
         );
+        // The text holds only SQL written here; the ids are in the one parameter.
         sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(now)
-            .bind(id.clone())
+            .bind(bulk::ids_json(ids.iter().map(String::as_str)))
             .execute(&mut *cx.conn)
             .await?;
     }

@@ -14,16 +14,18 @@ use sqlx::any::AnyRow;
 
 use crate::audit::Draft;
 use crate::orch_types::SwarmState;
-use crate::orch_types::{Agent, AgentState, MAX_AGENTS_PER_SWARM, NewAgent, NewSwarm, Swarm};
+use crate::orch_types::{
+    Agent, AgentPool, AgentState, MAX_AGENTS_PER_SWARM, NewAgent, NewSwarm, Swarm,
+};
 use crate::types::{AuditContext, Page, PageRequest};
 use crate::writer::{Op, OpCx, Output, Step};
 use crate::{Error, Result, Store, page};
 
 const SWARM_CURSOR: &str = "s";
 const AGENT_CURSOR: &str = "a";
-const SWARM_COLUMNS: &str =
-    "id, tenant_id, name, topology, project, max_agents, state, created_at, updated_at";
-const AGENT_COLUMNS: &str = "id, tenant_id, swarm_id, agent_type, driver, capabilities, labels, \
+pub(crate) const SWARM_COLUMNS: &str = "id, tenant_id, name, topology, project, max_agents, state, \
+     created_at, updated_at, strategy, pools";
+pub(crate) const AGENT_COLUMNS: &str = "id, tenant_id, swarm_id, agent_type, driver, capabilities, labels, \
      state, tasks_done, failures, busy_ms, created_at, updated_at";
 
 /// The writer ops of this module.
@@ -48,6 +50,11 @@ pub(crate) enum SwarmOp {
         agent_id: String,
         state: AgentState,
     },
+    UpdatePools {
+        tenant_id: String,
+        swarm_id: String,
+        pools: Vec<AgentPool>,
+    },
 }
 
 pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &SwarmOp) -> Result<Step> {
@@ -68,6 +75,11 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &SwarmOp) -> Result<Step> {
             agent_id,
             state,
         } => set_agent_state(cx, tenant_id, agent_id, *state).await,
+        SwarmOp::UpdatePools {
+            tenant_id,
+            swarm_id,
+            pools,
+        } => crate::pools::update(cx, tenant_id, swarm_id, pools).await,
     }
 }
 
@@ -89,7 +101,7 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> R
     serde_json::from_str(s).map_err(|e| corrupt(what, e))
 }
 
-fn swarm_from_row(r: &AnyRow) -> Result<Swarm> {
+pub(crate) fn swarm_from_row(r: &AnyRow) -> Result<Swarm> {
     Ok(Swarm {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
@@ -100,10 +112,12 @@ fn swarm_from_row(r: &AnyRow) -> Result<Swarm> {
         state: parse("swarms.state", &r.try_get::<String, _>(6)?)?,
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,
+        strategy: parse("swarms.strategy", &r.try_get::<String, _>(9)?)?,
+        pools: json_col("swarms.pools", &r.try_get::<String, _>(10)?)?,
     })
 }
 
-fn agent_from_row(r: &AnyRow) -> Result<Agent> {
+pub(crate) fn agent_from_row(r: &AnyRow) -> Result<Agent> {
     Ok(Agent {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
@@ -145,7 +159,11 @@ pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Vali
         .try_for_each(|(k, v)| validate::name("labels", k).and(validate::name("labels", v)))
 }
 
-async fn swarm_in_tx(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Option<Swarm>> {
+pub(crate) async fn swarm_in_tx(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<Swarm>> {
     let sql = format!("SELECT {SWARM_COLUMNS} FROM swarms WHERE tenant_id = $1 AND id = $2");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
@@ -161,7 +179,8 @@ async fn create_swarm(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewSwarm) -> Res
         Some(tenant_id),
         "swarm.create",
         format!("swarm/{}", new.name),
-        json!({ "topology": new.topology.as_str(), "max_agents": new.max_agents }),
+        json!({ "topology": new.topology.as_str(), "max_agents": new.max_agents,
+                "strategy": new.strategy.as_str(), "pools": new.pools }),
     );
     let taken = sqlx::query("SELECT id FROM swarms WHERE tenant_id = $1 AND name = $2")
         .bind(tenant_id.to_string())
@@ -183,12 +202,15 @@ async fn create_swarm(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewSwarm) -> Res
         project: new.project.clone(),
         max_agents: new.max_agents,
         state: SwarmState::Active,
+        strategy: new.strategy,
+        pools: new.pools.clone(),
         created_at: cx.now,
         updated_at: cx.now,
     };
     sqlx::query(
         "INSERT INTO swarms (id, tenant_id, name, topology, project, max_agents, state, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         created_at, updated_at, strategy, pools) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(swarm.id.clone())
     .bind(swarm.tenant_id.clone())
@@ -199,6 +221,8 @@ async fn create_swarm(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewSwarm) -> Res
     .bind(swarm.state.as_str())
     .bind(swarm.created_at)
     .bind(swarm.updated_at)
+    .bind(swarm.strategy.as_str())
+    .bind(json!(swarm.pools).to_string())
     .execute(&mut *cx.conn)
     .await?;
     let draft = Draft {
@@ -388,6 +412,7 @@ impl Store {
                 ),
             )));
         }
+        crate::pools::check_pools(&new.pools, new.max_agents)?;
         let op = SwarmOp::Create {
             tenant_id: tenant_id.to_string(),
             new,

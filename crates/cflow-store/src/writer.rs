@@ -33,13 +33,18 @@ use tokio::task::JoinHandle;
 
 use crate::attempts::AttemptOp;
 use crate::audit::{self, Draft};
-use crate::orch_types::{Agent, Attempt, Cancelled, NewTask, Settled, Submitted, Swarm};
+use crate::orch_types::{
+    Agent, Attempt, Cancelled, Message, NewMessage, NewTask, Settled, Submitted, Swarm, TenantQuota,
+};
 use crate::swarms::SwarmOp;
 use crate::types::{
     ApiKey, AuditContext, AuditEvent, CreatedKey, MemoryEntry, MemoryPut, NewKey, Precondition,
     Tenant,
 };
-use crate::{Backend, Error, Result, attempts, db, keys, memory, swarms, tasks, tenants};
+use crate::{
+    Backend, Error, Result, attempts, batch, db, keys, leases, memory, messages, quotas, swarms,
+    tasks, tenants,
+};
 
 /// The key of the PostgreSQL advisory lock that serialises write batches across server nodes.
 /// Any constant works as long as every node uses the same one; this is "cflowaud" in ASCII.
@@ -91,6 +96,24 @@ pub(crate) enum Op {
         tasks: Vec<NewTask>,
     },
     Attempt(AttemptOp),
+    /// Several attempt ops sent as one message, answered element by element.
+    AttemptBatch(Vec<AttemptOp>),
+    SetQuota {
+        tenant_id: String,
+        quota: TenantQuota,
+    },
+    SendMessage {
+        tenant_id: String,
+        new: NewMessage,
+        /// `new.body` serialised once, by the caller that checked its size.
+        body: String,
+    },
+    /// Heartbeats of one worker; bookkeeping, so no audit entry (expiry is audited).
+    ExtendLeases {
+        worker_id: String,
+        held: Vec<(String, i64)>,
+        until: i64,
+    },
     /// Records a key's last use; bookkeeping, so it has no audit entry and no caller waiting.
     TouchKey {
         key_id: String,
@@ -114,6 +137,11 @@ pub(crate) enum Output {
     Assigned(Attempt),
     Settled(Settled),
     Cancelled(Cancelled),
+    Quota(TenantQuota),
+    Message(Message),
+    /// The `(task, epoch)` pairs a worker holds that are not its live attempts.
+    Stale(Vec<(String, i64)>),
+    Batch(Vec<Result<Output>>),
 }
 
 /// The result of applying one op inside the batch transaction: its answer and the audit entry to
@@ -191,6 +219,18 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
         Op::Swarm(op) => swarms::apply(cx, op).await,
         Op::SubmitTasks { tenant_id, tasks } => tasks::submit(cx, tenant_id, tasks).await,
         Op::Attempt(op) => attempts::apply(cx, op).await,
+        Op::AttemptBatch(ops) => batch::apply(cx, ops).await,
+        Op::SetQuota { tenant_id, quota } => quotas::set(cx, tenant_id, quota).await,
+        Op::SendMessage {
+            tenant_id,
+            new,
+            body,
+        } => messages::send(cx, tenant_id, new, body).await,
+        Op::ExtendLeases {
+            worker_id,
+            held,
+            until,
+        } => leases::extend(cx, worker_id, held, *until).await,
         Op::AuditAppend { event } => Ok(Step::done(
             Output::Unit,
             Draft {
@@ -579,7 +619,9 @@ impl Writer {
             start = end.max(start + 1);
         }
         let t1 = t0.elapsed();
-        audit::insert(conn, &entries).await.map_err(classify)?;
+        audit::insert(conn, backend, &entries)
+            .await
+            .map_err(classify)?;
         let t2 = t0.elapsed();
         tx.commit()
             .await

@@ -2,12 +2,18 @@
 //! current-thread runtime (start-up time matters for scripts calling `cflow` in a loop), the
 //! server and the benchmark a multi-thread one, and `config show` none at all.
 
+pub mod agent;
 pub mod audit;
 pub mod config;
+pub mod doctor;
 pub mod key;
 pub mod memory;
+pub mod run;
+pub mod swarm;
+pub mod task;
 pub mod tenant;
 pub mod up;
+pub mod worker;
 
 use crate::cli::{AuditCmd, BenchCmd, Cli, Command, ConfigCmd};
 use crate::client::Client;
@@ -22,6 +28,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let mut flags = cli.global.flags();
     match &cli.command {
         Command::Up(a) => flags.extend(a.flags()),
+        Command::Worker(a) => flags.extend(a.flags()),
         Command::Server(a) => {
             flags.extend(a.up.flags());
             if let Some(d) = &a.database {
@@ -36,14 +43,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let loaded = load(cli.global.config.as_deref(), &flags)?;
     let printer = Printer::new(loaded.config.client.output);
     match cli.command {
-        Command::Up(_) => up::run(loaded, up::Mode::Embedded),
-        Command::Server(_) => up::run(loaded, up::Mode::Server),
+        Command::Up(a) => up::run(loaded, up::Mode::Embedded, a.demo, printer),
+        Command::Server(a) => up::run(loaded, up::Mode::Server, a.up.demo, printer),
+        Command::Doctor => current_thread()?.block_on(doctor::run(&loaded, printer)),
+        Command::Run(args) => current_thread()?.block_on(run::run(&loaded, args, printer)),
         Command::Config(ConfigCmd::Show) => config::show(&loaded, printer),
+        Command::Worker(args) => worker::run(&loaded, args),
         Command::Audit(AuditCmd::Verify { .. }) => {
             current_thread()?.block_on(audit::verify(&loaded, printer))
         }
         Command::Bench(BenchCmd::Api(args)) => {
             crate::bench::run(&loaded, args, cli.global.server.is_some(), printer)
+        }
+        Command::Bench(BenchCmd::Tasks(args)) => {
+            crate::bench_tasks::run(&loaded, args, cli.global.server.is_some(), printer)
         }
         cmd => current_thread()?.block_on(client_command(cmd, &loaded, printer)),
     }
@@ -57,7 +70,16 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         Command::Whoami => key::whoami(&client, printer).await?,
         Command::Memory(c) => memory::run(&client, c, printer).await?,
         Command::Audit(c) => audit::run(&client, c, printer).await?,
-        Command::Up(_) | Command::Server(_) | Command::Config(_) | Command::Bench(_) => {
+        Command::Swarm(c) => swarm::run(&client, c, printer).await?,
+        Command::Agent(c) => agent::run(&client, c, printer).await?,
+        Command::Task(c) => task::run(&client, c, printer).await?,
+        Command::Up(_)
+        | Command::Server(_)
+        | Command::Config(_)
+        | Command::Bench(_)
+        | Command::Worker(_)
+        | Command::Doctor
+        | Command::Run(_) => {
             unreachable!("dispatched in run()")
         }
     }

@@ -1,9 +1,12 @@
 //! `cflow up` (embedded: SQLite in the data directory) and `cflow server` (PostgreSQL with
 //! `--database`). Both build a `ServerConfig` from the layered configuration and run the server
-//! until SIGINT or SIGTERM, then shut down gracefully.
+//! until SIGINT or SIGTERM, then shut down gracefully. With `--demo`, once the server is ready
+//! the quickstart workflow (`examples/quickstart.toml`, built into the binary) runs against it
+//! with the bootstrap admin token, and the server keeps serving afterwards.
 
+use crate::client::{ADMIN_TOKEN_FILE, Client};
 use crate::config::{Loaded, layer_name};
-use crate::output::note;
+use crate::output::{Printer, emit, note};
 use anyhow::{Context, Result, anyhow};
 use cflow_server::ServerConfig;
 use std::io::IsTerminal;
@@ -18,7 +21,10 @@ pub enum Mode {
     Server,
 }
 
-pub fn run(loaded: Loaded, mode: Mode) -> Result<ExitCode> {
+/// The quickstart workflow that `--demo` runs, built in so it works from any directory.
+pub const QUICKSTART: &str = include_str!("../../../../examples/quickstart.toml");
+
+pub fn run(loaded: Loaded, mode: Mode, demo: bool, printer: Printer) -> Result<ExitCode> {
     let mut config: ServerConfig = loaded.config.server.clone();
     let db_path = config.data_dir.join(super::audit::SQLITE_FILE);
     match (mode, &config.database_url) {
@@ -49,12 +55,86 @@ pub fn run(loaded: Loaded, mode: Mode) -> Result<ExitCode> {
         // Registered before the server starts, so that a signal arriving during start-up is
         // not lost (the default action would kill the process without a graceful stop).
         let shutdown = shutdown_signal()?;
+        if demo {
+            return run_demo(config, shutdown, printer).await;
+        }
         // The server's errors already say what to do (e.g. "address in use — use --listen").
         cflow_server::run(config, shutdown)
             .await
             .map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--demo`: starts the server, runs the quickstart against it, then serves until the signal.
+async fn run_demo(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    printer: Printer,
+) -> Result<()> {
+    let checked = crate::workflow::parse(QUICKSTART, "examples/quickstart.toml")?;
+    let data_dir = config.data_dir.clone();
+    let listener = cflow_server::bind(&config.listen)?;
+    let running = cflow_server::start(config, listener).await?;
+    let token = match (&running.admin_token, &running.admin_token_path) {
+        (Some(token), Some(path)) => {
+            println!(
+                "cflow: created tenant 'default' and a superadmin key (shown once, also saved to {}):\n  {token}",
+                path.display()
+            );
+            token.clone()
+        }
+        _ => {
+            let path = data_dir.join(ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_string())
+                .with_context(|| {
+                    format!(
+                        "--demo runs the quickstart with the bootstrap admin token, but {} cannot be read",
+                        path.display()
+                    )
+                })?
+        }
+    };
+    let url = running.url();
+    let base = crate::client::parse_server_url(&url)?;
+    let client = Client::new(base, token, "the bootstrap admin token".into(), data_dir)?;
+    emit(&format!(
+        "cflow demo: running examples/quickstart.toml against {url}"
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A signal during the run stops the server too (the run itself cancels its tasks on Ctrl-C).
+    let outcome = tokio::select! {
+        o = crate::commands::run::run_workflow(&client, &checked, None, printer) => Some(o),
+        () = &mut shutdown => None,
+    };
+    match outcome {
+        Some(Ok(o)) if o.interrupted => {
+            running.shutdown().await;
+            return Ok(());
+        }
+        Some(Ok(o)) => {
+            let verdict = if o.failed.is_empty() {
+                "the quickstart succeeded"
+            } else {
+                "the quickstart FAILED"
+            };
+            emit(&format!(
+                "\ncflow demo: {verdict}. The server keeps serving at {url} — explore with:\n  cflow task list --swarm {}\n  cflow swarm list\n  cflow doctor\nPress Ctrl-C to stop.",
+                o.swarm_id
+            ));
+        }
+        Some(Err(e)) => note(&format!(
+            "error: the demo workflow did not run: {e:#} (the server keeps serving)"
+        )),
+        None => {
+            running.shutdown().await;
+            return Ok(());
+        }
+    }
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
 }
 
 /// A future that resolves on the first SIGINT or SIGTERM.

@@ -3,10 +3,14 @@
 //! directory) and asserts on exit codes, output and the state left behind.
 
 mod audit;
+mod bench_tasks;
 mod config;
 mod crash;
+mod crash_orch;
 mod errors;
 mod harness;
 mod keys;
 mod memory;
+mod orchestration;
 mod up;
+mod workflow;

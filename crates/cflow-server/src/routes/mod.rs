@@ -13,12 +13,18 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
+pub mod agents;
 pub mod audit;
+pub mod events;
 pub mod keys;
 pub mod memory;
+pub mod messages;
 pub mod ops;
+pub mod swarms;
+pub mod tasks;
 pub mod tenants;
 pub mod whoami;
+pub mod workers;
 
 /// The name of the bearer security scheme in the OpenAPI document.
 pub const BEARER: &str = "bearer";
@@ -63,6 +69,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(memory::router())
         .merge(audit::router())
         .merge(ops::router())
+        .merge(swarms::router())
+        .merge(agents::router())
+        .merge(tasks::router())
+        .merge(messages::router())
+        .merge(events::router())
+        .merge(workers::router())
 }
 
 /// Unknown routes get a problem, not axum's empty 404.

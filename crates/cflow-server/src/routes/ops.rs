@@ -79,7 +79,9 @@ impl FromRequestParts<AppState> for MetricsAccess {
     security(("bearer" = [])),
 )]
 async fn metrics(State(state): State<AppState>, _access: MetricsAccess) -> Response {
-    let mut resp = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    state.sched.render_metrics(&mut text);
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

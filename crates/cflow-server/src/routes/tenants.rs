@@ -1,22 +1,25 @@
-//! `POST /api/v1/tenants` and `GET /api/v1/tenants`: platform administration (superadmin).
+//! `POST /api/v1/tenants` and `GET /api/v1/tenants`: platform administration (superadmin), and
+//! a tenant's scheduler quota (`PUT` by the superadmin, `GET` also by the tenant's admins).
 
 use super::{PageParams, time};
 use crate::auth::{Caller, op};
-use crate::error::{ApiResult, ProblemResponse};
-use crate::extract::{JsonBody, Query, page_limit};
+use crate::error::{ApiError, ApiResult, ProblemResponse};
+use crate::extract::{JsonBody, PathParams, Query, page_limit};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use cflow_core::validate;
-use cflow_store::{PageRequest, Tenant};
+use cflow_core::{Role, ValidationError, validate};
+use cflow_store::{MAX_WEIGHT, PageRequest, Tenant, TenantQuota};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_tenant, list_tenants))
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(set_quota, get_quota))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,4 +100,116 @@ async fn list_tenants(
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+/// A tenant's share of the scheduler.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaParams {
+    /// Fair-share weight, 1–1000 (default 1): a tenant of weight 2 gets twice the dispatches of
+    /// a tenant of weight 1 when both have work waiting.
+    pub weight: i64,
+    /// The most tasks it may have running at once (at least 1); absent or null: no limit.
+    #[serde(default)]
+    pub max_running: Option<i64>,
+}
+
+impl From<TenantQuota> for QuotaParams {
+    fn from(q: TenantQuota) -> Self {
+        Self {
+            weight: q.weight,
+            max_running: q.max_running,
+        }
+    }
+}
+
+/// A tenant by id or name, reported as not found unless the caller may see it.
+async fn visible_tenant<O>(
+    state: &AppState,
+    caller: &Caller<O>,
+    tenant: &str,
+) -> ApiResult<Tenant> {
+    match state.store.get_tenant(tenant).await? {
+        Some(t) if caller.is_superadmin() || t.id == caller.tenant_id() => Ok(t),
+        _ => Err(ApiError::not_found(format!("tenant '{tenant}' not found"))),
+    }
+}
+
+/// Set a tenant's scheduler weight and running limit.
+#[utoipa::path(
+    put, path = "/api/v1/tenants/{tenant}/quota", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body = QuotaParams,
+    responses(
+        (status = 200, body = QuotaParams),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 422, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn set_quota(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantQuotaSet>,
+    PathParams(tenant): PathParams<String>,
+    JsonBody(p): JsonBody<QuotaParams>,
+) -> ApiResult<Json<QuotaParams>> {
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    if !(1..=MAX_WEIGHT).contains(&p.weight) {
+        return Err(ValidationError::new(
+            "weight",
+            format!("must be from 1 to {MAX_WEIGHT} (got {})", p.weight),
+        )
+        .into());
+    }
+    if let Some(n) = p.max_running
+        && n < 1
+    {
+        return Err(ValidationError::new(
+            "max_running",
+            format!("must be at least 1, or null for no limit (got {n})"),
+        )
+        .into());
+    }
+    let quota = state
+        .sched
+        .set_quota(
+            &caller.ctx,
+            &target.id,
+            TenantQuota {
+                weight: p.weight,
+                max_running: p.max_running,
+            },
+        )
+        .await?;
+    Ok(Json(quota.into()))
+}
+
+/// A tenant's scheduler weight and running limit (the superadmin, or an admin of the tenant).
+#[utoipa::path(
+    get, path = "/api/v1/tenants/{tenant}/quota", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    responses(
+        (status = 200, body = QuotaParams),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get_quota(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantQuotaRead>,
+    PathParams(tenant): PathParams<String>,
+) -> ApiResult<Json<QuotaParams>> {
+    if !matches!(caller.key.role, Role::Superadmin | Role::Admin) {
+        return Err(ApiError::forbidden(format!(
+            "role '{}' may not read tenant quotas (superadmin or the tenant's admin)",
+            caller.key.role
+        )));
+    }
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    let quota = state.store.tenant_quota(&target.id).await?;
+    Ok(Json(quota.into()))
 }

@@ -4,10 +4,15 @@
 mod audit;
 mod auth;
 mod bad_input;
+mod bad_input_orch;
 mod common;
+mod events;
 mod limits;
 mod memory;
 mod ops;
+mod orchestration;
 mod route_walk;
+mod sched;
 mod shutdown;
 mod tls;
+mod workers_http;

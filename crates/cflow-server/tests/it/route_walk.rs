@@ -29,31 +29,88 @@ enum OtherTenant {
 
 fn other_tenant(method: &str, path: &str) -> OtherTenant {
     use OtherTenant::*;
+    if is_worker_route(method, path) {
+        // Only worker keys connect as workers: another tenant's admin is refused by role.
+        return Forbidden;
+    }
     match (method, path) {
-        ("post", "/api/v1/tenants") | ("get", "/api/v1/tenants") | ("get", "/metrics") => Forbidden,
+        ("post", "/api/v1/tenants")
+        | ("get", "/api/v1/tenants")
+        | ("get", "/metrics")
+        | ("put", "/api/v1/tenants/{tenant}/quota") => Forbidden,
         ("post", "/api/v1/tenants/{tenant}/keys") => NotFound,
+        ("get", "/api/v1/tenants/{tenant}/quota") => NotFound,
         ("delete", "/api/v1/keys/{id}") => NotFound,
         ("get" | "delete", "/api/v1/memory/{namespace}/{key}") => NotFound,
         ("put", "/api/v1/memory/{namespace}/{key}") => StaleForCaller,
+        ("get", "/api/v1/swarms/{id}")
+        | ("post", "/api/v1/swarms/{id}/pause")
+        | ("post", "/api/v1/swarms/{id}/resume")
+        | ("post", "/api/v1/swarms/{id}/stop")
+        | ("post", "/api/v1/swarms/{id}/scale")
+        | ("post", "/api/v1/swarms/{id}/agents")
+        | ("post", "/api/v1/swarms/{id}/messages")
+        | ("get", "/api/v1/swarms/{id}/topics/{topic}/messages")
+        | ("get", "/api/v1/agents/{id}")
+        | ("post", "/api/v1/agents/{id}/stop")
+        | ("get", "/api/v1/agents/{id}/messages")
+        | ("get", "/api/v1/tasks/{id}")
+        | ("post", "/api/v1/tasks/{id}/cancel")
+        | ("get", "/api/v1/tasks/{id}/logs") => NotFound,
         ("get", "/api/v1/keys")
         | ("get", "/api/v1/whoami")
         | ("get", "/api/v1/memory/{namespace}")
         | ("get", "/api/v1/memory/search")
         | ("get", "/api/v1/audit")
-        | ("get", "/api/v1/audit/verify") => OwnTenantOnly,
+        | ("get", "/api/v1/audit/verify")
+        | ("get" | "post", "/api/v1/swarms")
+        | ("get", "/api/v1/agents")
+        | ("get" | "post", "/api/v1/tasks")
+        | ("get", "/api/v1/workers")
+        | ("get", "/api/v1/events") => OwnTenantOnly,
         _ => panic!("classify {method} {path} in route_walk::other_tenant"),
     }
 }
 
+/// The routes of the worker protocol (action `WorkerConnect`: worker keys and the superadmin).
+fn is_worker_route(method: &str, path: &str) -> bool {
+    matches!(
+        (method, path),
+        ("post", "/api/v1/workers")
+            | ("post", "/api/v1/workers/{id}/poll")
+            | ("post", "/api/v1/workers/{id}/reports")
+            | ("delete", "/api/v1/workers/{id}")
+    )
+}
+
 /// A valid body for each operation that takes one.
-fn body_for(method: &str, path: &str) -> Option<Value> {
+fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
     match (method, path) {
         ("post", "/api/v1/tenants") => Some(json!({ "name": "walk-created" })),
         ("post", "/api/v1/tenants/{tenant}/keys") => {
             Some(json!({ "name": "walk-key", "role": "viewer" }))
         }
         ("put", "/api/v1/memory/{namespace}/{key}") => Some(json!({ "value": "walk-overwrite" })),
+        ("put", "/api/v1/tenants/{tenant}/quota") => Some(json!({ "weight": 7 })),
+        ("post", "/api/v1/swarms") => Some(json!({ "name": "walk-swarm", "topology": "mesh" })),
+        ("post", "/api/v1/swarms/{id}/scale") => Some(json!({ "type": "coder", "min": 0 })),
+        ("post", "/api/v1/swarms/{id}/agents") => {
+            Some(json!({ "type": "coder", "driver": "noop" }))
+        }
+        ("post", "/api/v1/swarms/{id}/messages") => {
+            Some(json!({ "from": f.agents[0], "to": f.agents[1], "body": "walk" }))
+        }
+        ("post", "/api/v1/tasks") => Some(json!({ "tasks": [{ "spec": { "command": "true" } }] })),
+        ("post", "/api/v1/workers") => {
+            Some(json!({ "name": "walk", "slots": 1, "drivers": ["noop"] }))
+        }
+        ("post", "/api/v1/workers/{id}/poll") => Some(json!({ "free_slots": 0 })),
+        ("post", "/api/v1/workers/{id}/reports") => Some(json!({ "reports": [] })),
         ("get" | "delete", _) => None,
+        ("post", p) if p.ends_with("/pause") || p.ends_with("/resume") || p.ends_with("/stop") => {
+            None
+        }
+        ("post", "/api/v1/tasks/{id}/cancel") => None,
         _ => panic!("add a body for {method} {path} in route_walk::body_for"),
     }
 }
@@ -61,14 +118,30 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
 struct Fixture {
     tenant_a: String,
     key_a_id: String,
+    swarm: String,
+    agents: Vec<String>,
+    task: String,
+    worker: String,
 }
 
 fn fill(path: &str, f: &Fixture) -> String {
+    let id = if path.starts_with("/api/v1/swarms/") {
+        &f.swarm
+    } else if path.starts_with("/api/v1/agents/") {
+        &f.agents[0]
+    } else if path.starts_with("/api/v1/tasks/") {
+        &f.task
+    } else if path.starts_with("/api/v1/workers/") {
+        &f.worker
+    } else {
+        &f.key_a_id
+    };
     let filled = path
         .replace("{tenant}", &f.tenant_a)
-        .replace("{id}", &f.key_a_id)
+        .replace("{id}", id)
         .replace("{namespace}", "notes")
-        .replace("{key}", "plan");
+        .replace("{key}", "plan")
+        .replace("{topic}", "news");
     assert!(!filled.contains('{'), "unfilled parameter in {path}");
     if filled == "/api/v1/memory/search" {
         return format!("{filled}?q=marker");
@@ -88,7 +161,7 @@ async fn send(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    if let Some(body) = body_for(method, path) {
+    if let Some(body) = body_for(method, path, f) {
         req = req.json(&body);
     }
     if method == "put" {
@@ -120,9 +193,12 @@ async fn walk(server: TestServer) {
     let extra = server
         .create_key_json(&tenant_a, "alpha-extra", "developer", None)
         .await;
+    let worker_a = server.create_key(&tenant_a, "alpha-worker", "worker").await;
+    let worker_b = server.create_key(&_tenant_b, "beta-worker", "worker").await;
+    let fixture = orchestration_fixture(&server, &tenant_a, &admin_a, &worker_a).await;
     let fixture = Fixture {
-        tenant_a: tenant_a.clone(),
         key_a_id: extra["id"].as_str().unwrap().to_string(),
+        ..fixture
     };
     let marker = "alpha-private-marker";
     let put = server
@@ -188,6 +264,10 @@ async fn walk(server: TestServer) {
                         "{what}: {body}"
                     );
                 }
+                OtherTenant::OwnTenantOnly if path == "/api/v1/events" => {
+                    // An endless stream: its answer is checked, its events by the events tests.
+                    assert_eq!(resp.status(), 200, "{what}");
+                }
                 OtherTenant::OwnTenantOnly => {
                     let status = resp.status();
                     let text = resp.text().await.unwrap();
@@ -208,9 +288,24 @@ async fn walk(server: TestServer) {
                 let resp = send(&server, method, path, &fixture, Some(&viewer_a)).await;
                 expect_problem(resp, 403, "forbidden").await;
             }
+
+            // 4. A worker key may use the worker routes and nothing else (but whoami); on them,
+            // another tenant's worker key finds none of the first tenant's workers.
+            if is_worker_route(method, path) {
+                let resp = send(&server, method, path, &fixture, Some(&worker_b)).await;
+                if path == "/api/v1/workers" {
+                    let body = expect_json(resp, 201).await;
+                    assert_ne!(body["worker_id"], fixture.worker.as_str(), "{what}");
+                } else {
+                    expect_problem(resp, 404, "not-found").await;
+                }
+            } else if path != "/api/v1/whoami" {
+                let resp = send(&server, method, path, &fixture, Some(&worker_a)).await;
+                expect_problem(resp, 403, "forbidden").await;
+            }
         }
     }
-    assert_eq!(walked, 14, "every non-public operation was walked");
+    assert_eq!(walked, 41, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
@@ -235,6 +330,121 @@ async fn walk(server: TestServer) {
         keys.items.iter().all(|k| k.revoked_at.is_none()),
         "no key of alpha was revoked"
     );
-    assert_eq!(keys.items.len(), 3, "no key was created in alpha");
+    assert_eq!(keys.items.len(), 4, "no key was created in alpha");
+    assert_orchestration_unchanged(&server, &fixture, &admin_a).await;
     server.shutdown().await;
+}
+
+/// Tenant alpha's swarm (two noop agents), a task that waits for ever (pinned to a label no
+/// agent or worker has), a message and
+/// a registered worker.
+async fn orchestration_fixture(
+    server: &TestServer,
+    tenant_a: &str,
+    admin_a: &str,
+    worker_a: &str,
+) -> Fixture {
+    let post = async |token: &str, path: &str, body: Value, status: u16| {
+        let resp = server
+            .client()
+            .post(server.at(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_json(resp, status).await
+    };
+    let swarm = post(
+        admin_a,
+        "/api/v1/swarms",
+        json!({"name": "alpha-swarm", "topology": "mesh",
+               "agents": [{"type": "coder", "driver": "noop", "min": 2}]}),
+        201,
+    )
+    .await;
+    let swarm = swarm["id"].as_str().unwrap().to_string();
+    let agents = server
+        .store
+        .list_agents(
+            tenant_a,
+            &swarm,
+            &cflow_store::PageRequest {
+                cursor: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let agents: Vec<String> = agents.items.into_iter().map(|a| a.id).collect();
+    assert_eq!(agents.len(), 2);
+    let tasks = post(
+        admin_a,
+        "/api/v1/tasks",
+        json!({"tasks": [{"spec": {"command": "true"}, "labels": {"walk": "never-matches"}}]}),
+        202,
+    )
+    .await;
+    let task = tasks["tasks"][0]["id"].as_str().unwrap().to_string();
+    post(
+        admin_a,
+        &format!("/api/v1/swarms/{swarm}/messages"),
+        json!({"from": agents[0], "topic": "news", "body": "alpha-private-marker"}),
+        201,
+    )
+    .await;
+    let worker = post(
+        worker_a,
+        "/api/v1/workers",
+        json!({"worker_id": "walk-alpha", "name": "alpha", "slots": 1, "drivers": ["noop"]}),
+        201,
+    )
+    .await;
+    Fixture {
+        tenant_a: tenant_a.to_string(),
+        key_a_id: String::new(),
+        swarm,
+        agents,
+        task,
+        worker: worker["worker_id"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn assert_orchestration_unchanged(server: &TestServer, f: &Fixture, admin_a: &str) {
+    let get = async |path: String| {
+        let resp = server
+            .client()
+            .get(server.at(&path))
+            .bearer_auth(admin_a)
+            .send()
+            .await
+            .unwrap();
+        expect_json(resp, 200).await
+    };
+    let swarm = get(format!("/api/v1/swarms/{}", f.swarm)).await;
+    assert_eq!(swarm["state"], "active", "{swarm}");
+    assert_eq!(swarm["pools"][0]["min"], 2, "{swarm}");
+    let agents = get(format!("/api/v1/agents?swarm={}", f.swarm)).await;
+    let items = agents["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "no agent was spawned into alpha's swarm");
+    assert!(items.iter().all(|a| a["state"] == "idle"), "{agents}");
+    let task = get(format!("/api/v1/tasks/{}", f.task)).await;
+    assert_eq!(task["state"], "queued", "{task}");
+    let tasks = get("/api/v1/tasks".to_string()).await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "{tasks}");
+    let topic = get(format!("/api/v1/swarms/{}/topics/news/messages", f.swarm)).await;
+    assert_eq!(topic["items"].as_array().unwrap().len(), 1, "{topic}");
+    let inbox = get(format!("/api/v1/agents/{}/messages", f.agents[1])).await;
+    assert_eq!(inbox["items"], json!([]), "no message was sent in alpha");
+    let quota = server.store.tenant_quota(&f.tenant_a).await.unwrap();
+    assert_eq!(quota, cflow_store::TenantQuota::default());
+    let workers = get("/api/v1/workers".to_string()).await;
+    assert!(
+        workers["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == f.worker.as_str()),
+        "alpha's worker is still registered: {workers}"
+    );
 }

@@ -3,8 +3,8 @@
 
 use cflow_core::task::TaskState;
 use cflow_store::{
-    Agent, AgentState, AttemptState, Error, NewTask, Outcome, OutcomeKind, Store, StoreOptions,
-    SwarmState, Task,
+    Agent, AgentState, AttemptState, Error, Kill, NewTask, Outcome, OutcomeKind, Store,
+    StoreOptions, SwarmState, Task,
 };
 use serde_json::json;
 
@@ -12,9 +12,9 @@ use crate::swarms::{new_agent, new_swarm};
 use crate::tasks::task;
 use crate::{ctx, each_backend, each_backend_url, now, system, tenant};
 
-const LEASE: i64 = 30_000;
+pub const LEASE: i64 = 30_000;
 
-async fn agent(store: &Store, t: &str) -> Agent {
+pub async fn agent(store: &Store, t: &str) -> Agent {
     let name = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let s = store
         .create_swarm(&ctx(t), t, new_swarm(&name, 10))
@@ -26,7 +26,7 @@ async fn agent(store: &Store, t: &str) -> Agent {
         .unwrap()
 }
 
-fn outcome(kind: OutcomeKind) -> Outcome {
+pub fn outcome(kind: OutcomeKind) -> Outcome {
     Outcome {
         kind,
         exit_code: Some(if kind == OutcomeKind::Succeeded { 0 } else { 1 }),
@@ -36,11 +36,11 @@ fn outcome(kind: OutcomeKind) -> Outcome {
     }
 }
 
-async fn get(store: &Store, t: &str, id: &str) -> Task {
+pub async fn get(store: &Store, t: &str, id: &str) -> Task {
     store.get_task(t, id).await.unwrap().unwrap()
 }
 
-fn stale(err: &Error) -> bool {
+pub fn stale(err: &Error) -> bool {
     matches!(err, Error::StaleEpoch { .. })
 }
 
@@ -386,7 +386,14 @@ async fn cancel_kills_the_live_attempt_and_is_tenant_scoped() {
         assert_eq!(get(&store, &t, a).await.state, TaskState::Running);
 
         let c = store.cancel_task(&ctx(&t), &t, a, n).await.unwrap();
-        assert_eq!(c.kill, Some(("w9".to_string(), 1)));
+        assert_eq!(
+            c.kill,
+            [Kill {
+                task_id: a.to_string(),
+                worker_id: "w9".to_string(),
+                epoch: 1
+            }]
+        );
         assert_eq!(c.dependents, [out[1].id.clone()]);
         assert_eq!(get(&store, &t, a).await.state, TaskState::Cancelled);
         // The worker's late report is stale.
@@ -402,7 +409,7 @@ async fn cancel_kills_the_live_attempt_and_is_tenant_scoped() {
             .cancel_task(&ctx(&t), &t, &out[2].id, n)
             .await
             .unwrap();
-        assert_eq!(q.kill, None);
+        assert!(q.kill.is_empty());
         // An agent of another tenant cannot be assigned the task.
         let theirs = agent(&store, &other).await;
         let more = store

@@ -3,11 +3,15 @@
 
 mod attempts;
 mod audit;
+mod batch;
 mod bench;
+mod bench_lifecycle;
 mod concurrency;
 mod keys;
 mod lifecycle;
 mod memory;
+mod replicas;
+mod scheduling;
 mod search;
 mod swarms;
 mod tasks;

@@ -13,6 +13,8 @@ pub fn new_swarm(name: &str, max_agents: i64) -> NewSwarm {
         topology: Topology::Hierarchical,
         project: None,
         max_agents,
+        strategy: Default::default(),
+        pools: Vec::new(),
     }
 }
 

@@ -1,0 +1,332 @@
+//! The worker protocol: what a worker (the local pool inside the server, or a remote
+//! `cflow worker` that dials out over HTTP) and the scheduler say to each other.
+//!
+//! The worker drives every exchange, so it works behind NAT and firewalls:
+//! 1. `register` once: its labels, slots and drivers; the answer is its id and lease timing.
+//! 2. `poll` in a loop (long-poll): it says which attempts it holds and how many slots are free;
+//!    the answer carries new [`Assignment`]s and the attempts it must [`cancel`](PollResponse).
+//!    Every poll is also the worker's heartbeat: it extends the lease of every attempt it holds.
+//! 3. `report` batches of [`Report`]s: started, log output, finished. Each report carries the
+//!    attempt's `epoch`; a report about an attempt the worker no longer holds (lease expired and
+//!    re-assigned, cancelled) is refused with status 409 and the worker drops that attempt.
+//!
+//! The same types travel as JSON over HTTP (`/api/v1/workers/...`) and in-process for the local
+//! pool, so one code path serves both.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::driver::{ExecCommand, ExecSpec, JobSpec};
+
+/// `POST /api/v1/workers` — a worker introduces itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    /// A stable id chosen by the worker (`[a-z0-9_-]{1,64}`), so that after a reconnect (or a
+    /// server restart) the scheduler recognises the attempts it still holds. `None`: the server
+    /// makes one up.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// A human name (host name by default).
+    pub name: String,
+    /// `key=value` labels tasks can be pinned to (`region=eu`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many attempts it runs at once (1–1024).
+    pub slots: u32,
+    /// The driver kinds it can run (`exec`, `noop`, ...).
+    pub drivers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registered {
+    pub worker_id: String,
+    /// Poll (heartbeat) at least this often, or the worker is suspected.
+    pub heartbeat_ms: u64,
+    /// An attempt's lease runs this long past the last poll that listed it.
+    pub lease_ms: u64,
+}
+
+/// One attempt a worker holds, as listed in a poll.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Held {
+    pub task_id: String,
+    pub epoch: i64,
+}
+
+/// `POST /api/v1/workers/{id}/poll`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// Every attempt the worker is running (including finished ones whose report is not yet
+    /// acknowledged); their leases are extended.
+    #[serde(default)]
+    pub held: Vec<Held>,
+    /// How many new assignments it can take now.
+    pub free_slots: u32,
+    /// How long the server may hold the request open when it has nothing to say (0–30,000 ms).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PollResponse {
+    pub assignments: Vec<Assignment>,
+    /// Attempts the worker must stop at once (cancelled, or no longer its own): kill the
+    /// process group and drop them without a report.
+    pub cancel: Vec<Held>,
+}
+
+/// One attempt of one task, leased to this worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub task_id: String,
+    pub tenant_id: String,
+    pub epoch: i64,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    pub agent_id: String,
+    /// The agent's driver kind.
+    pub driver: String,
+    /// The task's spec, as submitted; see [`job_spec`].
+    pub spec: serde_json::Value,
+    pub timeout_ms: u64,
+    /// Outputs of the task's dependencies, by dependency task id (their `result` objects, or
+    /// the stdout tail when they had none), so a task can build on what came before.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, serde_json::Value>,
+}
+
+/// `POST /api/v1/workers/{id}/reports`: a batch, answered one [`ReportAck`] per report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    pub reports: Vec<Report>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    /// The driver started the attempt.
+    Started { task_id: String, epoch: i64 },
+    /// Output as it happens (already capped by the driver); published as `task.log` events.
+    Log {
+        task_id: String,
+        epoch: i64,
+        stream: crate::OutputStream,
+        text: String,
+    },
+    /// The attempt ended.
+    Finished {
+        task_id: String,
+        epoch: i64,
+        outcome: Finished,
+    },
+}
+
+impl Report {
+    pub fn held(&self) -> Held {
+        let (task_id, epoch) = match self {
+            Report::Started { task_id, epoch }
+            | Report::Log { task_id, epoch, .. }
+            | Report::Finished { task_id, epoch, .. } => (task_id, epoch),
+        };
+        Held {
+            task_id: task_id.clone(),
+            epoch: *epoch,
+        }
+    }
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finished {
+    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
+    pub status: FinishedStatus,
+    /// `false` when another attempt cannot help (a spec this worker's driver cannot run).
+    #[serde(default = "yes")]
+    pub retryable: bool,
+    pub exit_code: Option<i64>,
+    /// The signal that killed the command, when one did and cflow did not send it.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Whether either stream was cut at the output cap.
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    /// A failure the driver reported before or instead of running anything.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub wall_ms: u64,
+    /// The isolation the attempt ran under, as the driver reported it (`none: ...` until the
+    /// sandbox lands).
+    pub isolation: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishedStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+/// The answer to one report: `status` 200 when accepted, else the HTTP status the same problem
+/// would get (409 stale epoch, 404 unknown task) and why. On anything but 200 for a `Finished`
+/// or `Started`, the worker stops the attempt and forgets it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportAck {
+    pub status: u16,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+impl ReportAck {
+    pub fn ok() -> Self {
+        Self {
+            status: 200,
+            detail: None,
+        }
+    }
+    pub fn is_ok(&self) -> bool {
+        self.status == 200
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportAcks {
+    pub acks: Vec<ReportAck>,
+}
+
+/// Turns a task spec into what `driver` runs, or says why it cannot.
+///
+/// - `exec`: `{"command": "sh command line"}` or `{"program": "p", "args": ["a"]}`, with
+///   optional `"env": {"K": "V"}` and `"cwd": "/dir"`.
+/// - `noop`: any spec (ignored).
+pub fn job_spec(driver: &str, spec: &serde_json::Value) -> Result<JobSpec, String> {
+    match driver {
+        "noop" => Ok(JobSpec::Noop),
+        "exec" => exec_spec(spec).map(JobSpec::Exec),
+        other => Err(format!("driver '{other}' is not built yet")),
+    }
+}
+
+fn exec_spec(spec: &serde_json::Value) -> Result<ExecSpec, String> {
+    let obj = spec
+        .as_object()
+        .ok_or("an exec task's spec must be an object with \"command\" or \"program\"")?;
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "command" | "program" | "args" | "env" | "cwd") {
+            return Err(format!(
+                "unknown field '{key}' in an exec spec (known: command, program, args, env, cwd)"
+            ));
+        }
+    }
+    let command = match (obj.get("command"), obj.get("program")) {
+        (Some(c), None) => {
+            if obj.contains_key("args") {
+                return Err("\"args\" goes with \"program\", not \"command\"".into());
+            }
+            let c = c.as_str().ok_or("\"command\" must be a string")?;
+            if c.trim().is_empty() {
+                return Err("\"command\" must not be empty".into());
+            }
+            ExecCommand::Shell(c.to_string())
+        }
+        (None, Some(p)) => {
+            let program = p.as_str().ok_or("\"program\" must be a string")?;
+            if program.is_empty() {
+                return Err("\"program\" must not be empty".into());
+            }
+            let args = match obj.get("args") {
+                None => Vec::new(),
+                Some(a) => a
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .ok_or("\"args\" must be an array of strings")?,
+            };
+            ExecCommand::Program {
+                program: program.to_string(),
+                args,
+            }
+        }
+        (Some(_), Some(_)) => return Err("give \"command\" or \"program\", not both".into()),
+        (None, None) => {
+            return Err(
+                "an exec task's spec needs \"command\" (a shell line) or \"program\"".into(),
+            );
+        }
+    };
+    let env = match obj.get("env") {
+        None => Vec::new(),
+        Some(e) => e
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or("\"env\" must be an object of strings")?,
+    };
+    let cwd = match obj.get("cwd") {
+        None => None,
+        Some(c) => Some(c.as_str().ok_or("\"cwd\" must be a string")?.into()),
+    };
+    Ok(ExecSpec { command, env, cwd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn exec_specs_parse_or_say_why() {
+        assert!(matches!(
+            job_spec("exec", &json!({"command": "echo hi"})),
+            Ok(JobSpec::Exec(ExecSpec {
+                command: ExecCommand::Shell(_),
+                ..
+            }))
+        ));
+        let p = job_spec(
+            "exec",
+            &json!({"program": "true", "args": ["a"], "env": {"K": "V"}}),
+        );
+        assert!(matches!(p, Ok(JobSpec::Exec(ref s)) if s.env == vec![("K".into(), "V".into())]));
+        for (bad, why) in [
+            (json!("echo"), "must be an object"),
+            (json!({}), "needs \"command\""),
+            (json!({"command": ""}), "must not be empty"),
+            (json!({"command": "x", "program": "y"}), "not both"),
+            (
+                json!({"command": "x", "shell": true}),
+                "unknown field 'shell'",
+            ),
+            (json!({"program": "x", "args": [1]}), "array of strings"),
+        ] {
+            let err = job_spec("exec", &bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(matches!(job_spec("noop", &json!(null)), Ok(JobSpec::Noop)));
+        assert!(
+            job_spec("llm", &json!({}))
+                .unwrap_err()
+                .contains("not built yet")
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! The workflow file of `cflow run`: a swarm (name, topology, strategy, agent pools) and a task
+//! DAG, in TOML. Parsing refuses unknown keys with their line; validation checks everything that
+//! can be checked without the server (dependencies, cycles, ranges, capabilities), so a broken
+//! file is refused before anything is created.
+//!
+//! ```toml
+//! [swarm]
+//! name = "build"
+//! topology = "hierarchical"
+//!
+//! [[swarm.agents]]
+//! type = "coder"
+//! min = 2
+//!
+//! [[tasks]]
+//! id = "plan"
+//! command = "echo 'CFLOW_RESULT {\"modules\": 3}'"
+//!
+//! [[tasks]]
+//! id = "build"
+//! command = "make"
+//! depends_on = ["plan"]
+//! requires = ["code"]
+//! ```
+
+use anyhow::{Result, anyhow, bail};
+use cflow_core::dag::{self, DagTask};
+use cflow_core::{agent_type, task as task_rules};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The environment variable through which `cflow run` tells each task its workflow id.
+pub const WORKFLOW_ID_ENV: &str = "CFLOW_WORKFLOW_TASK";
+
+/// A whole workflow file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub swarm: SwarmDef,
+    #[serde(default)]
+    pub tasks: Vec<TaskDef>,
+}
+
+/// `[swarm]`: what `POST /swarms` gets (the name gets a unique suffix per run).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmDef {
+    pub name: String,
+    /// mesh, hierarchical, ring or star (default hierarchical).
+    #[serde(default = "default_topology")]
+    pub topology: String,
+    /// weighted_round_robin or least_loaded (the server's default when absent).
+    pub strategy: Option<String>,
+    pub max_agents: Option<i64>,
+    pub project: Option<String>,
+    /// `[[swarm.agents]]`: the agent pools.
+    #[serde(default)]
+    pub agents: Vec<PoolDef>,
+}
+
+fn default_topology() -> String {
+    "hierarchical".into()
+}
+
+/// `[[swarm.agents]]`: one pool of agents of a type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDef {
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub prewarm: Option<i64>,
+    /// Empty: the type's default capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub recycle_after_tasks: Option<i64>,
+    pub recycle_on_failure: Option<bool>,
+}
+
+fn default_driver() -> String {
+    "exec".into()
+}
+
+/// `[[tasks]]`: one task of the DAG.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDef {
+    /// The task's id within the workflow (the `local_id` of the submission).
+    pub id: Spanned<String>,
+    /// A shell line (`sh -c`).
+    pub command: String,
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub requires: Vec<String>,
+    pub priority: Option<i64>,
+    /// Seconds (`30`) or a duration (`"30s"`, `"5m"`).
+    pub timeout: Option<Timeout>,
+    pub max_attempts: Option<i64>,
+    pub replicas: Option<i64>,
+    pub quorum: Option<i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Timeout {
+    Seconds(i64),
+    Text(String),
+}
+
+impl Timeout {
+    fn seconds(&self) -> std::result::Result<i64, String> {
+        match self {
+            Timeout::Seconds(s) => Ok(*s),
+            Timeout::Text(t) => {
+                let d: Duration = crate::cli::parse_duration(t)?;
+                if d.subsec_millis() != 0 {
+                    return Err(format!("'{t}' is not a whole number of seconds"));
+                }
+                Ok(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            }
+        }
+    }
+}
+
+/// A parsed and checked workflow, with the file text kept for line numbers.
+#[derive(Debug)]
+pub struct Checked {
+    pub workflow: Workflow,
+    /// Task ids in file order.
+    pub ids: Vec<String>,
+}
+
+/// Parses and validates a workflow. `origin` names the file in messages.
+pub fn parse(text: &str, origin: &str) -> Result<Checked> {
+    let workflow: Workflow = toml::from_str(text).map_err(|e| {
+        // toml's message already carries "at line L, column C" and the offending key.
+        anyhow!(
+            "{origin} is not a valid workflow: {}",
+            e.to_string().trim_end()
+        )
+    })?;
+    let ids = validate(&workflow, text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    Ok(Checked { workflow, ids })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Checks a `[swarm]` table; returns every capability its pools' agents have.
+pub fn check_swarm(s: &SwarmDef) -> Result<BTreeSet<String>> {
+    if s.name.trim().is_empty() {
+        bail!("[swarm] name must not be empty");
+    }
+    s.topology
+        .parse::<cflow_core::topology::Topology>()
+        .map_err(|e| anyhow!("[swarm] topology: {e}"))?;
+    if let Some(st) = &s.strategy {
+        st.parse::<cflow_core::balance::Strategy>()
+            .map_err(|e| anyhow!("[swarm] strategy: {e}"))?;
+    }
+    let drivers = cflow_agents::Drivers::builtin(cflow_agents::ExecConfig::default());
+    let mut types = BTreeSet::new();
+    let mut capabilities = BTreeSet::new();
+    for p in &s.agents {
+        let t = &p.agent_type;
+        agent_type::validate_type("type", t).map_err(|e| anyhow!("agent pool: {}", e.rule))?;
+        if !types.insert(t.clone()) {
+            bail!("agent pool type '{t}' appears twice: one pool per type");
+        }
+        if let Err(e) = drivers.get(&p.driver) {
+            bail!("agent pool '{t}': {e}");
+        }
+        if let (Some(min), Some(max)) = (p.min, p.max)
+            && min > max
+        {
+            bail!("agent pool '{t}': min {min} is more than max {max}");
+        }
+        if p.capabilities.is_empty() {
+            capabilities.extend(agent_type::default_capabilities(t));
+        } else {
+            capabilities.extend(p.capabilities.iter().cloned());
+        }
+    }
+    Ok(capabilities)
+}
+
+/// Parses only the `[swarm]` table of a workflow file (for `cflow swarm init --file`).
+pub fn parse_swarm(text: &str, origin: &str) -> Result<SwarmDef> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SwarmOnly {
+        swarm: SwarmDef,
+        #[serde(default)]
+        #[allow(dead_code)]
+        tasks: Option<toml::Value>,
+    }
+    let file: SwarmOnly = toml::from_str(text).map_err(|e| {
+        anyhow!(
+            "{origin} is not a valid workflow: {}",
+            e.to_string().trim_end()
+        )
+    })?;
+    check_swarm(&file.swarm).map_err(|e| anyhow!("{origin}: {e}"))?;
+    Ok(file.swarm)
+}
+
+fn validate(w: &Workflow, text: &str) -> Result<Vec<String>> {
+    let s = &w.swarm;
+    let capabilities = check_swarm(s)?;
+    if w.tasks.is_empty() {
+        bail!("the workflow has no tasks: add at least one [[tasks]] table");
+    }
+
+    let mut ids = Vec::with_capacity(w.tasks.len());
+    let mut seen = BTreeSet::new();
+    for t in &w.tasks {
+        let id = t.id.get_ref();
+        let line = line_of(text, t.id.span().start);
+        let at = |msg: String| anyhow!("line {line}: task '{id}': {msg}");
+        if !valid_id(id) {
+            return Err(at(
+                "a task id is 1-64 characters of letters, digits, '_', '-' or '.'".into(),
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(at("this id is used by an earlier task".into()));
+        }
+        if t.command.trim().is_empty() {
+            return Err(at("command must not be empty".into()));
+        }
+        let rule = |r: std::result::Result<(), cflow_core::ValidationError>| {
+            r.map_err(|e| at(format!("{}: {}", e.field, e.rule)))
+        };
+        if let Some(p) = t.priority {
+            rule(task_rules::priority(p))?;
+        }
+        if let Some(to) = &t.timeout {
+            let secs = to.seconds().map_err(|e| at(format!("timeout: {e}")))?;
+            rule(task_rules::timeout_seconds(secs))?;
+        }
+        if let Some(m) = t.max_attempts {
+            rule(task_rules::max_attempts(m))?;
+        }
+        if t.replicas.is_some() || t.quorum.is_some() {
+            let r = t.replicas.unwrap_or(1);
+            let q = t
+                .quorum
+                .unwrap_or(task_rules::default_quorum(r.max(0) as u32) as i64);
+            rule(task_rules::replicas_and_quorum(r, q))?;
+        }
+        if !s.agents.is_empty() {
+            for cap in &t.requires {
+                if !capabilities.contains(cap) {
+                    return Err(at(format!(
+                        "requires '{cap}', which no agent pool of the swarm has (pools have: {}) — add it to a pool's capabilities or drop it",
+                        capabilities.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        if t.env.contains_key(WORKFLOW_ID_ENV) {
+            return Err(at(format!("env: {WORKFLOW_ID_ENV} is set by cflow run")));
+        }
+        ids.push(id.clone());
+    }
+    // Unknown dependencies, with the line of each reference.
+    for t in &w.tasks {
+        for d in &t.depends_on {
+            if !seen.contains(d.get_ref()) {
+                bail!(
+                    "line {}: task '{}' depends on unknown task '{}' (the workflow's tasks: {})",
+                    line_of(text, d.span().start),
+                    t.id.get_ref(),
+                    d.get_ref(),
+                    ids.join(", ")
+                );
+            }
+        }
+    }
+    let dag: Vec<DagTask> = w
+        .tasks
+        .iter()
+        .map(|t| {
+            DagTask::new(
+                t.id.get_ref().clone(),
+                t.depends_on.iter().map(|d| d.get_ref().clone()),
+            )
+        })
+        .collect();
+    if let Err(e) = dag::plan(&dag, |_| None) {
+        let first = match &e {
+            dag::DagError::Cycle(c) => c.first().cloned(),
+            dag::DagError::SelfDependency(id) | dag::DagError::DuplicateId(id) => Some(id.clone()),
+            dag::DagError::UnknownDependencies(u) => u.first().map(|(t, _)| t.clone()),
+        };
+        let line = first
+            .and_then(|id| w.tasks.iter().find(|t| *t.id.get_ref() == id))
+            .map(|t| format!("line {}: ", line_of(text, t.id.span().start)))
+            .unwrap_or_default();
+        bail!("{line}{e}");
+    }
+    Ok(ids)
+}
+
+impl Workflow {
+    /// The body of `POST /swarms`, with the run's unique name.
+    pub fn swarm_body(&self, name: &str) -> Value {
+        let s = &self.swarm;
+        let mut body = Map::new();
+        body.insert("name".into(), json!(name));
+        body.insert("topology".into(), json!(s.topology));
+        put(&mut body, "strategy", s.strategy.as_ref().map(|v| json!(v)));
+        put(&mut body, "max_agents", s.max_agents.map(|v| json!(v)));
+        put(&mut body, "project", s.project.as_ref().map(|v| json!(v)));
+        if !s.agents.is_empty() {
+            let pools: Vec<Value> = s.agents.iter().map(PoolDef::body).collect();
+            body.insert("agents".into(), Value::Array(pools));
+        }
+        Value::Object(body)
+    }
+
+    /// The body of `POST /tasks`: the whole DAG in one request, each task's `local_id` its
+    /// workflow id, so `depends_on` can name workflow ids.
+    pub fn tasks_body(&self, swarm_id: &str) -> Value {
+        let tasks: Vec<Value> = self.tasks.iter().map(|t| t.body(swarm_id)).collect();
+        json!({ "tasks": tasks })
+    }
+}
+
+impl PoolDef {
+    pub fn body(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("type".into(), json!(self.agent_type));
+        p.insert("driver".into(), json!(self.driver));
+        put(&mut p, "min", self.min.map(|v| json!(v)));
+        put(&mut p, "max", self.max.map(|v| json!(v)));
+        put(&mut p, "prewarm", self.prewarm.map(|v| json!(v)));
+        if !self.capabilities.is_empty() {
+            p.insert("capabilities".into(), json!(self.capabilities));
+        }
+        if !self.labels.is_empty() {
+            p.insert("labels".into(), json!(self.labels));
+        }
+        put(
+            &mut p,
+            "recycle_after_tasks",
+            self.recycle_after_tasks.map(|v| json!(v)),
+        );
+        put(
+            &mut p,
+            "recycle_on_failure",
+            self.recycle_on_failure.map(|v| json!(v)),
+        );
+        Value::Object(p)
+    }
+}
+
+impl TaskDef {
+    fn body(&self, swarm_id: &str) -> Value {
+        let id = self.id.get_ref();
+        let mut env = self.env.clone();
+        env.insert(WORKFLOW_ID_ENV.into(), id.clone());
+        let mut spec = Map::new();
+        spec.insert("command".into(), json!(self.command));
+        spec.insert("env".into(), json!(env));
+        put(&mut spec, "cwd", self.cwd.as_ref().map(|v| json!(v)));
+        let mut t = Map::new();
+        t.insert("local_id".into(), json!(id));
+        t.insert("swarm".into(), json!(swarm_id));
+        t.insert("spec".into(), Value::Object(spec));
+        put(&mut t, "priority", self.priority.map(|v| json!(v)));
+        if !self.requires.is_empty() {
+            t.insert("requires".into(), json!(self.requires));
+        }
+        if !self.labels.is_empty() {
+            t.insert("labels".into(), json!(self.labels));
+        }
+        if !self.depends_on.is_empty() {
+            let deps: Vec<&String> = self.depends_on.iter().map(|d| d.get_ref()).collect();
+            t.insert("depends_on".into(), json!(deps));
+        }
+        put(
+            &mut t,
+            "timeout_seconds",
+            self.timeout
+                .as_ref()
+                .and_then(|to| to.seconds().ok())
+                .map(|v| json!(v)),
+        );
+        put(&mut t, "max_attempts", self.max_attempts.map(|v| json!(v)));
+        put(&mut t, "replicas", self.replicas.map(|v| json!(v)));
+        put(&mut t, "quorum", self.quorum.map(|v| json!(v)));
+        Value::Object(t)
+    }
+}
+
+fn put(m: &mut Map<String, Value>, key: &str, v: Option<Value>) {
+    if let Some(v) = v {
+        m.insert(key.into(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[swarm]
+name = "t"
+
+[[swarm.agents]]
+type = "coder"
+min = 1
+
+[[tasks]]
+id = "a"
+command = "true"
+
+[[tasks]]
+id = "b"
+command = "true"
+depends_on = ["a"]
+requires = ["code"]
+timeout = "2m"
+"#;
+
+    #[test]
+    fn a_valid_file_becomes_one_submission() {
+        let c = parse(OK, "wf.toml").unwrap();
+        assert_eq!(c.ids, ["a", "b"]);
+        let body = c.workflow.tasks_body("swarm1");
+        assert_eq!(body["tasks"][1]["depends_on"], json!(["a"]));
+        assert_eq!(body["tasks"][1]["timeout_seconds"], 120);
+        assert_eq!(body["tasks"][1]["spec"]["env"][WORKFLOW_ID_ENV], "b");
+        let swarm = c.workflow.swarm_body("t-1");
+        assert_eq!(swarm["agents"][0]["driver"], "exec");
+        assert_eq!(swarm["topology"], "hierarchical");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let bad = OK.replace("timeout = \"2m\"", "timout = \"2m\"");
+        let e = parse(&bad, "wf.toml").unwrap_err().to_string();
+        assert!(e.contains("timout") && e.contains("line 18"), "{e}");
+    }
+
+    #[test]
+    fn unknown_dependencies_and_cycles_are_refused() {
+        let bad = OK.replace("depends_on = [\"a\"]", "depends_on = [\"x\"]");
+        let e = parse(&bad, "wf.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown task 'x'") && e.contains("line 16"),
+            "{e}"
+        );
+        let cyc = OK.replace(
+            "id = \"a\"\ncommand = \"true\"",
+            "id = \"a\"\ncommand = \"true\"\ndepends_on = [\"b\"]",
+        );
+        let e = parse(&cyc, "wf.toml").unwrap_err().to_string();
+        assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn requirements_no_pool_meets_are_refused() {
+        let bad = OK.replace("requires = [\"code\"]", "requires = [\"deploy\"]");
+        let e = parse(&bad, "wf.toml").unwrap_err().to_string();
+        assert!(e.contains("requires 'deploy'"), "{e}");
+    }
+}

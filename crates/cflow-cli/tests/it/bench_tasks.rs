@@ -1,0 +1,59 @@
+//! `cflow bench tasks` as a smoke test: a small run of every phase against the server the
+//! benchmark spawns itself, checking that each phase measured something and saw no error. No
+//! timing is asserted (timings are benchmarks, not tests).
+
+use crate::harness::{cflow_in, run};
+use serde_json::Value;
+
+#[track_caller]
+fn positive(v: &Value, path: &str) {
+    let n = path
+        .split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"));
+    assert!(n > 0.0, "{path} = {n} is not positive in {v:#}");
+}
+
+#[test]
+fn bench_tasks_runs_every_phase_without_errors() {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let report = run(cflow_in(work.path()).args([
+        "bench",
+        "tasks",
+        "--tasks",
+        "200",
+        "--agents",
+        "16",
+        "--slots",
+        "16",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--idle-agents",
+        "100",
+        "--json",
+    ]))
+    .json();
+    assert_eq!(report["errors"], 0, "errors in {report:#}");
+    assert_eq!(report["setup"]["backend"], "sqlite");
+    for path in [
+        "throughput.tasks_per_sec",
+        "throughput.submit_per_sec",
+        "throughput.succeeded",
+        "latency.submit_to_start.count",
+        "latency.submit_to_start.p99_ms",
+        "latency.http_202.p99_ms",
+        "latency.succeeded",
+        "idle.register_secs",
+        "idle.rss_before_mb",
+        "idle.rss_after_mb",
+    ] {
+        positive(&report, path);
+    }
+    assert_eq!(report["throughput"]["succeeded"], 200);
+    for phase in ["throughput", "latency", "idle"] {
+        assert_eq!(report[phase]["errors"], 0, "errors in {phase}: {report:#}");
+    }
+}

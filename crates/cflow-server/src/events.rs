@@ -1,0 +1,187 @@
+//! The event bus: every state change the scheduler commits (tasks, agents, swarms, workers,
+//! autoscaler decisions, messages) is published here after the commit, and streamed to clients
+//! as server-sent events by `GET /api/v1/events`.
+//!
+//! Events live in a bounded in-memory ring (the newest [`EventBus::capacity`]) with ids
+//! `<boot>-<seq>`: `seq` grows by one per event, `boot` changes at every server start. A client
+//! resuming with `Last-Event-ID` gets every event after it that is still in the ring. When the id
+//! is from an earlier boot or has left the ring, the stream starts with a `reset` event: the
+//! client must re-read the state it cares about (the store is the truth; events are
+//! notifications). That is the documented contract — events are not a durable log.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// One state change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `<boot>-<seq>`.
+    pub id: String,
+    #[serde(skip)]
+    pub seq: u64,
+    /// `*` for platform-wide events (the local pool's state), which every tenant sees.
+    pub tenant_id: String,
+    /// `task.queued`, `agent.busy`, `worker.lost`, `autoscaler.scale_up`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The id of what changed (a task, agent, swarm or worker id).
+    pub subject: String,
+    pub data: Value,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct EventBus(Arc<Inner>);
+
+struct Inner {
+    boot: String,
+    capacity: usize,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+struct Ring {
+    next_seq: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+/// Where a subscriber starts.
+pub enum Resume {
+    /// From now on.
+    Now,
+    /// After this id (a `Last-Event-ID`).
+    After(String),
+}
+
+/// What a subscriber gets: the events it missed (from the ring), whether it must re-read state
+/// because some were lost, and the live feed that continues after the last backlog event.
+pub struct Subscription {
+    pub reset: bool,
+    pub backlog: Vec<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// Live events with `seq` at or below this were already in the backlog: skip them.
+    pub last_seq: u64,
+}
+
+impl EventBus {
+    /// A bus keeping the newest `capacity` events (at least 16).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(16);
+        let (live, _) = broadcast::channel(4096);
+        let boot = format!("{:x}", crate::state::now_ms());
+        EventBus(Arc::new(Inner {
+            boot,
+            capacity,
+            ring: Mutex::new(Ring {
+                next_seq: 1,
+                events: VecDeque::with_capacity(capacity.min(65_536)),
+            }),
+            live,
+        }))
+    }
+
+    pub fn boot(&self) -> &str {
+        &self.0.boot
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+
+    /// Publishes one event (after its change was committed).
+    pub fn publish(&self, tenant_id: &str, kind: &str, subject: &str, data: Value) {
+        let mut ring = self.0.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        let event = Arc::new(Event {
+            id: format!("{}-{seq}", self.0.boot),
+            seq,
+            tenant_id: tenant_id.to_string(),
+            kind: kind.to_string(),
+            subject: subject.to_string(),
+            data,
+            at: crate::state::now_ms(),
+        });
+        if ring.events.len() == self.0.capacity {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(event.clone());
+        // Sent under the ring lock so live order equals ring order; no receiver is fine.
+        let _ = self.0.live.send(event);
+    }
+
+    /// Subscribes for `tenant_id`'s events (the caller filters by tenant; see
+    /// [`Event::tenant_id`]), resuming after `resume`.
+    pub fn subscribe(&self, tenant_id: &str, resume: Resume) -> Subscription {
+        let ring = self.0.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.0.live.subscribe();
+        let last_seq = ring.next_seq - 1;
+        let (reset, after) = match resume {
+            Resume::Now => (false, last_seq),
+            Resume::After(id) => match self.parse_id(&id) {
+                Some(seq) if seq <= last_seq => {
+                    let oldest = ring.events.front().map_or(last_seq + 1, |e| e.seq);
+                    // Events after `seq` are all still here when seq + 1 >= oldest.
+                    if seq + 1 >= oldest {
+                        (false, seq)
+                    } else {
+                        (true, oldest.saturating_sub(1))
+                    }
+                }
+                _ => (true, ring.events.front().map_or(last_seq, |e| e.seq - 1)),
+            },
+        };
+        let backlog = ring
+            .events
+            .iter()
+            .filter(|e| e.seq > after && (e.tenant_id == tenant_id || e.tenant_id == "*"))
+            .cloned()
+            .collect();
+        Subscription {
+            reset,
+            backlog,
+            live,
+            last_seq,
+        }
+    }
+
+    fn parse_id(&self, id: &str) -> Option<u64> {
+        let (boot, seq) = id.rsplit_once('-')?;
+        if boot != self.0.boot {
+            return None;
+        }
+        seq.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resume_replays_what_was_missed_and_resets_when_it_cannot() {
+        let bus = EventBus::new(16);
+        for i in 0..10 {
+            bus.publish("t1", "task.queued", &format!("task{i}"), json!({}));
+            bus.publish("t2", "task.queued", &format!("other{i}"), json!({}));
+        }
+        let all = bus.subscribe("t1", Resume::After(format!("{}-0", bus.boot())));
+        // 20 events in a ring of 16: the first 4 are gone, so resuming from 0 resets.
+        assert!(all.reset);
+        let third = format!("{}-17", bus.boot());
+        let sub = bus.subscribe("t1", Resume::After(third));
+        assert!(!sub.reset);
+        let subjects: Vec<_> = sub.backlog.iter().map(|e| e.subject.as_str()).collect();
+        assert_eq!(subjects, ["task9"]);
+        let stale = bus.subscribe("t1", Resume::After("0-5".into()));
+        assert!(stale.reset, "an id from another boot resets");
+        let now = bus.subscribe("t1", Resume::Now);
+        assert!(!now.reset && now.backlog.is_empty());
+    }
+}

@@ -1,0 +1,189 @@
+//! `GET /api/v1/events`: the caller's tenant's state changes as server-sent events, filtered by
+//! type prefix, resumable with `Last-Event-ID`. When events were missed (the id left the ring,
+//! is from an earlier boot, or this client fell behind the live feed) the stream sends a `reset`
+//! event: the client must re-read the state it cares about. See `crate::events`.
+
+use super::time;
+use crate::auth::{Caller, op};
+use crate::error::{ApiError, ApiResult, ProblemResponse};
+use crate::events::{Event, Resume};
+use crate::extract::Query;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(events))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Comma-separated type prefixes (`task.,agent.busy`); absent: every type.
+    pub types: Option<String>,
+}
+
+/// Parses the `types` filter into prefixes.
+fn prefixes(types: Option<&str>) -> ApiResult<Vec<String>> {
+    let Some(types) = types else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = types
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let sane = |p: &String| {
+        p.len() <= 64
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || matches!(b, b'.' | b'_'))
+    };
+    if list.is_empty() || !list.iter().all(sane) {
+        return Err(ApiError::bad_request(
+            "types",
+            "types must be comma-separated type prefixes such as 'task.,agent.'",
+        ));
+    }
+    Ok(list)
+}
+
+/// What a client reads: the event without its tenant.
+fn to_sse(e: &Event) -> SseEvent {
+    let data = json!({
+        "id": e.id,
+        "type": e.kind,
+        "subject": e.subject,
+        "data": e.data,
+        "at": time(e.at),
+    });
+    SseEvent::default()
+        .id(e.id.clone())
+        .event(e.kind.clone())
+        .data(data.to_string())
+}
+
+fn reset(why: &str) -> SseEvent {
+    SseEvent::default()
+        .event("reset")
+        .data(json!({ "reason": why }).to_string())
+}
+
+/// The stream's state between two events.
+struct Feed {
+    tenant: String,
+    prefixes: Vec<String>,
+    reset: Option<&'static str>,
+    backlog: VecDeque<Arc<Event>>,
+    live: Receiver<Arc<Event>>,
+    last_seq: u64,
+    /// Ends the stream when the server shuts down (graceful shutdown waits for open responses).
+    sched: crate::sched::Scheduler,
+}
+
+impl Feed {
+    fn wanted(&self, e: &Event) -> bool {
+        (e.tenant_id == self.tenant || e.tenant_id == crate::sched::ALL_TENANTS)
+            && (self.prefixes.is_empty() || self.prefixes.iter().any(|p| e.kind.starts_with(p)))
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        if let Some(why) = self.reset.take() {
+            return Some(reset(why));
+        }
+        while let Some(e) = self.backlog.pop_front() {
+            if self.wanted(&e) {
+                return Some(to_sse(&e));
+            }
+        }
+        loop {
+            let received = tokio::select! {
+                r = self.live.recv() => r,
+                () = self.sched.stopped() => return None,
+            };
+            match received {
+                Ok(e) if e.seq > self.last_seq && self.wanted(&e) => {
+                    self.last_seq = e.seq;
+                    return Some(to_sse(&e));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    return Some(reset("this client fell behind and missed events"));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn stream(feed: Feed) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::unfold(feed, |mut feed| async move {
+        let e = feed.next().await?;
+        Some((Ok(e), feed))
+    })
+}
+
+/// The tenant's events as `text/event-stream`; each has `id: <boot>-<seq>`, `event: <type>` and
+/// `data: {id, type, subject, data, at}`. Resume with `Last-Event-ID`; a `reset` event means some
+/// events were missed and state must be re-read.
+#[utoipa::path(
+    get, path = "/api/v1/events", tag = "events",
+    params(
+        EventParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "Server-sent events"),
+        (status = 400, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller<op::EventRead>,
+    headers: HeaderMap,
+    Query(q): Query<EventParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let prefixes = prefixes(q.types.as_deref())?;
+    let resume = match headers.get("last-event-id") {
+        None => Resume::Now,
+        Some(v) => {
+            let id = v.to_str().map_err(|_| {
+                ApiError::bad_request("last-event-id", "Last-Event-ID is not valid text")
+            })?;
+            match id.trim() {
+                "" => Resume::Now,
+                id => Resume::After(id.to_string()),
+            }
+        }
+    };
+    let tenant = caller.tenant_id().to_string();
+    let sub = state.events.subscribe(&tenant, resume);
+    let feed = Feed {
+        tenant,
+        prefixes,
+        reset: sub
+            .reset
+            .then_some("the events after Last-Event-ID are no longer available"),
+        backlog: sub.backlog.into(),
+        live: sub.live,
+        last_seq: sub.last_seq,
+        sched: state.sched.clone(),
+    };
+    Ok(Sse::new(stream(feed)).keep_alive(KeepAlive::default()))
+}

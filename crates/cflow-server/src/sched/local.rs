@@ -1,0 +1,80 @@
+//! The local worker pool inside the server: the same worker loop as a remote `cflow worker`
+//! (`cflow_worker::WorkerRuntime`), linked to the scheduler in-process instead of over HTTP, so
+//! one protocol and one code path serve both.
+
+use std::sync::Arc;
+
+use cflow_agents::proto::{PollRequest, PollResponse, Register, Registered, Report, ReportAck};
+use cflow_agents::{BoxFuture, Drivers, ExecConfig};
+use cflow_worker::{Link, LinkError, WorkerOptions};
+
+use super::{SchedError, Scheduler};
+
+/// The local pool's worker id: stable, so that after a restart its old attempts are recognised
+/// as its own (they died with the old process and are re-queued when their leases expire).
+pub const LOCAL_WORKER_ID: &str = "local";
+
+struct LocalLink(Scheduler);
+
+fn link_error(e: SchedError) -> LinkError {
+    match e {
+        SchedError::ShuttingDown => LinkError::Unavailable(e.to_string()),
+        SchedError::Store(ref s) if !matches!(s, cflow_store::Error::Invalid(_)) => {
+            LinkError::Unavailable(e.to_string())
+        }
+        other => LinkError::Rejected {
+            status: 400,
+            detail: other.to_string(),
+        },
+    }
+}
+
+impl Link for LocalLink {
+    fn register(&self, req: Register) -> BoxFuture<'_, Result<Registered, LinkError>> {
+        Box::pin(async move { self.0.register_worker(None, req).map_err(link_error) })
+    }
+
+    fn poll<'a>(
+        &'a self,
+        worker_id: &'a str,
+        req: PollRequest,
+    ) -> BoxFuture<'a, Result<PollResponse, LinkError>> {
+        Box::pin(async move { self.0.poll(None, worker_id, req).await.map_err(link_error) })
+    }
+
+    fn report<'a>(
+        &'a self,
+        worker_id: &'a str,
+        reports: Vec<Report>,
+    ) -> BoxFuture<'a, Result<Vec<ReportAck>, LinkError>> {
+        Box::pin(async move {
+            self.0
+                .report(None, worker_id, reports)
+                .await
+                .map_err(link_error)
+        })
+    }
+
+    fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            self.0
+                .deregister_worker(None, worker_id)
+                .await
+                .map_err(link_error)
+        })
+    }
+}
+
+/// Starts the local pool with `config.local_slots` slots; it stops with the scheduler.
+pub(crate) fn start_pool(sched: &Scheduler) {
+    let mut options = WorkerOptions::new("local pool", sched.config.local_slots);
+    options.worker_id = Some(LOCAL_WORKER_ID.to_string());
+    let link: Arc<dyn Link> = Arc::new(LocalLink(sched.clone()));
+    let drivers = Drivers::builtin(ExecConfig::default());
+    let stop = sched.stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = cflow_worker::run(link, drivers, options, stop).await {
+            tracing::error!(error = %e, "the local worker pool stopped");
+        }
+    });
+}

@@ -1,0 +1,644 @@
+//! The scheduler's in-memory state and the matching of a queued task to an (agent, worker)
+//! pair. Nothing here does IO: `mod.rs` commits to the store and then calls these methods.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use cflow_agents::proto::{Assignment, Held};
+use cflow_core::balance::{Balancer, Candidate, Strategy};
+use cflow_core::breaker::{CircuitBreaker, Permit};
+use cflow_core::fairshare::FairQueue;
+use cflow_core::topology::{Member, TopologyGraph};
+use cflow_store::{Agent, AgentState, Swarm, SwarmState, Task};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// How many eligible agents are offered to the balancer per pick: enough to spread work, few
+/// enough that a swarm of 10,000 idle agents costs no more than a small one.
+const CANDIDATES: usize = 32;
+
+/// A queued task as the dispatcher needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct QTask {
+    pub id: String,
+    pub tenant: String,
+    pub swarm: Option<String>,
+    pub priority: i64,
+    pub requires: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub agent_id: Option<String>,
+    pub replica_of: Option<String>,
+    pub spec: Arc<Value>,
+    pub timeout_ms: i64,
+    /// Attempts made before this queueing.
+    pub attempts: i64,
+    pub depends_on: Vec<String>,
+    pub enqueued_at: i64,
+    /// Tasks with the same class are interchangeable for eligibility (same swarm, needs, pins).
+    pub class: u64,
+}
+
+impl QTask {
+    pub fn from_task(t: &Task, now: i64) -> Self {
+        let mut q = QTask {
+            id: t.id.clone(),
+            tenant: t.tenant_id.clone(),
+            swarm: t.swarm_id.clone(),
+            priority: t.priority,
+            requires: t.requires.clone(),
+            labels: t.labels.clone(),
+            agent_id: t.agent_id.clone(),
+            replica_of: t.replica_of.clone(),
+            spec: Arc::new(t.spec.clone()),
+            timeout_ms: t.timeout_ms,
+            attempts: t.attempts,
+            depends_on: t.depends_on.clone(),
+            enqueued_at: now,
+            class: 0,
+        };
+        q.class = q.class_of();
+        q
+    }
+
+    /// A task just submitted without dependencies or replicas, queued as submitted.
+    pub fn from_new(id: &str, tenant: &str, t: cflow_store::NewTask, now: i64) -> Self {
+        let mut q = QTask {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            swarm: t.swarm_id,
+            priority: t.priority,
+            requires: t.requires,
+            labels: t.labels,
+            agent_id: t.agent_id,
+            replica_of: None,
+            spec: Arc::new(t.spec),
+            timeout_ms: t.timeout_seconds.saturating_mul(1000),
+            attempts: 0,
+            depends_on: Vec::new(),
+            enqueued_at: now,
+            class: 0,
+        };
+        q.class = q.class_of();
+        q
+    }
+
+    fn class_of(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.swarm, &self.requires, &self.labels, &self.agent_id).hash(&mut h);
+        // Replicas of one task must land on distinct agents, which makes them unlike others.
+        self.replica_of.hash(&mut h);
+        h.finish()
+    }
+}
+
+pub(crate) struct AgentRt {
+    pub rec: Agent,
+    /// The task it is running (it runs one at a time).
+    pub running: Option<String>,
+    /// The worker it last ran on: preferred for its next task (its session lives there).
+    pub worker: Option<String>,
+    pub breaker: CircuitBreaker,
+    pub tasks_since_start: u64,
+    pub idle_since: i64,
+}
+
+impl AgentRt {
+    /// The state shown to users: `busy` is live-only (not stored, it changes every task).
+    pub fn live_state(&self) -> AgentState {
+        match (self.rec.state, &self.running) {
+            (AgentState::Idle, Some(_)) => AgentState::Busy,
+            (s, _) => s,
+        }
+    }
+}
+
+pub(crate) struct SwarmRt {
+    pub rec: Swarm,
+    /// Agent ids in join order (the topology's member order).
+    pub members: Vec<String>,
+    pub graph: Option<TopologyGraph>,
+    /// Agents that could take a task now (idle state, nothing running).
+    pub idle: BTreeSet<String>,
+    pub balancer: Balancer,
+    /// Queued tasks of this swarm by enqueue time, for the autoscaler's wait signal.
+    pub queued: BTreeSet<(i64, String)>,
+    pub running: u64,
+}
+
+impl SwarmRt {
+    pub fn new(rec: Swarm) -> Self {
+        SwarmRt {
+            rec,
+            members: Vec::new(),
+            graph: None,
+            idle: BTreeSet::new(),
+            balancer: Balancer::new(),
+            queued: BTreeSet::new(),
+            running: 0,
+        }
+    }
+
+    /// The topology graph, rebuilt after membership changed. Coordinators (type
+    /// `coordinator`) come first so that the first one is the hub / root.
+    pub fn graph(&mut self, agents: &HashMap<String, AgentRt>) -> &TopologyGraph {
+        if self.graph.is_none() {
+            let mut ids: Vec<&String> = self.members.iter().collect();
+            ids.sort_by_key(|id| {
+                agents
+                    .get(*id)
+                    .is_none_or(|a| a.rec.agent_type != "coordinator")
+            });
+            let members: Vec<Member> = ids.into_iter().map(|id| Member::new(id.clone())).collect();
+            let g = TopologyGraph::new(self.rec.topology, &members, None)
+                .expect("members without parents always form a valid graph");
+            self.graph = Some(g);
+        }
+        self.graph.as_ref().expect("just built")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    Active,
+    Suspected,
+    Lost,
+    Draining,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+            WorkerState::Suspected => "suspected",
+            WorkerState::Lost => "lost",
+            WorkerState::Draining => "draining",
+        }
+    }
+}
+
+pub(crate) struct WorkerRt {
+    pub id: String,
+    pub name: String,
+    pub tenant: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: BTreeSet<String>,
+    pub slots: u32,
+    /// Tasks assigned to it (delivered or waiting in the mailbox).
+    pub running: HashSet<String>,
+    pub mailbox: Vec<Assignment>,
+    pub cancels: Vec<Held>,
+    pub notify: Arc<Notify>,
+    pub last_seen: i64,
+    /// When its leases were last extended (polls extend at most every third of a lease).
+    pub leases_extended_at: i64,
+    pub state: WorkerState,
+}
+
+impl WorkerRt {
+    pub fn free(&self) -> u32 {
+        self.slots
+            .saturating_sub(u32::try_from(self.running.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// An attempt in flight.
+pub(crate) struct RunRt {
+    pub task: QTask,
+    pub epoch: i64,
+    pub agent: String,
+    pub worker: String,
+    pub permit: Option<Permit>,
+}
+
+pub(crate) struct TenantRt {
+    pub weight: u32,
+    pub max_running: Option<i64>,
+    pub running: i64,
+}
+
+impl Default for TenantRt {
+    fn default() -> Self {
+        TenantRt {
+            weight: 1,
+            max_running: None,
+            running: 0,
+        }
+    }
+}
+
+/// One dispatch decision, reserved in memory and not yet committed.
+pub(crate) struct Pick {
+    pub task: QTask,
+    pub agent: String,
+    pub driver: String,
+    pub worker: String,
+    pub permit: Option<Permit>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub queue: FairQueue<QTask, u64>,
+    /// Ids in `queue`, so a task is never queued twice.
+    pub queued_ids: HashSet<String>,
+    pub agents: HashMap<String, AgentRt>,
+    pub swarms: HashMap<String, SwarmRt>,
+    pub workers: HashMap<String, WorkerRt>,
+    pub running: HashMap<String, RunRt>,
+    pub tenants: HashMap<String, TenantRt>,
+    /// Agents that already ran a replica of a parent task (replicas need distinct agents).
+    pub replica_agents: HashMap<String, HashSet<String>>,
+    /// Tasks waiting in `pending` for a retry, by when they may be queued.
+    pub retries: BinaryHeap<Reverse<(i64, String, String)>>,
+    /// Tenant-wide balancers for tasks without a swarm.
+    pub tenant_balancers: HashMap<String, Balancer>,
+}
+
+/// Read-only views used while the queue is borrowed mutably.
+struct View<'a> {
+    agents: &'a HashMap<String, AgentRt>,
+    swarms: &'a HashMap<String, SwarmRt>,
+    workers: &'a HashMap<String, WorkerRt>,
+    replica_agents: &'a HashMap<String, HashSet<String>>,
+}
+
+impl View<'_> {
+    /// Agents that could be asked, in a stable order.
+    fn agent_ids<'b>(&'b self, t: &'b QTask) -> Box<dyn Iterator<Item = &'b String> + 'b> {
+        if let Some(a) = &t.agent_id {
+            return Box::new(std::iter::once(a));
+        }
+        match &t.swarm {
+            Some(s) => match self.swarms.get(s) {
+                Some(sw) => Box::new(sw.idle.iter()),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(
+                self.swarms
+                    .values()
+                    .filter(move |s| s.rec.tenant_id == t.tenant)
+                    .flat_map(|s| s.idle.iter()),
+            ),
+        }
+    }
+
+    fn agent_ok(&self, a: &AgentRt, t: &QTask, now: i64) -> bool {
+        a.rec.tenant_id == t.tenant
+            && a.rec.state == AgentState::Idle
+            && a.running.is_none()
+            && t.swarm.as_ref().is_none_or(|s| *s == a.rec.swarm_id)
+            && self
+                .swarms
+                .get(&a.rec.swarm_id)
+                .is_some_and(|s| s.rec.state == SwarmState::Active)
+            && t.requires.iter().all(|c| a.rec.capabilities.contains(c))
+            && t.labels
+                .iter()
+                .all(|(k, v)| a.rec.labels.get(k).is_none_or(|av| av == v))
+            && t.replica_of.as_ref().is_none_or(|p| {
+                self.replica_agents
+                    .get(p)
+                    .is_none_or(|used| !used.contains(&a.rec.id))
+            })
+            && a.breaker.is_available(now)
+    }
+
+    fn worker_ok(&self, w: &WorkerRt, a: &AgentRt, t: &QTask) -> bool {
+        w.state == WorkerState::Active
+            && w.free() > 0
+            && w.drivers.contains(&a.rec.driver)
+            && w.tenant.as_ref().is_none_or(|wt| *wt == t.tenant)
+            && t.labels.iter().all(|(k, v)| {
+                a.rec.labels.contains_key(k) || w.labels.get(k).is_some_and(|wv| wv == v)
+            })
+    }
+
+    /// The worker for this agent and task: its last worker when possible, else the matching
+    /// worker with the most free slots.
+    fn worker_for(&self, a: &AgentRt, t: &QTask) -> Option<&str> {
+        if let Some(w) = a.worker.as_ref().and_then(|w| self.workers.get(w))
+            && self.worker_ok(w, a, t)
+        {
+            return Some(&w.id);
+        }
+        self.workers
+            .values()
+            .filter(|w| self.worker_ok(w, a, t))
+            .max_by_key(|w| (w.free(), Reverse(&w.id)))
+            .map(|w| w.id.as_str())
+    }
+
+    fn any_pair(&self, t: &QTask, now: i64) -> bool {
+        self.agent_ids(t).any(|id| {
+            self.agents
+                .get(id)
+                .is_some_and(|a| self.agent_ok(a, t, now) && self.worker_for(a, t).is_some())
+        })
+    }
+}
+
+impl State {
+    pub fn tenant(&mut self, tenant: &str) -> &mut TenantRt {
+        self.tenants.entry(tenant.to_string()).or_default()
+    }
+
+    pub fn enqueue(&mut self, t: QTask) {
+        if self.running.contains_key(&t.id) || !self.queued_ids.insert(t.id.clone()) {
+            return;
+        }
+        if let Some(s) = t.swarm.as_ref().and_then(|s| self.swarms.get_mut(s)) {
+            s.queued.insert((t.enqueued_at, t.id.clone()));
+        }
+        let weight = self.tenants.get(&t.tenant).map_or(1, |r| r.weight);
+        let prio = i32::try_from(t.priority).unwrap_or(0);
+        let tenant = t.tenant.clone();
+        let class = t.class;
+        self.queue.push_in(&tenant, weight, prio, class, t);
+    }
+
+    /// Takes a task out of the queue (cancelled); `true` when it was there.
+    pub fn dequeue(&mut self, task_id: &str) -> bool {
+        if !self.queued_ids.remove(task_id) {
+            return false;
+        }
+        for t in self.queue.remove(|t| t.id == task_id) {
+            self.forget_queued(&t);
+        }
+        true
+    }
+
+    fn forget_queued(&mut self, t: &QTask) {
+        if let Some(s) = t.swarm.as_ref().and_then(|s| self.swarms.get_mut(s)) {
+            s.queued.remove(&(t.enqueued_at, t.id.clone()));
+        }
+    }
+
+    /// Picks up to `max` (task, agent, worker) triples and reserves them: the agent is busy, the
+    /// worker's slot and the tenant's quota are taken. The caller commits them, then calls
+    /// [`State::assigned`] or [`State::unreserve`] for each.
+    pub fn pick_batch(&mut self, max: usize, now: i64) -> Vec<Pick> {
+        let mut picks = Vec::new();
+        // Classes found without an agent this round: resources only shrink within a round.
+        let mut stuck: HashSet<u64> = HashSet::new();
+        while picks.len() < max && !self.queue.is_empty() {
+            let view = View {
+                agents: &self.agents,
+                swarms: &self.swarms,
+                workers: &self.workers,
+                replica_agents: &self.replica_agents,
+            };
+            let tenants = &self.tenants;
+            let popped = self.queue.pop_eligible(
+                |tenant| {
+                    tenants
+                        .get(tenant)
+                        .is_none_or(|r| r.max_running.is_none_or(|m| r.running < m))
+                },
+                |t| {
+                    if stuck.contains(&t.class) {
+                        return false;
+                    }
+                    let ok = view.any_pair(t, now);
+                    if !ok && t.replica_of.is_none() && t.agent_id.is_none() {
+                        stuck.insert(t.class);
+                    }
+                    ok
+                },
+            );
+            let Some(task) = popped else { break };
+            self.queued_ids.remove(&task.id);
+            self.forget_queued(&task);
+            match self.choose(&task, now) {
+                Some(pick) => picks.push(pick),
+                // Cannot happen (eligibility was just checked), but never lose the task.
+                None => self.enqueue(task),
+            }
+        }
+        picks
+    }
+
+    fn choose(&mut self, t: &QTask, now: i64) -> Option<Pick> {
+        let view = View {
+            agents: &self.agents,
+            swarms: &self.swarms,
+            workers: &self.workers,
+            replica_agents: &self.replica_agents,
+        };
+        let mut found: Vec<(String, String, u32)> = Vec::new();
+        for id in view.agent_ids(t) {
+            let Some(a) = view.agents.get(id) else {
+                continue;
+            };
+            if !view.agent_ok(a, t, now) {
+                continue;
+            }
+            if let Some(w) = view.worker_for(a, t) {
+                let load = u32::try_from(a.tasks_since_start).unwrap_or(u32::MAX);
+                found.push((a.rec.id.clone(), w.to_string(), load));
+                if found.len() == CANDIDATES {
+                    break;
+                }
+            }
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let candidates: Vec<Candidate<'_>> = found
+            .iter()
+            .map(|(id, _, load)| Candidate {
+                id: id.as_str(),
+                weight: 1,
+                running: *load,
+            })
+            .collect();
+        let (strategy, balancer) = match &t.swarm {
+            Some(s) => {
+                let sw = self.swarms.get_mut(s)?;
+                (sw.rec.strategy, &mut sw.balancer)
+            }
+            None => (
+                Strategy::WeightedRoundRobin,
+                self.tenant_balancers.entry(t.tenant.clone()).or_default(),
+            ),
+        };
+        let agent_id = balancer.pick(strategy, &candidates)?.to_string();
+        let worker_id = found
+            .iter()
+            .find(|(a, _, _)| *a == agent_id)
+            .map(|(_, w, _)| w.clone())?;
+        let a = self.agents.get_mut(&agent_id)?;
+        let permit = Some(a.breaker.allow(now)?);
+        a.running = Some(t.id.clone());
+        a.worker = Some(worker_id.clone());
+        let driver = a.rec.driver.clone();
+        let swarm_id = a.rec.swarm_id.clone();
+        if let Some(s) = self.swarms.get_mut(&swarm_id) {
+            s.idle.remove(&agent_id);
+            s.running += 1;
+        }
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.running.insert(t.id.clone());
+        }
+        self.tenant(&t.tenant).running += 1;
+        if let Some(p) = &t.replica_of {
+            self.replica_agents
+                .entry(p.clone())
+                .or_default()
+                .insert(agent_id.clone());
+        }
+        Some(Pick {
+            task: t.clone(),
+            agent: agent_id,
+            driver,
+            worker: worker_id,
+            permit,
+        })
+    }
+
+    /// Undoes a reservation whose commit failed; the task is queued again when `requeue`.
+    pub fn unreserve(&mut self, pick: Pick, requeue: bool, now: i64) {
+        if let Some(a) = self.agents.get_mut(&pick.agent) {
+            if let Some(p) = pick.permit {
+                a.breaker.release(p);
+            }
+            self.free_agent(&pick.agent, now);
+        }
+        if let Some(w) = self.workers.get_mut(&pick.worker) {
+            w.running.remove(&pick.task.id);
+        }
+        if let Some(s) = pick
+            .task
+            .swarm
+            .as_ref()
+            .and_then(|s| self.swarms.get_mut(s))
+        {
+            s.running = s.running.saturating_sub(1);
+        }
+        self.tenant(&pick.task.tenant).running -= 1;
+        if let Some(p) = &pick.task.replica_of
+            && let Some(used) = self.replica_agents.get_mut(p)
+        {
+            used.remove(&pick.agent);
+        }
+        if requeue {
+            self.enqueue(pick.task);
+        }
+    }
+
+    /// Marks an agent as having nothing to run; it becomes idle again if its state allows.
+    pub fn free_agent(&mut self, agent_id: &str, now: i64) {
+        let Some(a) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        a.running = None;
+        a.idle_since = now;
+        let idle = a.rec.state == AgentState::Idle;
+        let swarm = a.rec.swarm_id.clone();
+        if let Some(s) = self.swarms.get_mut(&swarm) {
+            if idle {
+                s.idle.insert(agent_id.to_string());
+            } else {
+                s.idle.remove(agent_id);
+            }
+        }
+    }
+
+    /// The attempt committed: it is running on its worker (delivered at the next poll).
+    pub fn assigned(
+        &mut self,
+        pick: Pick,
+        epoch: i64,
+        attempt_no: u32,
+        inputs: BTreeMap<String, Value>,
+    ) {
+        let assignment = Assignment {
+            task_id: pick.task.id.clone(),
+            tenant_id: pick.task.tenant.clone(),
+            epoch,
+            attempt: attempt_no,
+            agent_id: pick.agent.clone(),
+            driver: pick.driver.clone(),
+            spec: (*pick.task.spec).clone(),
+            timeout_ms: u64::try_from(pick.task.timeout_ms).unwrap_or(0),
+            inputs,
+        };
+        if let Some(w) = self.workers.get_mut(&pick.worker) {
+            w.mailbox.push(assignment);
+            w.notify.notify_one();
+        }
+        self.running.insert(
+            pick.task.id.clone(),
+            RunRt {
+                task: pick.task,
+                epoch,
+                agent: pick.agent,
+                worker: pick.worker,
+                permit: pick.permit,
+            },
+        );
+    }
+
+    /// An attempt ended (or was lost or cancelled): frees its agent, slot and quota.
+    pub fn finished(&mut self, task_id: &str, now: i64) -> Option<RunRt> {
+        let run = self.running.remove(task_id)?;
+        if let Some(w) = self.workers.get_mut(&run.worker) {
+            w.running.remove(task_id);
+            w.mailbox.retain(|a| a.task_id != task_id);
+        }
+        if let Some(s) = run.task.swarm.as_ref().and_then(|s| self.swarms.get_mut(s)) {
+            s.running = s.running.saturating_sub(1);
+        }
+        self.tenant(&run.task.tenant).running -= 1;
+        self.free_agent(&run.agent, now);
+        Some(run)
+    }
+
+    /// Adds (or refreshes) an agent from its stored record.
+    pub fn add_agent(&mut self, rec: Agent, breaker: CircuitBreaker, now: i64) {
+        let id = rec.id.clone();
+        let swarm = rec.swarm_id.clone();
+        let idle = rec.state == AgentState::Idle;
+        match self.agents.get_mut(&id) {
+            Some(a) => a.rec = rec,
+            None => {
+                self.agents.insert(
+                    id.clone(),
+                    AgentRt {
+                        rec,
+                        running: None,
+                        worker: None,
+                        breaker,
+                        tasks_since_start: 0,
+                        idle_since: now,
+                    },
+                );
+            }
+        }
+        let running = self.agents.get(&id).is_some_and(|a| a.running.is_some());
+        if let Some(s) = self.swarms.get_mut(&swarm) {
+            if !s.members.contains(&id) {
+                s.members.push(id.clone());
+                s.graph = None;
+            }
+            if idle && !running {
+                s.idle.insert(id);
+            } else {
+                s.idle.remove(&id);
+            }
+        }
+    }
+
+    /// Removes a stopped agent.
+    pub fn remove_agent(&mut self, agent_id: &str) {
+        let Some(a) = self.agents.remove(agent_id) else {
+            return;
+        };
+        if let Some(s) = self.swarms.get_mut(&a.rec.swarm_id) {
+            s.members.retain(|m| m != agent_id);
+            s.idle.remove(agent_id);
+            s.graph = None;
+            s.balancer.forget(agent_id);
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! The worker side of the scheduler: registration, long-poll (which is also the heartbeat that
+//! extends leases), fenced reports, and what an ended attempt does to the in-memory state.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cflow_agents::proto::{
+    Finished, FinishedStatus, Held, PollRequest, PollResponse, Register, Registered, Report,
+    ReportAck,
+};
+use cflow_core::ValidationError;
+use cflow_core::breaker::BreakerState;
+use cflow_core::task::TaskState;
+use cflow_store::{AgentState, Outcome, OutcomeKind, Settled};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::state::{QTask, RunRt, WorkerRt, WorkerState};
+use super::{SchedError, SchedResult, Scheduler, WorkerView};
+use crate::state::now_ms;
+
+/// The longest a poll may wait: below the server's default request timeout (30 s).
+pub const MAX_WAIT_MS: u64 = 25_000;
+const MAX_SLOTS: u32 = 1024;
+
+fn worker_id_ok(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn ack(status: u16, detail: impl Into<String>) -> ReportAck {
+    ReportAck {
+        status,
+        detail: Some(detail.into()),
+    }
+}
+
+/// What the store error means for the worker that reported.
+fn ack_for(e: &cflow_store::Error) -> ReportAck {
+    use cflow_store::Error as E;
+    match e {
+        E::StaleEpoch { .. } | E::State(_) => ack(409, e.to_string()),
+        E::NotFound(_) => ack(404, e.to_string()),
+        E::Invalid(v) => ack(400, v.to_string()),
+        // Transient: the worker keeps the report and sends it again.
+        _ => ack(503, "the server could not record the report; send it again"),
+    }
+}
+
+fn outcome_of(f: &Finished) -> Outcome {
+    let kind = match f.status {
+        FinishedStatus::Succeeded => OutcomeKind::Succeeded,
+        FinishedStatus::TimedOut => OutcomeKind::TimedOut,
+        FinishedStatus::Failed => OutcomeKind::Failed {
+            retryable: f.retryable,
+        },
+        // A worker stops an attempt by itself only when it shuts down: another attempt may work.
+        FinishedStatus::Cancelled => OutcomeKind::Failed { retryable: true },
+    };
+    let mut stderr = f.stderr.clone();
+    if let Some(e) = &f.error {
+        if !stderr.is_empty() {
+            stderr.push('\n');
+        }
+        stderr.push_str(&format!("cflow: {e}"));
+    }
+    if f.truncated {
+        stderr.push_str("\ncflow: output was truncated at the output cap");
+    }
+    Outcome {
+        kind,
+        exit_code: f.exit_code,
+        stdout_tail: f.stdout.clone(),
+        stderr_tail: stderr,
+        result: f.result.clone(),
+    }
+}
+
+impl Scheduler {
+    /// A worker connects. `tenant`: the tenant of its key (a remote worker serves only that
+    /// tenant); `None` for the local pool or a superadmin key (every tenant).
+    pub fn register_worker(&self, tenant: Option<&str>, reg: Register) -> SchedResult<Registered> {
+        if !(1..=MAX_SLOTS).contains(&reg.slots) {
+            return Err(ValidationError::new(
+                "slots",
+                format!("must be from 1 to {MAX_SLOTS} (got {})", reg.slots),
+            )
+            .into());
+        }
+        if reg.drivers.is_empty() {
+            return Err(ValidationError::new("drivers", "list at least one driver kind").into());
+        }
+        let id = match reg.worker_id {
+            Some(id) if worker_id_ok(&id) => id,
+            Some(id) => {
+                return Err(ValidationError::new(
+                    "worker_id",
+                    format!("'{id}' must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+                )
+                .into());
+            }
+            None => format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        };
+        let now = now_ms();
+        {
+            let mut st = self.lock();
+            match st.workers.get_mut(&id) {
+                // A worker id belongs to whoever registered it first (the local pool's to the
+                // platform): nobody else may take it over, or it could take over its work.
+                Some(w) if w.tenant.as_deref() != tenant => {
+                    return Err(SchedError::Conflict(format!(
+                        "worker id '{id}' belongs to another worker; choose another id"
+                    )));
+                }
+                Some(w) => {
+                    w.name = reg.name.clone();
+                    w.tenant = tenant.map(str::to_string);
+                    w.labels = reg.labels.clone();
+                    w.drivers = reg.drivers.iter().cloned().collect();
+                    w.slots = reg.slots;
+                    w.last_seen = now;
+                    w.state = WorkerState::Active;
+                }
+                None => {
+                    st.workers.insert(
+                        id.clone(),
+                        WorkerRt {
+                            id: id.clone(),
+                            name: reg.name.clone(),
+                            tenant: tenant.map(str::to_string),
+                            labels: reg.labels.clone(),
+                            drivers: reg.drivers.iter().cloned().collect::<BTreeSet<_>>(),
+                            slots: reg.slots,
+                            running: HashSet::new(),
+                            mailbox: Vec::new(),
+                            cancels: Vec::new(),
+                            notify: Arc::new(Notify::new()),
+                            last_seen: now,
+                            leases_extended_at: 0,
+                            state: WorkerState::Active,
+                        },
+                    );
+                }
+            }
+        }
+        self.publish(
+            tenant.unwrap_or(super::ALL_TENANTS),
+            "worker.connected",
+            &id,
+            json!({"name": reg.name, "slots": reg.slots, "labels": reg.labels}),
+        );
+        self.wake.notify_one();
+        Ok(Registered {
+            worker_id: id,
+            heartbeat_ms: self.config.heartbeat_ms,
+            lease_ms: self.config.lease_ms,
+        })
+    }
+
+    fn check_worker<'a>(
+        st: &'a mut super::state::State,
+        tenant: Option<&str>,
+        worker_id: &str,
+    ) -> SchedResult<&'a mut WorkerRt> {
+        match st.workers.get_mut(worker_id) {
+            Some(w) if tenant.is_none() || w.tenant.as_deref() == tenant => Ok(w),
+            _ => Err(SchedError::NotFound(format!(
+                "worker {worker_id} (register it first with POST /api/v1/workers)"
+            ))),
+        }
+    }
+
+    /// Long-poll: extends the leases of `held`, returns cancellations and new assignments, and
+    /// waits up to `wait_ms` when it has neither.
+    pub async fn poll(
+        &self,
+        tenant: Option<&str>,
+        worker_id: &str,
+        req: PollRequest,
+    ) -> SchedResult<PollResponse> {
+        if req.wait_ms > MAX_WAIT_MS {
+            return Err(ValidationError::new(
+                "wait_ms",
+                format!("must be at most {MAX_WAIT_MS} (got {})", req.wait_ms),
+            )
+            .into());
+        }
+        let now = now_ms();
+        let lease = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+        let (notify, extend, recovered) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let w = Self::check_worker(st, tenant, worker_id)?;
+            w.last_seen = now;
+            let recovered = matches!(w.state, WorkerState::Suspected | WorkerState::Lost);
+            if recovered {
+                w.state = WorkerState::Active;
+            }
+            let extend = !req.held.is_empty() && now - w.leases_extended_at > lease / 3;
+            if extend {
+                w.leases_extended_at = now;
+            }
+            let notify = w.notify.clone();
+            let tenant_of_worker = w.tenant.clone();
+            // Attempts the worker runs that are no longer its own: stop them.
+            let foreign: Vec<Held> = req
+                .held
+                .iter()
+                .filter(|h| {
+                    st.running
+                        .get(&h.task_id)
+                        .is_none_or(|r| r.epoch != h.epoch || r.worker != worker_id)
+                })
+                .cloned()
+                .collect();
+            if let Some(w) = st.workers.get_mut(worker_id) {
+                w.cancels.extend(foreign);
+            }
+            (notify, extend, recovered.then_some(tenant_of_worker))
+        };
+        if let Some(t) = recovered {
+            self.publish(
+                t.as_deref().unwrap_or(super::ALL_TENANTS),
+                "worker.connected",
+                worker_id,
+                json!({"recovered": true}),
+            );
+        }
+        if extend {
+            let held: Vec<(String, i64)> = req
+                .held
+                .iter()
+                .map(|h| (h.task_id.clone(), h.epoch))
+                .collect();
+            let stale = self
+                .store
+                .extend_leases(worker_id, &held, now + lease)
+                .await?;
+            if !stale.is_empty() {
+                let mut st = self.lock();
+                if let Some(w) = st.workers.get_mut(worker_id) {
+                    for (task_id, epoch) in stale {
+                        let h = Held { task_id, epoch };
+                        if !w.cancels.contains(&h) {
+                            w.cancels.push(h);
+                        }
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                let w = Self::check_worker(&mut st, tenant, worker_id)?;
+                if !w.mailbox.is_empty() || !w.cancels.is_empty() {
+                    return Ok(PollResponse {
+                        assignments: std::mem::take(&mut w.mailbox),
+                        cancel: std::mem::take(&mut w.cancels),
+                    });
+                }
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(PollResponse::default()),
+                () = self.stop.cancelled() => return Ok(PollResponse::default()),
+            }
+        }
+    }
+
+    /// Applies a batch of reports, one ack per report, in order.
+    pub async fn report(
+        &self,
+        tenant: Option<&str>,
+        worker_id: &str,
+        reports: Vec<Report>,
+    ) -> SchedResult<Vec<ReportAck>> {
+        let now = now_ms();
+        let mut acks: Vec<Option<ReportAck>> = vec![None; reports.len()];
+        {
+            let mut st = self.lock();
+            let w = Self::check_worker(&mut st, tenant, worker_id)?;
+            w.last_seen = now;
+            for (i, r) in reports.iter().enumerate() {
+                let h = r.held();
+                let held = st
+                    .running
+                    .get(&h.task_id)
+                    .is_some_and(|run| run.epoch == h.epoch && run.worker == worker_id);
+                if !held {
+                    acks[i] = Some(ack(
+                        409,
+                        format!(
+                            "task {} at epoch {} is not held by worker {worker_id}: it was \
+                             cancelled, re-assigned after its lease expired, or never assigned \
+                             to it; stop it",
+                            h.task_id, h.epoch
+                        ),
+                    ));
+                }
+            }
+        }
+        // Starts first, so a start and a finish of one attempt in one batch apply in order.
+        let starts: Vec<usize> = (0..reports.len())
+            .filter(|&i| acks[i].is_none() && matches!(reports[i], Report::Started { .. }))
+            .collect();
+        let reqs = starts
+            .iter()
+            .filter_map(|&i| match &reports[i] {
+                Report::Started { task_id, epoch } => Some(cflow_store::StartRequest {
+                    task_id: task_id.clone(),
+                    epoch: *epoch,
+                    now,
+                }),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let started = if reqs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.start_attempts(&self.sys, reqs).await?
+        };
+        for (&i, res) in starts.iter().zip(started) {
+            let Report::Started { task_id, .. } = &reports[i] else {
+                continue;
+            };
+            acks[i] = Some(match res {
+                Ok(_) => {
+                    let (tenant, waited) = {
+                        let st = self.lock();
+                        st.running
+                            .get(task_id)
+                            .map(|r| (r.task.tenant.clone(), now - r.task.enqueued_at))
+                            .unwrap_or_default()
+                    };
+                    self.metrics.observe_start(waited);
+                    self.publish(
+                        &tenant,
+                        "task.running",
+                        task_id,
+                        json!({"worker_id": worker_id}),
+                    );
+                    ReportAck::ok()
+                }
+                Err(e) => ack_for(&e),
+            });
+        }
+        for (i, r) in reports.iter().enumerate() {
+            if acks[i].is_some() {
+                continue;
+            }
+            if let Report::Log {
+                task_id,
+                epoch,
+                stream,
+                text,
+            } = r
+            {
+                let tenant = self
+                    .lock()
+                    .running
+                    .get(task_id)
+                    .map(|r| r.task.tenant.clone())
+                    .unwrap_or_default();
+                self.publish(
+                    &tenant,
+                    "task.log",
+                    task_id,
+                    json!({"epoch": epoch, "stream": stream.as_str(), "text": text}),
+                );
+                acks[i] = Some(ReportAck::ok());
+            }
+        }
+        let finishes: Vec<usize> = (0..reports.len())
+            .filter(|&i| acks[i].is_none() && matches!(reports[i], Report::Finished { .. }))
+            .collect();
+        let reqs = finishes
+            .iter()
+            .filter_map(|&i| match &reports[i] {
+                Report::Finished {
+                    task_id,
+                    epoch,
+                    outcome,
+                } => Some(cflow_store::CompleteRequest {
+                    task_id: task_id.clone(),
+                    epoch: *epoch,
+                    outcome: outcome_of(outcome),
+                    now,
+                }),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let done = if reqs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.complete_attempts(&self.sys, reqs).await?
+        };
+        for (&i, res) in finishes.iter().zip(done) {
+            let Report::Finished {
+                task_id, outcome, ..
+            } = &reports[i]
+            else {
+                continue;
+            };
+            acks[i] = Some(match res {
+                Ok(settled) => {
+                    let failed = outcome.status != FinishedStatus::Succeeded;
+                    self.settle(task_id, &settled, Some(failed), now).await;
+                    ReportAck::ok()
+                }
+                Err(e) => ack_for(&e),
+            });
+        }
+        Ok(acks
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| ack(400, "unrecognised report")))
+            .collect())
+    }
+
+    /// Applies an ended attempt to the in-memory state: frees the agent, slot and quota, feeds
+    /// the breaker (`failed`: `None` for a lost lease, which is not the agent's fault), queues
+    /// retries and dependents, recycles the agent when its pool says so, publishes events.
+    pub(crate) async fn settle(
+        &self,
+        task_id: &str,
+        settled: &Settled,
+        failed: Option<bool>,
+        now: i64,
+    ) {
+        let mut breaker_change = None;
+        let mut recycle = None;
+        let run: Option<RunRt> = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let run = st.finished(task_id, now);
+            if let Some(run) = &run {
+                if let Some(a) = st.agents.get_mut(&run.agent) {
+                    a.tasks_since_start += 1;
+                    if let Some(p) = run.permit {
+                        breaker_change = match failed {
+                            Some(false) => a.breaker.record_success(p),
+                            Some(true) => a.breaker.record_failure(p, now),
+                            None => {
+                                a.breaker.release(p);
+                                None
+                            }
+                        };
+                    }
+                    let pool = st.swarms.get(&a.rec.swarm_id).and_then(|s| {
+                        s.rec
+                            .pools
+                            .iter()
+                            .find(|p| p.agent_type == a.rec.agent_type)
+                            .cloned()
+                    });
+                    let draining = a.rec.state == AgentState::Draining;
+                    let worn = pool.as_ref().is_some_and(|p| {
+                        p.recycle_after_tasks
+                            .is_some_and(|n| a.tasks_since_start >= u64::try_from(n).unwrap_or(0))
+                            || (p.recycle_on_failure && failed == Some(true))
+                    });
+                    if draining || worn {
+                        recycle = Some((a.rec.clone(), worn));
+                        let (swarm, id) = (a.rec.swarm_id.clone(), a.rec.id.clone());
+                        if let Some(s) = st.swarms.get_mut(&swarm) {
+                            s.idle.remove(&id);
+                        }
+                    }
+                }
+                if settled.state == TaskState::Queued {
+                    let mut q: QTask = run.task.clone();
+                    q.attempts += 1;
+                    q.enqueued_at = now;
+                    st.enqueue(q);
+                }
+            }
+            run
+        };
+        let tenant = match &run {
+            Some(r) => r.task.tenant.clone(),
+            None => match self.store.task_tenant(task_id).await {
+                Ok(Some(t)) => t,
+                _ => return,
+            },
+        };
+        let state = settled.state;
+        let outcome = match state {
+            TaskState::Pending | TaskState::Queued => "retrying",
+            s => s.as_str(),
+        };
+        if let Some(f) = failed {
+            let name = if f { "failed" } else { "succeeded" };
+            self.metrics.outcome(if state == TaskState::TimedOut {
+                "timed_out"
+            } else {
+                name
+            });
+        } else {
+            self.metrics.outcome("lost");
+        }
+        self.publish(
+            &tenant,
+            &format!("task.{outcome}"),
+            task_id,
+            json!({"state": state, "agent_id": run.as_ref().map(|r| &r.agent)}),
+        );
+        if state == TaskState::Pending
+            && let Ok(Some(t)) = self.store.get_task(&tenant, task_id).await
+            && let Some(at) = t.retry_at
+        {
+            self.lock()
+                .retries
+                .push(std::cmp::Reverse((at, tenant.clone(), task_id.to_string())));
+        }
+        if let Some(run) = &run {
+            if let Some(change) = breaker_change {
+                self.breaker_changed(&tenant, &run.agent, change).await;
+            }
+            let idle = json!({"swarm_id": run.task.swarm});
+            self.publish(&tenant, "agent.idle", &run.agent, idle);
+        }
+        for d in &settled.cancelled {
+            self.publish(
+                &tenant,
+                "task.cancelled",
+                d,
+                json!({"reason": format!("dependency {task_id} did not succeed ({state})")}),
+            );
+        }
+        for k in &settled.kill {
+            let mut st = self.lock();
+            if st.finished(&k.task_id, now).is_some()
+                && let Some(w) = st.workers.get_mut(&k.worker_id)
+            {
+                w.cancels.push(Held {
+                    task_id: k.task_id.clone(),
+                    epoch: k.epoch,
+                });
+                w.notify.notify_one();
+            }
+        }
+        if let Some((parent, pstate)) = &settled.parent {
+            self.publish(
+                &tenant,
+                &format!("task.{}", pstate.as_str()),
+                parent,
+                json!({"quorum": true}),
+            );
+        }
+        if let Err(e) = self.enqueue_ids(&tenant, &settled.queued, now).await {
+            tracing::error!(error = %e, "cannot load dependents of {task_id}; they stay queued in the store and are loaded at the next start");
+        }
+        if let Some((agent, worn)) = recycle {
+            self.recycle(&tenant, agent, worn).await;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Stops an agent that drained or wore out, and (worn out) replaces it with a fresh one.
+    async fn recycle(&self, tenant: &str, agent: cflow_store::Agent, replace: bool) {
+        let ctx = &self.sys;
+        if let Err(e) = self.stop_agent(ctx, tenant, &agent.id).await {
+            tracing::warn!(agent = %agent.id, error = %e, "cannot stop a recycled agent");
+            return;
+        }
+        if replace && agent.state != AgentState::Draining {
+            let new = cflow_store::NewAgent {
+                agent_type: agent.agent_type.clone(),
+                driver: agent.driver.clone(),
+                capabilities: agent.capabilities.clone(),
+                labels: agent.labels.clone(),
+            };
+            match self.spawn_agent(ctx, tenant, &agent.swarm_id, new).await {
+                Ok(fresh) => self.publish(
+                    tenant,
+                    "agent.recycled",
+                    &agent.id,
+                    json!({"replaced_by": fresh.id}),
+                ),
+                Err(e) => {
+                    tracing::warn!(agent = %agent.id, error = %e, "cannot replace a recycled agent")
+                }
+            }
+        }
+    }
+
+    /// Records a breaker transition: open → the agent is quarantined (stored), half-open → idle
+    /// again for one probe, closed → healthy.
+    pub(crate) async fn breaker_changed(&self, tenant: &str, agent_id: &str, change: BreakerState) {
+        let (kind, target) = match change {
+            BreakerState::Open => ("agent.breaker_open", Some(AgentState::Quarantined)),
+            BreakerState::HalfOpen => ("agent.breaker_half_open", Some(AgentState::Idle)),
+            BreakerState::Closed => ("agent.breaker_closed", None),
+        };
+        if let Some(target) = target {
+            match self
+                .store
+                .set_agent_state(&self.sys, tenant, agent_id, target)
+                .await
+            {
+                Ok(rec) => {
+                    let now = now_ms();
+                    let mut st = self.lock();
+                    if let Some(a) = st.agents.get_mut(agent_id) {
+                        a.rec = rec;
+                    }
+                    st.free_agent(agent_id, now);
+                }
+                Err(e) => {
+                    tracing::warn!(agent = agent_id, error = %e, "cannot record a breaker change")
+                }
+            }
+        }
+        self.publish(tenant, kind, agent_id, json!({"breaker": change}));
+    }
+
+    /// A worker leaves: no more assignments; what it still holds moves when its leases expire.
+    pub async fn deregister_worker(
+        &self,
+        tenant: Option<&str>,
+        worker_id: &str,
+    ) -> SchedResult<()> {
+        let t = {
+            let mut st = self.lock();
+            let w = Self::check_worker(&mut st, tenant, worker_id)?;
+            let t = w.tenant.clone();
+            if w.running.is_empty() {
+                st.workers.remove(worker_id);
+            } else {
+                w.state = WorkerState::Draining;
+            }
+            t
+        };
+        self.publish(
+            t.as_deref().unwrap_or(super::ALL_TENANTS),
+            "worker.left",
+            worker_id,
+            json!({}),
+        );
+        Ok(())
+    }
+
+    /// Workers visible to `tenant`: its own remote workers and the platform-wide ones.
+    pub fn workers(&self, tenant: Option<&str>) -> Vec<WorkerView> {
+        let st = self.lock();
+        let mut out: Vec<WorkerView> = st
+            .workers
+            .values()
+            .filter(|w| tenant.is_none() || w.tenant.is_none() || w.tenant.as_deref() == tenant)
+            .map(|w| WorkerView {
+                id: w.id.clone(),
+                name: w.name.clone(),
+                tenant_id: w.tenant.clone(),
+                labels: w.labels.clone(),
+                drivers: w.drivers.iter().cloned().collect(),
+                slots: w.slots,
+                running: u32::try_from(w.running.len()).unwrap_or(u32::MAX),
+                state: w.state.as_str().to_string(),
+                last_seen: w.last_seen,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}

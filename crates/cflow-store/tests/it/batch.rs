@@ -1,0 +1,232 @@
+//! Batched attempt ops: each element answers exactly as its single op would.
+
+use cflow_core::task::TaskState;
+use cflow_store::{
+    AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, OutcomeKind, StartRequest,
+};
+
+use crate::attempts::{LEASE, agent, get, outcome, stale};
+use crate::tasks::task;
+use crate::{ctx, each_backend, now, page, system, tenant};
+
+#[tokio::test]
+async fn batched_attempt_ops_answer_per_element() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "batch").await;
+        let ag = agent(&store, &t).await;
+        let out = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![task("a", &[]), task("b", &[]), task("c", &["a"])],
+            )
+            .await
+            .unwrap();
+        let (a, b, c) = (&out[0].id, &out[1].id, &out[2].id);
+        let n = now();
+        let req = |id: &str, lease_ms: i64| AssignRequest {
+            task_id: id.to_string(),
+            agent_id: ag.id.clone(),
+            worker_id: "w1".to_string(),
+            lease_ms,
+            now: n,
+        };
+        let got = store
+            .assign_tasks(
+                &system(),
+                vec![
+                    req(a, LEASE),
+                    req(b, 0),
+                    req(c, LEASE),
+                    req("nope", LEASE),
+                    req(b, LEASE),
+                    req(b, LEASE),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[0].as_ref().unwrap().epoch, 1);
+        assert!(matches!(got[1], Err(Error::Invalid(_))), "{backend:?}");
+        assert!(matches!(got[2], Err(Error::State(_))), "c waits on a");
+        assert!(matches!(got[3], Err(Error::NotFound(_))));
+        assert_eq!(got[4].as_ref().unwrap().epoch, 1);
+        assert!(
+            matches!(got[5], Err(Error::State(_))),
+            "assigned just before"
+        );
+
+        let start = |id: &str, epoch| StartRequest {
+            task_id: id.to_string(),
+            epoch,
+            now: n,
+        };
+        let got = store
+            .start_attempts(&system(), vec![start(a, 1), start(b, 2), start(a, 1)])
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().state, AttemptState::Running);
+        assert!(stale(got[1].as_ref().unwrap_err()));
+        assert_eq!(
+            got[2].as_ref().unwrap().state,
+            AttemptState::Running,
+            "repeat is harmless"
+        );
+
+        let done = |id: &str, epoch| CompleteRequest {
+            task_id: id.to_string(),
+            epoch,
+            outcome: outcome(OutcomeKind::Succeeded),
+            now: n,
+        };
+        let got = store
+            .complete_attempts(
+                &system(),
+                vec![done(a, 1), done(b, 3), done(b, 1), done(a, 1)],
+            )
+            .await
+            .unwrap();
+        let s = got[0].as_ref().unwrap();
+        assert_eq!(
+            (s.state, s.queued.clone()),
+            (TaskState::Succeeded, vec![c.clone()])
+        );
+        assert!(stale(got[1].as_ref().unwrap_err()));
+        assert_eq!(got[2].as_ref().unwrap().state, TaskState::Succeeded);
+        assert!(stale(got[3].as_ref().unwrap_err()), "completed just before");
+        assert_eq!(get(&store, &t, c).await.state, TaskState::Queued);
+
+        // Every element was audited like its single op (the invalid lease never reached it).
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            ..Default::default()
+        };
+        let entries = store.audit_list(&q, &page(1000, None)).await.unwrap().items;
+        let count = |action: &str| entries.iter().filter(|e| e.action == action).count();
+        assert_eq!(count("task.complete"), 2, "{backend:?}");
+        assert!(
+            store
+                .assign_tasks(&system(), vec![])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+/// Distinct tasks take the set-based path; its answers must be the single ops' answers.
+#[tokio::test]
+async fn set_based_batches_match_the_single_ops() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "batchfast").await;
+        let ag = agent(&store, &t).await;
+        let other = tenant(&store, "batchfast-other").await;
+        let theirs = agent(&store, &other).await;
+        let out = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![
+                    task("a", &[]),
+                    task("b", &[]),
+                    task("c", &["a"]),
+                    task("d", &[]),
+                    task("e", &["d"]),
+                ],
+            )
+            .await
+            .unwrap();
+        let id = |i: usize| out[i].id.clone();
+        let n = now();
+        let req = |task: String, agent: &str| AssignRequest {
+            task_id: task,
+            agent_id: agent.to_string(),
+            worker_id: "w1".to_string(),
+            lease_ms: LEASE,
+            now: n,
+        };
+        let got = store
+            .assign_tasks(
+                &system(),
+                vec![
+                    req(id(0), &ag.id),
+                    req(id(1), &theirs.id),
+                    req(id(2), &ag.id),
+                    req("nope".into(), &ag.id),
+                    req(id(3), &ag.id),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().epoch, 1, "{backend:?}");
+        assert!(
+            matches!(got[1], Err(Error::NotFound(_))),
+            "another tenant's agent"
+        );
+        assert!(matches!(got[2], Err(Error::State(_))));
+        assert!(matches!(got[3], Err(Error::NotFound(_))));
+        assert_eq!(get(&store, &t, &id(3)).await.state, TaskState::Assigned);
+        assert_eq!(get(&store, &t, &id(1)).await.state, TaskState::Queued);
+
+        let start = |task: String, epoch| StartRequest {
+            task_id: task,
+            epoch,
+            now: n,
+        };
+        let got = store
+            .start_attempts(
+                &system(),
+                vec![start(id(0), 1), start(id(1), 1), start(id(3), 2)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().started_at, Some(n));
+        assert!(stale(got[1].as_ref().unwrap_err()));
+        assert!(stale(got[2].as_ref().unwrap_err()));
+        assert_eq!(get(&store, &t, &id(0)).await.state, TaskState::Running);
+        assert_eq!(get(&store, &t, &id(3)).await.state, TaskState::Assigned);
+
+        let done = |task: String, kind| CompleteRequest {
+            task_id: task,
+            epoch: 1,
+            outcome: outcome(kind),
+            now: n + 5,
+        };
+        let got = store
+            .complete_attempts(
+                &system(),
+                vec![
+                    done(id(0), OutcomeKind::Succeeded),
+                    done(id(1), OutcomeKind::Succeeded),
+                    done(id(3), OutcomeKind::Failed { retryable: false }),
+                ],
+            )
+            .await
+            .unwrap();
+        let s = got[0].as_ref().unwrap();
+        assert_eq!(
+            (s.state, s.queued.clone()),
+            (TaskState::Succeeded, vec![id(2)])
+        );
+        assert!(stale(got[1].as_ref().unwrap_err()));
+        let s = got[2].as_ref().unwrap();
+        assert_eq!(
+            (s.state, s.cancelled.clone()),
+            (TaskState::Failed, vec![id(4)])
+        );
+        let failed = get(&store, &t, &id(3)).await;
+        assert_eq!(failed.reason.as_deref(), Some("attempt 1 failed"));
+        assert_eq!(get(&store, &t, &id(4)).await.state, TaskState::Cancelled);
+        let attempts = store.list_attempts(&t, &id(0)).await.unwrap();
+        assert_eq!(attempts[0].state, AttemptState::Succeeded);
+        assert_eq!(attempts[0].ended_at, Some(n + 5));
+        assert_eq!(attempts[0].stdout_tail.as_deref(), Some("out"));
+        let agent = store.get_agent(&t, &ag.id).await.unwrap().unwrap();
+        assert_eq!(
+            (agent.tasks_done, agent.failures, agent.busy_ms),
+            (1, 1, 10)
+        );
+    })
+    .await;
+}

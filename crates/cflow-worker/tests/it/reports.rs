@@ -1,0 +1,124 @@
+//! The reporter: batching, retries of `Finished`, and what a refused report does.
+
+use super::*;
+use cflow_agents::proto::FinishedStatus;
+use serde_json::json;
+
+#[tokio::test]
+async fn reports_queued_behind_a_slow_call_go_out_as_one_batch() {
+    let fake = FakeServer::new();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.report_gate.lock().unwrap() = Some(gate.clone());
+    let slots = 64;
+    let worker = start(&fake, options(slots));
+    fake.assign((0..slots).map(|i| assignment(&format!("n{i}"), "noop", json!(null))));
+
+    // Every attempt ended (all slots free again) while the first report call is held: their
+    // reports are all queued, none acknowledged.
+    eventually("every noop attempt to end", || {
+        fake.with(|s| {
+            s.polls
+                .last()
+                .is_some_and(|p| p.free_slots == slots && p.held.len() == slots as usize)
+        })
+    })
+    .await;
+    gate.add_permits(1_000);
+    for i in 0..slots {
+        fake.wait_finished(&format!("n{i}")).await;
+    }
+    let calls = fake.with(|s| s.calls.clone());
+    let reports: usize = calls.iter().sum();
+    assert_eq!(
+        reports,
+        2 * slots as usize,
+        "one Started and one Finished each"
+    );
+    assert!(
+        calls.len() <= 3,
+        "the reports queued behind the held call go out together: {calls:?}"
+    );
+    fake.wait_idle(slots).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn finished_is_retried_until_acknowledged_after_transient_errors() {
+    let fake = FakeServer::new();
+    fake.with(|s| s.fail_reports = 3);
+    let worker = start(&fake, options(1));
+    fake.assign([shell("t", "echo done")]);
+    let f = fake.wait_finished("t").await;
+    assert_eq!(f.status, FinishedStatus::Succeeded);
+    assert_eq!(f.stdout, "done\n");
+    assert!(
+        fake.received("t", "finished") >= 2,
+        "sent again after a failure"
+    );
+    assert!(
+        fake.with(|s| s.calls.len()) >= 4,
+        "three failed calls, then success"
+    );
+    // Until acknowledged it stays held (its lease is extended); afterwards it is dropped.
+    fake.wait_idle(1).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_attempt_stays_held_until_its_finished_is_acknowledged() {
+    let fake = FakeServer::new();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.report_gate.lock().unwrap() = Some(gate.clone());
+    let worker = start(&fake, options(1));
+    fake.assign([assignment("n", "noop", json!(null))]);
+    // The driver returned (the slot is free) but nothing was acknowledged: still held.
+    eventually("a heartbeat holding the finished attempt", || {
+        fake.with(|s| {
+            s.polls.last().is_some_and(|p| {
+                p.free_slots == 1 && p.held.iter().any(|h| h.task_id == "n" && h.epoch == 1)
+            })
+        })
+    })
+    .await;
+    gate.add_permits(1_000);
+    fake.wait_finished("n").await;
+    fake.wait_idle(1).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_started_stops_the_job_without_a_finished_report() {
+    let fake = FakeServer::new();
+    fake.with(|s| s.refuse.insert(("stale".into(), "started"), 409));
+    let worker = start(&fake, options(1));
+    fake.assign([shell("stale", "sleep 30")]);
+    // The slot comes back only when the driver returned, i.e. the command was killed.
+    eventually("the refused attempt to be dropped", || {
+        fake.with(|s| {
+            s.polls
+                .last()
+                .is_some_and(|p| p.free_slots == 1 && p.held.is_empty())
+                && !s.received.is_empty()
+        })
+    })
+    .await;
+    // Reports are sent in order: once a later task's Finished arrived, a Finished of the refused
+    // attempt would have arrived too.
+    fake.assign([assignment("sentinel", "noop", json!(null))]);
+    fake.wait_finished("sentinel").await;
+    assert_eq!(fake.received("stale", "finished"), 0);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_finished_is_not_retried() {
+    let fake = FakeServer::new();
+    fake.with(|s| s.refuse.insert(("late".into(), "finished"), 409));
+    let worker = start(&fake, options(1));
+    fake.assign([assignment("late", "noop", json!(null))]);
+    fake.wait_idle(1).await;
+    fake.assign([assignment("sentinel", "noop", json!(null))]);
+    fake.wait_finished("sentinel").await;
+    assert_eq!(fake.received("late", "finished"), 1);
+    worker.stop().await.unwrap();
+}
