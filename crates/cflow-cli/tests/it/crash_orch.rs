@@ -155,6 +155,15 @@ fn a_task_survives_kill_9_of_its_remote_worker() {
         let state = t["state"].as_str()?;
         matches!(state, "succeeded" | "failed" | "cancelled" | "timed_out").then_some(t)
     });
+    // The killed worker went silent: suspected after two heartbeats, lost after a lease.
+    api.wait_for("worker wa to be declared lost", |api| {
+        let w = api.get("/workers");
+        let items = w["items"].as_array()?;
+        items
+            .iter()
+            .any(|w| w["id"] == "wa" && w["state"] == "lost")
+            .then_some(w)
+    });
     let _ = b.kill();
     let _ = b.wait();
     assert_eq!(done["state"], "succeeded", "{done}");

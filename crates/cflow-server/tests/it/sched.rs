@@ -562,3 +562,79 @@ async fn the_autoscaler_adds_agents_under_demand_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_tenant_quota_caps_its_running_tasks_and_agents_recycle() {
+    each_backend(|store, _| async move {
+        let sched = start(&store, SchedConfig::default()).await;
+        let t = tenant(&store, "quota").await;
+        sched
+            .set_quota(
+                &ctx(),
+                &t,
+                cflow_store::TenantQuota {
+                    weight: 1,
+                    max_running: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        let mut p = pool("coder", "exec", 2);
+        p.recycle_after_tasks = Some(2);
+        let s = swarm(&sched, &t, vec![p]).await;
+        let ids: Vec<String> = sched
+            .submit(
+                &ctx(),
+                &t,
+                (0..4).map(|_| exec(&s, "sleep 0.2")).collect(),
+                None,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut most = 0;
+        loop {
+            most = most.max(sched.swarm_live(&t, &s).running);
+            let mut done = 0;
+            for id in &ids {
+                if store.get_task(&t, id).await.unwrap().unwrap().state.is_terminal() {
+                    done += 1;
+                }
+            }
+            if done == ids.len() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "tasks did not finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(most, 1, "the quota allows one running task at a time");
+        let mut agents = std::collections::BTreeSet::new();
+        for id in &ids {
+            for a in store.list_attempts(&t, id).await.unwrap() {
+                agents.insert(a.agent_id);
+            }
+        }
+        // Each agent retires after two tasks, so four tasks needed at least two agents, and the
+        // pool was refilled: two live agents remain.
+        assert!(agents.len() >= 2, "{agents:?}");
+        // The replacement of the last retired agent may still be starting.
+        loop {
+            let live = sched.swarm_live(&t, &s);
+            if live.agents_by_state.get("idle").copied().unwrap_or(0) == 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "pool not refilled: {live:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut metrics = String::new();
+        sched.render_metrics(&mut metrics);
+        assert!(metrics.contains("cflow_task_outcomes_total{outcome=\"succeeded\"}"));
+        assert!(metrics.contains("cflow_task_submit_to_start_seconds_count"));
+        assert!(metrics.contains("cflow_agents{state=\"idle\"}"));
+        sched.shutdown();
+    })
+    .await;
+}
