@@ -111,10 +111,16 @@ pub(super) struct Report {
 }
 
 pub(super) fn executors(s: &Setup) -> String {
-    if s.workers == 0 {
-        format!("the server's local pool ({} slots when spawned)", s.slots)
-    } else {
-        format!("{} 'cflow worker' x {} slots", s.workers, s.slots)
+    // A server the benchmark did not start keeps its own local pool, whatever its size.
+    let external = s.backend.starts_with("external");
+    match (s.workers, external) {
+        (0, false) => format!("the server's local pool ({} slots)", s.slots),
+        (0, true) => "the server's own local pool".into(),
+        (k, false) => format!("{k} 'cflow worker' x {} slots (local pool off)", s.slots),
+        (k, true) => format!(
+            "{k} 'cflow worker' x {} slots, plus the server's own local pool if it has one",
+            s.slots
+        ),
     }
 }
 

@@ -29,6 +29,7 @@ impl Scheduler {
     /// pending retries) and starts the loops. Also starts the local worker pool when
     /// `config.local_slots > 0`.
     pub async fn start(store: Store, events: EventBus, config: SchedConfig) -> SchedResult<Self> {
+        config.validate()?;
         let now = now_ms();
         let mut st = State::default();
         for (tenant, q) in store.tenant_quotas().await? {

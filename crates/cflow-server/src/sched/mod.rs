@@ -60,6 +60,36 @@ impl Default for SchedConfig {
 }
 
 impl SchedConfig {
+    /// Refuses settings the scheduler cannot honour, naming the setting.
+    pub fn validate(&self) -> Result<(), cflow_core::ValidationError> {
+        use cflow_core::ValidationError as V;
+        if self.local_slots > 1024 {
+            return Err(V::new(
+                "sched.local_slots",
+                format!("must be from 0 to 1024 (got {})", self.local_slots),
+            ));
+        }
+        if !(100..=600_000).contains(&self.lease_ms) {
+            return Err(V::new(
+                "sched.lease_ms",
+                format!("must be from 100 to 600000 (got {})", self.lease_ms),
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.lease_ms {
+            return Err(V::new(
+                "sched.heartbeat_ms",
+                format!(
+                    "must be at least 1 and at most half of lease_ms ({}) (got {})",
+                    self.lease_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.breaker_failures == 0 {
+            return Err(V::new("sched.breaker_failures", "must be at least 1"));
+        }
+        self.breaker().validate()
+    }
+
     pub fn breaker(&self) -> BreakerConfig {
         BreakerConfig {
             failure_threshold: self.breaker_failures,
