@@ -514,23 +514,25 @@ pub(crate) async fn insert_attempts(
     let rows = attempts
         .iter()
         .map(|(tenant_id, a)| {
-            json!([
-                a.task_id,
+            (
+                &a.task_id,
                 a.epoch,
                 a.attempt_no,
                 tenant_id,
-                a.agent_id,
-                a.worker_id,
+                &a.agent_id,
+                &a.worker_id,
                 a.lease_expires_at,
-                a.assigned_at
-            ])
+                a.assigned_at,
+            )
         })
-        .collect();
+        .collect::<Vec<_>>();
     // The text holds only column names written here; every value is in the one parameter.
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(bulk::rows_json(rows))
-        .execute(&mut *cx.conn)
-        .await?;
+    for text in bulk::rows_json(&rows)? {
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(text)
+            .execute(&mut *cx.conn)
+            .await?;
+    }
     Ok(())
 }
 

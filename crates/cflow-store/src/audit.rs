@@ -2,7 +2,7 @@
 //! verifying the chain.
 
 use cflow_core::audit::{AuditEntry, ChainVerifier, GENESIS_HASH, seal};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool};
 use sqlx::{AssertSqlSafe, Row};
@@ -123,7 +123,8 @@ pub(crate) async fn head(conn: &mut AnyConnection) -> Result<Head> {
 const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outcome, request_id, source, detail, prev_hash, hash";
 
 /// Inserts sealed entries with one statement whose one parameter holds every entry (see
-/// `bulk`): one round trip and one bind, however many ops the batch had.
+/// `bulk`): one round trip and one bind, however many ops the batch had (unless the entries
+/// hold several MiB, which are split over a few statements).
 pub(crate) async fn insert(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -157,27 +158,29 @@ pub(crate) async fn insert(
     let rows = entries
         .iter()
         .map(|e| {
-            json!([
+            (
                 e.seq,
                 e.at,
-                e.tenant_id,
-                e.principal_id,
-                e.action,
-                e.resource,
-                e.outcome,
-                e.request_id,
-                e.source,
+                &e.tenant_id,
+                &e.principal_id,
+                &e.action,
+                &e.resource,
+                &e.outcome,
+                &e.request_id,
+                &e.source,
                 e.detail.to_string(),
-                e.prev_hash,
-                e.hash
-            ])
+                &e.prev_hash,
+                &e.hash,
+            )
         })
-        .collect();
+        .collect::<Vec<_>>();
     // The text holds only column names written here; every value is in the one parameter.
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(bulk::rows_json(rows))
-        .execute(&mut *conn)
-        .await?;
+    for text in bulk::rows_json(&rows)? {
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(text)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

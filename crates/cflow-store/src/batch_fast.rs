@@ -13,45 +13,122 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cflow_core::task::TaskState;
 use serde_json::json;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::attempts::{
     AGENT_INFO_COLUMNS, AgentInfo, Ending, HEAD_COLUMNS, Head, agent_info, assigned_draft,
-    check_agent, check_live, completed_draft, head_from_row, insert_attempts, new_attempt,
-    plan_ending, stale_step, tail,
+    check_agent, check_live, completed_draft, insert_attempts, new_attempt, plan_ending,
+    stale_step, tail,
 };
 use crate::audit::Draft;
 use crate::bulk::Ty::{Int, Text};
 use crate::orch_types::{Attempt, AttemptState, Outcome, Settled};
 use crate::rebuild::qualified;
-use crate::tasks::{ATTEMPT_COLUMNS, attempt_from_row_at};
+use crate::swarms::{json_col, parse};
+use crate::tasks::ATTEMPT_COLUMNS;
 use crate::writer::{OpCx, Output, Step};
-use crate::{Error, Result, bulk, settle};
+use crate::{Backend, Error, Result, bulk, settle};
 
-/// Each task's head and the attempt at its current epoch (if any).
+/// A task's id and head columns, as [`read_live`] reads them.
+type PackedHead = (String, String, String, i64, i64, i64, i64, Option<String>);
+/// An attempt's columns (all null when the task has none at its epoch).
+type PackedAttempt = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Each task's head and the attempt at its current epoch (if any), with the rows packed in one
+/// JSON value. sqlx's SQLite driver hands each
+/// result row from its worker thread to the caller through a channel (a wake-up and a copy of
+/// every column per row), and sqlx's `Any` rows cost an allocation per column on both backends:
+/// one row instead of one per task avoids that.
 async fn read_live(
     cx: &mut OpCx<'_>,
     ids: &[&str],
 ) -> Result<HashMap<String, (Head, Option<Attempt>)>> {
-    let mut out = HashMap::with_capacity(ids.len());
+    let (agg, array) = match cx.backend {
+        Backend::Sqlite => ("json_group_array", "json_array"),
+        Backend::Postgres => ("json_agg", "json_build_array"),
+    };
     let sql = format!(
-        "SELECT t.id, {}, {} FROM tasks t LEFT JOIN attempts a \
-         ON a.task_id = t.id AND a.epoch = t.epoch WHERE t.id IN ({})",
+        "SELECT COALESCE(CAST({agg}({array}({array}(t.id, {}), {array}({}))) AS TEXT), '[]') \
+         FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.epoch = t.epoch \
+         WHERE t.id IN ({})",
         qualified("t", HEAD_COLUMNS),
         qualified("a", ATTEMPT_COLUMNS),
         bulk::ids_from(cx.backend, 1)
     );
     // The text holds only column names written here; the ids are in the one parameter.
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let packed: String = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(bulk::ids_json(ids.iter().copied()))
-        .fetch_all(&mut *cx.conn)
+        .fetch_one(&mut *cx.conn)
         .await?;
-    for r in rows {
-        let id: String = r.try_get(0)?;
-        let head = head_from_row(&r, 1)?;
-        let attempt = match r.try_get::<Option<String>, _>(8)? {
-            Some(_) => Some(attempt_from_row_at(&r, 8)?),
-            None => None,
+    let rows: Vec<(PackedHead, PackedAttempt)> = json_col("tasks", &packed)?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (h, a) in rows {
+        let (id, tenant_id, state, epoch, attempts, max_attempts, replicas, replica_of) = h;
+        let head = Head {
+            tenant_id,
+            state: parse("tasks.state", &state)?,
+            epoch,
+            attempts,
+            max_attempts,
+            replicas,
+            replica_of,
+        };
+        let attempt = match a {
+            (
+                Some(task_id),
+                Some(epoch),
+                Some(attempt_no),
+                Some(agent_id),
+                Some(worker_id),
+                Some(state),
+                Some(lease_expires_at),
+                Some(assigned_at),
+                started_at,
+                ended_at,
+                exit_code,
+                stdout_tail,
+                stderr_tail,
+                result,
+            ) => Some(Attempt {
+                task_id,
+                epoch,
+                attempt_no,
+                agent_id,
+                worker_id,
+                state: parse("attempts.state", &state)?,
+                lease_expires_at,
+                assigned_at,
+                started_at,
+                ended_at,
+                exit_code,
+                stdout_tail,
+                stderr_tail,
+                result: result
+                    .map(|s| json_col("attempts.result", &s))
+                    .transpose()?,
+            }),
+            (None, ..) => None,
+            (Some(task_id), ..) => {
+                return Err(Error::Corrupt {
+                    what: "attempts".into(),
+                    detail: format!("the attempt of {task_id} has a null required column"),
+                });
+            }
         };
         out.insert(id, (head, attempt));
     }
@@ -69,6 +146,25 @@ async fn update_tasks_in(cx: &mut OpCx<'_>, sql_head: &str, now: i64, ids: &[&st
         .execute(&mut *cx.conn)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// Runs `sql`, whose only parameter `$1` is the rows' JSON text, over `rows` (in as many
+/// statements as `bulk::rows_json` splits them into); returns the rows changed.
+async fn execute_rows<T: serde::Serialize>(
+    cx: &mut OpCx<'_>,
+    sql: &str,
+    rows: &[T],
+) -> Result<u64> {
+    let mut n = 0;
+    for text in bulk::rows_json(rows)? {
+        // The callers' text holds only SQL written in this file.
+        n += sqlx::query(AssertSqlSafe(sql.to_string()))
+            .bind(text)
+            .execute(&mut *cx.conn)
+            .await?
+            .rows_affected();
+    }
+    Ok(n)
 }
 
 fn matched(what: &str, n: u64, expected: usize) -> Result<()> {
@@ -211,14 +307,17 @@ pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Resul
              AND (task_id, epoch) IN ({})",
             bulk::rows_from(cx.backend, 2, &[("task_id", Text), ("epoch", Int)])
         );
-        let rows = pairs.iter().map(|(id, epoch)| json!([id, epoch])).collect();
+        let rows: Vec<_> = pairs.iter().collect();
         // The text holds only SQL written here; the pairs are in the one parameter.
-        let n = sqlx::query(AssertSqlSafe(sql))
-            .bind(*now)
-            .bind(bulk::rows_json(rows))
-            .execute(&mut *cx.conn)
-            .await?
-            .rows_affected();
+        let mut n = 0;
+        for text in bulk::rows_json(&rows)? {
+            n += sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(*now)
+                .bind(text)
+                .execute(&mut *cx.conn)
+                .await?
+                .rows_affected();
+        }
         matched("attempts", n, pairs.len())?;
         let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
         let n = update_tasks_in(
@@ -297,24 +396,20 @@ pub(crate) async fn complete(
         let rows = ended
             .iter()
             .map(|(_, a, e, outcome, now)| {
-                json!([
-                    a.task_id,
+                (
+                    &a.task_id,
                     a.epoch,
                     e.attempt_state.as_str(),
                     now,
                     outcome.exit_code,
                     tail(&outcome.stdout_tail),
                     tail(&outcome.stderr_tail),
-                    outcome.result.as_ref().map(|r| r.to_string())
-                ])
+                    outcome.result.as_ref().map(|r| r.to_string()),
+                )
             })
-            .collect();
+            .collect::<Vec<_>>();
         // The text holds only SQL written here; the values are in the one parameter.
-        let n = sqlx::query(AssertSqlSafe(sql))
-            .bind(bulk::rows_json(rows))
-            .execute(&mut *cx.conn)
-            .await?
-            .rows_affected();
+        let n = execute_rows(cx, &sql, &rows).await?;
         matched("attempts", n, ended.len())?;
 
         // The tasks, each with its own state, reason, retry time and clock.
@@ -336,14 +431,10 @@ pub(crate) async fn complete(
         );
         let rows = ended
             .iter()
-            .map(|(_, a, e, _, now)| json!([a.task_id, e.next.as_str(), e.reason, e.retry_at, now]))
-            .collect();
+            .map(|(_, a, e, _, now)| (&a.task_id, e.next.as_str(), &e.reason, e.retry_at, now))
+            .collect::<Vec<_>>();
         // The text holds only SQL written here; the values are in the one parameter.
-        let n = sqlx::query(AssertSqlSafe(sql))
-            .bind(bulk::rows_json(rows))
-            .execute(&mut *cx.conn)
-            .await?
-            .rows_affected();
+        let n = execute_rows(cx, &sql, &rows).await?;
         matched("tasks", n, ended.len())?;
 
         // The agents' counters, summed per agent.
@@ -371,13 +462,10 @@ pub(crate) async fn complete(
         );
         let rows = agents
             .iter()
-            .map(|(id, (done, failed, busy, now))| json!([id, done, failed, busy, now]))
-            .collect();
+            .map(|(id, (done, failed, busy, now))| (id, done, failed, busy, now))
+            .collect::<Vec<_>>();
         // The text holds only SQL written here; the values are in the one parameter.
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(bulk::rows_json(rows))
-            .execute(&mut *cx.conn)
-            .await?;
+        execute_rows(cx, &sql, &rows).await?;
     }
 
     // Dependents: only tasks that have some are settled (for the others settling is a no-op).

@@ -5,15 +5,17 @@
 //! bind looks its parameter up by name with a linear scan), and every statement is a round trip
 //! to sqlx's SQLite worker thread or to the PostgreSQL server. With one parameter per batch, a
 //! batch of any size is one statement of one fixed text (so one cached prepared statement),
-//! whatever the number of rows.
+//! whatever the number of rows; only rows of several MiB in all are split over a few statements
+//! ([`MAX_JSON_BYTES`]).
 //!
 //! A row is a JSON array of its values in column order; [`rows_from`] turns it back into named,
 //! typed columns. Integer columns are cast explicitly on PostgreSQL, where `->>` yields text;
 //! on SQLite `->>` already yields an INTEGER for a JSON integer.
 
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::Backend;
+use crate::{Backend, Error, Result};
 
 /// The SQL type of a column unpacked from a JSON row.
 #[derive(Clone, Copy)]
@@ -54,7 +56,9 @@ pub(crate) fn ids_from(backend: Backend, p: usize) -> String {
 /// The table source of the elements of the JSON array bound as `$p`, as `j(value)`.
 fn source(backend: Backend, p: usize) -> String {
     match backend {
-        Backend::Sqlite => format!("json_each(${p}) AS j"),
+        // `jsonb_each` hands each row to `->>` as a JSONB blob; `json_each` would render it back
+        // to text, which `->>` would then parse again, once per column.
+        Backend::Sqlite => format!("jsonb_each(${p}) AS j"),
         Backend::Postgres => format!("jsonb_array_elements(${p}::jsonb) AS j(value)"),
     }
 }
@@ -69,9 +73,39 @@ pub(crate) fn ids_json<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     .to_string()
 }
 
-/// The JSON text of a list of rows.
-pub(crate) fn rows_json(rows: Vec<Value>) -> String {
-    Value::Array(rows).to_string()
+/// Most bytes of JSON text per statement (give or take one row). A batch's rows are small, but
+/// a task's spec may be up to a MiB and an attempt's output tails 128 KiB: bounding the text keeps
+/// every statement far below SQLite's 1 GB string limit and PostgreSQL's `jsonb` size limit, and
+/// the memory a statement takes modest, while a batch of ordinary rows is still one statement.
+pub(crate) const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// The JSON texts of a list of rows, each row serialised as a JSON array (a tuple, or a type
+/// whose `Serialize` writes a sequence), written straight to text without building `Value`s and
+/// split into texts of at most about [`MAX_JSON_BYTES`]. Empty when `rows` is.
+pub(crate) fn rows_json<T: Serialize>(rows: &[T]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for row in rows {
+        buf.push(if buf.is_empty() { b'[' } else { b',' });
+        serde_json::to_writer(&mut buf, row).map_err(|e| Error::Corrupt {
+            what: "batch".into(),
+            detail: format!("cannot write a batch as JSON: {e}"),
+        })?;
+        if buf.len() >= MAX_JSON_BYTES {
+            out.push(close(&mut buf));
+        }
+    }
+    if !buf.is_empty() {
+        out.push(close(&mut buf));
+    }
+    Ok(out)
+}
+
+/// Ends the JSON array in `buf` and takes it as text.
+fn close(buf: &mut Vec<u8>) -> String {
+    buf.push(b']');
+    // serde_json writes only UTF-8.
+    String::from_utf8_lossy(&std::mem::take(buf)).into_owned()
 }
 
 #[cfg(test)]
@@ -83,7 +117,7 @@ mod tests {
         let cols = [("id", Ty::Text), ("n", Ty::Int)];
         assert_eq!(
             rows_from(Backend::Sqlite, 2, &cols),
-            "SELECT j.value ->> 0 AS id, j.value ->> 1 AS n FROM json_each($2) AS j"
+            "SELECT j.value ->> 0 AS id, j.value ->> 1 AS n FROM jsonb_each($2) AS j"
         );
         assert_eq!(
             rows_from(Backend::Postgres, 1, &cols),
@@ -91,5 +125,20 @@ mod tests {
              FROM jsonb_array_elements($1::jsonb) AS j(value)"
         );
         assert_eq!(ids_json(["a", "b\""]), r#"["a","b\""]"#);
+        assert_eq!(
+            rows_json(&[("a", 1), ("b", 2)]).unwrap(),
+            vec![r#"[["a",1],["b",2]]"#.to_string()]
+        );
+        assert!(rows_json::<(i64,)>(&[]).unwrap().is_empty());
+        let big = "x".repeat(MAX_JSON_BYTES / 3);
+        let rows: Vec<(&str, usize)> = (0..7).map(|i| (big.as_str(), i)).collect();
+        let texts = rows_json(&rows).unwrap();
+        assert_eq!(texts.len(), 3, "three rows fill a text");
+        let back: Vec<Vec<(String, usize)>> = texts
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let ns: Vec<usize> = back.iter().flatten().map(|r| r.1).collect();
+        assert_eq!(ns, (0..7).collect::<Vec<_>>());
     }
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::bulk::{
@@ -36,16 +35,18 @@ pub(crate) async fn extend(
          RETURNING task_id, epoch",
         bulk::rows_from(cx.backend, 3, &[("task_id", Text), ("epoch", Int)])
     );
-    let pairs = held.iter().map(|(t, e)| json!([t, e])).collect();
+
     // The text holds only SQL written here; the pairs are in the one parameter.
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(until)
-        .bind(worker_id.to_string())
-        .bind(bulk::rows_json(pairs))
-        .fetch_all(&mut *cx.conn)
-        .await?;
-    for r in rows {
-        live.insert((r.try_get(0)?, r.try_get(1)?));
+    for text in bulk::rows_json(held)? {
+        let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(until)
+            .bind(worker_id.to_string())
+            .bind(text)
+            .fetch_all(&mut *cx.conn)
+            .await?;
+        for r in rows {
+            live.insert((r.try_get(0)?, r.try_get(1)?));
+        }
     }
     let stale = held
         .iter()

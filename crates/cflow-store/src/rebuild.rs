@@ -8,13 +8,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::orch_types::{Agent, LiveAttempt, ReadyCursor, Swarm, Task};
 use crate::swarms::{AGENT_COLUMNS, SWARM_COLUMNS, agent_from_row, json_col, swarm_from_row};
-use crate::tasks::{
-    ATTEMPT_COLUMNS, TASK_ARITY, TASK_COLUMNS, attempt_from_row_at, placeholders, task_from_row,
-};
-use crate::{Result, Store};
-
-/// Ids per `IN (…)` lookup.
-const LOOKUP_CHUNK: usize = 500;
+use crate::tasks::{ATTEMPT_COLUMNS, TASK_ARITY, TASK_COLUMNS, attempt_from_row_at, task_from_row};
+use crate::{Result, Store, bulk};
 
 /// `cols` with every column qualified by `alias`.
 pub(crate) fn qualified(alias: &str, cols: &str) -> String {
@@ -127,33 +122,33 @@ impl Store {
         task_ids: &[String],
     ) -> Result<BTreeMap<String, Value>> {
         let mut out = BTreeMap::new();
-        for chunk in task_ids.chunks(LOOKUP_CHUNK) {
-            let sql = format!(
-                "SELECT t.id, t.result, a.result, a.stdout_tail FROM tasks t LEFT JOIN attempts a \
-                 ON a.task_id = t.id AND a.epoch = t.epoch AND a.state = 'succeeded' \
-                 WHERE t.tenant_id = $1 AND t.state = 'succeeded' AND t.id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            // The text holds only placeholders.
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant_id.to_string());
-            for id in chunk {
-                q = q.bind(id.clone());
-            }
-            for r in q.fetch_all(self.pool()?).await? {
-                let id: String = r.try_get(0)?;
-                let vote: Option<String> = r.try_get(1)?;
-                let result: Option<String> = r.try_get(2)?;
-                let stdout: Option<String> = r.try_get(3)?;
-                let value = match (vote, result) {
-                    (Some(v), _) => json_col::<Value>("tasks.result", &v)?
-                        .get("output")
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    (None, Some(r)) => json_col("attempts.result", &r)?,
-                    (None, None) => json!({ "stdout": stdout.unwrap_or_default() }),
-                };
-                out.insert(id, value);
-            }
+        if task_ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT t.id, t.result, a.result, a.stdout_tail FROM tasks t LEFT JOIN attempts a \
+             ON a.task_id = t.id AND a.epoch = t.epoch AND a.state = 'succeeded' \
+             WHERE t.tenant_id = $1 AND t.state = 'succeeded' AND t.id IN ({})",
+            bulk::ids_from(self.backend(), 2)
+        );
+        // The text holds only SQL written here; the ids are in the one parameter (`bulk`).
+        let q = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.to_string())
+            .bind(bulk::ids_json(task_ids.iter().map(String::as_str)));
+        for r in q.fetch_all(self.pool()?).await? {
+            let id: String = r.try_get(0)?;
+            let vote: Option<String> = r.try_get(1)?;
+            let result: Option<String> = r.try_get(2)?;
+            let stdout: Option<String> = r.try_get(3)?;
+            let value = match (vote, result) {
+                (Some(v), _) => json_col::<Value>("tasks.result", &v)?
+                    .get("output")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+                (None, Some(r)) => json_col("attempts.result", &r)?,
+                (None, None) => json!({ "stdout": stdout.unwrap_or_default() }),
+            };
+            out.insert(id, value);
         }
         Ok(out)
     }

@@ -45,6 +45,14 @@ pub(crate) enum SwarmOp {
         swarm_id: String,
         new: NewAgent,
     },
+    /// Several agents of one type at once (a pool filled, a swarm created), ready in `state`.
+    CreateAgents {
+        tenant_id: String,
+        swarm_id: String,
+        new: NewAgent,
+        count: usize,
+        state: AgentState,
+    },
     SetAgentState {
         tenant_id: String,
         agent_id: String,
@@ -70,6 +78,13 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &SwarmOp) -> Result<Step> {
             swarm_id,
             new,
         } => create_agent(cx, tenant_id, swarm_id, new).await,
+        SwarmOp::CreateAgents {
+            tenant_id,
+            swarm_id,
+            new,
+            count,
+            state,
+        } => create_agents(cx, tenant_id, swarm_id, new, *count, *state).await,
         SwarmOp::SetAgentState {
             tenant_id,
             agent_id,
@@ -269,6 +284,87 @@ async fn set_swarm_state(
 }
 
 /// Writer op: a new agent in a live swarm that has room for it.
+/// Inserts `count` agents of one kind in `state`, all or none, with one audit entry.
+async fn create_agents(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    swarm_id: &str,
+    new: &NewAgent,
+    count: usize,
+    state: AgentState,
+) -> Result<Step> {
+    let draft = Draft::success(
+        Some(tenant_id),
+        "agent.create",
+        format!("swarm/{swarm_id}/agent"),
+        json!({ "agent_type": new.agent_type, "driver": new.driver, "count": count }),
+    );
+    let Some(swarm) = swarm_in_tx(cx, tenant_id, swarm_id).await? else {
+        return Ok(Step::failed(
+            Error::NotFound(format!("swarm {swarm_id}")),
+            draft,
+        ));
+    };
+    if swarm.state == SwarmState::Stopped {
+        let err = Error::State(format!(
+            "swarm {swarm_id} is stopped and takes no new agents"
+        ));
+        return Ok(Step::failed(err, draft));
+    }
+    let existing: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM agents WHERE swarm_id = $1 AND state NOT IN ('stopped', 'failed')",
+    )
+    .bind(swarm_id.to_string())
+    .fetch_one(&mut *cx.conn)
+    .await?;
+    let wanted = i64::try_from(count).unwrap_or(i64::MAX);
+    if existing.saturating_add(wanted) > swarm.max_agents {
+        let err = Error::State(format!(
+            "swarm {swarm_id} is full: it has {existing} live agents of at most {}, {count} more do not fit",
+            swarm.max_agents
+        ));
+        return Ok(Step::failed(err, draft));
+    }
+    let capabilities = json!(new.capabilities).to_string();
+    let labels = json!(new.labels).to_string();
+    let mut agents = Vec::with_capacity(count);
+    for _ in 0..count {
+        let agent = Agent {
+            id: crate::tenants::new_id(),
+            tenant_id: tenant_id.to_string(),
+            swarm_id: swarm_id.to_string(),
+            agent_type: new.agent_type.clone(),
+            driver: new.driver.clone(),
+            capabilities: new.capabilities.clone(),
+            labels: new.labels.clone(),
+            state,
+            tasks_done: 0,
+            failures: 0,
+            busy_ms: 0,
+            created_at: cx.now,
+            updated_at: cx.now,
+        };
+        sqlx::query(
+            "INSERT INTO agents (id, tenant_id, swarm_id, agent_type, driver, capabilities, \
+             labels, state, tasks_done, failures, busy_ms, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $9)",
+        )
+        .bind(agent.id.clone())
+        .bind(agent.tenant_id.clone())
+        .bind(agent.swarm_id.clone())
+        .bind(agent.agent_type.clone())
+        .bind(agent.driver.clone())
+        .bind(capabilities.clone())
+        .bind(labels.clone())
+        .bind(agent.state.as_str())
+        .bind(cx.now)
+        .execute(&mut *cx.conn)
+        .await?;
+        agents.push(agent);
+    }
+    Ok(Step::done(Output::Agents(agents), draft))
+}
+
 async fn create_agent(
     cx: &mut OpCx<'_>,
     tenant_id: &str,
@@ -293,13 +389,17 @@ async fn create_agent(
         ));
         return Ok(Step::failed(err, draft));
     }
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE swarm_id = $1")
-        .bind(swarm_id.to_string())
-        .fetch_one(&mut *cx.conn)
-        .await?;
+    // Stopped agents are history, not members: a pool that recycles its agents must not fill
+    // the swarm with them.
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM agents WHERE swarm_id = $1 AND state NOT IN ('stopped', 'failed')",
+    )
+    .bind(swarm_id.to_string())
+    .fetch_one(&mut *cx.conn)
+    .await?;
     if count >= swarm.max_agents {
         let err = Error::State(format!(
-            "swarm {swarm_id} is full: it has {count} of at most {} agents",
+            "swarm {swarm_id} is full: it has {count} live agents of at most {}",
             swarm.max_agents
         ));
         return Ok(Step::failed(err, draft));
@@ -492,6 +592,44 @@ impl Store {
         };
         let out = self.write(ctx, Op::Swarm(op)).await?;
         expect_output!(out, Output::Agent(a) => a)
+    }
+
+    /// `count` (1–10,000) agents of one kind in one of the tenant's swarms, created directly in
+    /// `state` (`starting` or `idle`) in one transaction with one audit entry: filling a pool of
+    /// thousands of agents is one commit, not thousands. All or none: `State` when they do not
+    /// fit in the swarm's `max_agents` (counting its live agents).
+    pub async fn create_agents(
+        &self,
+        ctx: &AuditContext,
+        tenant_id: &str,
+        swarm_id: &str,
+        new: NewAgent,
+        count: usize,
+        state: AgentState,
+    ) -> Result<Vec<Agent>> {
+        validate::name("agent_type", &new.agent_type)?;
+        validate::name("driver", &new.driver)?;
+        if !(1..=10_000).contains(&count) {
+            let rule = format!("must be from 1 to 10000 (got {count})");
+            return Err(Error::Invalid(cflow_core::ValidationError::new(
+                "count", rule,
+            )));
+        }
+        if !matches!(state, AgentState::Starting | AgentState::Idle) {
+            let rule = format!("new agents start as starting or idle, not {state}");
+            return Err(Error::Invalid(cflow_core::ValidationError::new(
+                "state", rule,
+            )));
+        }
+        let op = SwarmOp::CreateAgents {
+            tenant_id: tenant_id.to_string(),
+            swarm_id: swarm_id.to_string(),
+            new,
+            count,
+            state,
+        };
+        let out = self.write(ctx, Op::Swarm(op)).await?;
+        expect_output!(out, Output::Agents(a) => a)
     }
 
     /// An agent of the tenant.

@@ -268,7 +268,47 @@ const TASK_ROW: &[(&str, Ty)] = &[
     ("result", Text),
 ];
 
-/// Inserts task rows with one statement whose one parameter holds every row (see `bulk`).
+/// A task row as the JSON array [`insert_rows`] unpacks, in [`TASK_ROW`] order. Written by hand
+/// because serde serialises tuples of at most 16 elements.
+impl serde::Serialize for TaskRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(TASK_ARITY)?;
+        t.serialize_element(&self.id)?;
+        t.serialize_element(&self.tenant_id)?;
+        t.serialize_element(&self.swarm_id)?;
+        t.serialize_element(&self.spec)?;
+        t.serialize_element(&self.priority)?;
+        t.serialize_element(&self.requires)?;
+        t.serialize_element(&self.labels)?;
+        t.serialize_element(&self.depends_on)?;
+        t.serialize_element(&self.timeout_ms)?;
+        t.serialize_element(&self.max_attempts)?;
+        t.serialize_element(&self.replicas)?;
+        t.serialize_element(&self.quorum)?;
+        t.serialize_element(&self.idempotency_key)?;
+        t.serialize_element(self.state.as_str())?;
+        t.serialize_element(&self.reason)?;
+        // attempts, epoch
+        t.serialize_element(&0)?;
+        t.serialize_element(&0)?;
+        t.serialize_element(&self.unmet)?;
+        // retry_at
+        t.serialize_element(&None::<i64>)?;
+        // created_at, updated_at
+        t.serialize_element(&self.now)?;
+        t.serialize_element(&self.now)?;
+        t.serialize_element(&self.agent_id)?;
+        t.serialize_element(&self.replica_of)?;
+        t.serialize_element(&self.replica_index)?;
+        // result
+        t.serialize_element(&None::<String>)?;
+        t.end()
+    }
+}
+
+/// Inserts task rows with one statement whose one parameter holds every row (see `bulk`; rows
+/// of several MiB in all, large specs, are split over a few statements).
 pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -278,43 +318,13 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
         "INSERT INTO tasks ({TASK_COLUMNS}) {}",
         bulk::rows_from(cx.backend, 1, TASK_ROW)
     );
-    let json_rows = rows
-        .iter()
-        .map(|t| {
-            json!([
-                t.id,
-                t.tenant_id,
-                t.swarm_id,
-                t.spec,
-                t.priority,
-                t.requires,
-                t.labels,
-                t.depends_on,
-                t.timeout_ms,
-                t.max_attempts,
-                t.replicas,
-                t.quorum,
-                t.idempotency_key,
-                t.state.as_str(),
-                t.reason,
-                0,
-                0,
-                t.unmet,
-                None::<i64>,
-                t.now,
-                t.now,
-                t.agent_id,
-                t.replica_of,
-                t.replica_index,
-                None::<String>
-            ])
-        })
-        .collect();
     // The text holds only column names written here; every value is in the one parameter.
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(bulk::rows_json(json_rows))
-        .execute(&mut *cx.conn)
-        .await?;
+    for text in bulk::rows_json(rows)? {
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(text)
+            .execute(&mut *cx.conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -472,12 +482,14 @@ pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]
             "INSERT INTO task_deps (task_id, dep_id) {}",
             bulk::rows_from(cx.backend, 1, &[("task_id", Text), ("dep_id", Text)])
         );
-        let rows = edges.iter().map(|(task, dep)| json!([task, dep])).collect();
+
         // The text holds only column names written here; every value is in the one parameter.
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(bulk::rows_json(rows))
-            .execute(&mut *cx.conn)
-            .await?;
+        for text in bulk::rows_json(&edges)? {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(text)
+                .execute(&mut *cx.conn)
+                .await?;
+        }
     }
 
     let results: Vec<Submitted> = results.into_iter().flatten().collect();

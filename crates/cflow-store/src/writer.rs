@@ -133,6 +133,7 @@ pub(crate) enum Output {
     Count(u64),
     Swarm(Swarm),
     Agent(Agent),
+    Agents(Vec<Agent>),
     Submitted(Vec<Submitted>),
     Assigned(Attempt),
     Settled(Settled),

@@ -94,10 +94,9 @@ impl Scheduler {
             let want = pool.min.max(pool.prewarm).min(pool.max);
             let (live, _) = self.pool_agents(&swarm.id, &pool.agent_type);
             let have = i64::try_from(live.len()).unwrap_or(i64::MAX);
-            for _ in have..want {
-                self.spawn_agent(ctx, tenant, &swarm.id, pool_agent(pool))
-                    .await?;
-            }
+            let missing = usize::try_from(want - have).unwrap_or(0);
+            self.spawn_agents(ctx, tenant, &swarm.id, pool_agent(pool), missing)
+                .await?;
         }
         Ok(swarm)
     }
@@ -171,10 +170,9 @@ impl Scheduler {
         let (live, idle) = self.pool_agents(swarm_id, &pool.agent_type);
         let live_n = i64::try_from(live.len()).unwrap_or(i64::MAX);
         let want = live_n.max(pool.min).max(pool.prewarm).min(pool.max);
-        for _ in live_n..want {
-            self.spawn_agent(ctx, tenant, swarm_id, pool_agent(&pool))
-                .await?;
-        }
+        let missing = usize::try_from(want - live_n).unwrap_or(0);
+        self.spawn_agents(ctx, tenant, swarm_id, pool_agent(&pool), missing)
+            .await?;
         let excess = usize::try_from(live_n - want).unwrap_or(0);
         // Idle agents go first; busy ones drain after their task.
         let busy: Vec<String> = live.into_iter().filter(|a| !idle.contains(a)).collect();
@@ -281,6 +279,44 @@ impl Scheduler {
         );
         self.wake.notify_one();
         Ok(agent)
+    }
+
+    /// `count` agents of one pool at once (one commit), ready at once.
+    pub(crate) async fn spawn_agents(
+        &self,
+        ctx: &AuditContext,
+        tenant: &str,
+        swarm_id: &str,
+        mut new: NewAgent,
+        count: usize,
+    ) -> SchedResult<Vec<Agent>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        if new.capabilities.is_empty() {
+            new.capabilities = agent_type::default_capabilities(&new.agent_type);
+        }
+        let agents = self
+            .store
+            .create_agents(ctx, tenant, swarm_id, new, count, AgentState::Idle)
+            .await?;
+        let now = now_ms();
+        {
+            let mut st = self.lock();
+            for a in &agents {
+                st.add_agent(a.clone(), self.breaker(), now);
+            }
+        }
+        for a in &agents {
+            self.publish(
+                tenant,
+                "agent.spawned",
+                &a.id,
+                json!({"swarm_id": swarm_id, "type": a.agent_type, "driver": a.driver}),
+            );
+        }
+        self.wake.notify_one();
+        Ok(agents)
     }
 
     /// Stops the agent at once when it is idle, else drains it: it takes no new task and stops

@@ -490,19 +490,17 @@ impl Scheduler {
             }
         }
         for p in plans {
-            let mut added = 0;
-            for _ in 0..p.add {
-                match self
-                    .spawn_agent(&self.sys, &p.tenant, &p.swarm, p.new.clone())
-                    .await
-                {
-                    Ok(_) => added += 1,
-                    Err(e) => {
-                        tracing::warn!(swarm = %p.swarm, error = %e, "autoscaler cannot add an agent");
-                        break;
-                    }
+            let want = usize::try_from(p.add).unwrap_or(0);
+            let added = match self
+                .spawn_agents(&self.sys, &p.tenant, &p.swarm, p.new.clone(), want)
+                .await
+            {
+                Ok(a) => a.len(),
+                Err(e) => {
+                    tracing::warn!(swarm = %p.swarm, error = %e, "autoscaler cannot add agents");
+                    0
                 }
-            }
+            };
             if added > 0 {
                 self.metrics.scaled(true);
                 self.publish(

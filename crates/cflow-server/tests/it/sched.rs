@@ -600,14 +600,24 @@ async fn a_tenant_quota_caps_its_running_tasks_and_agents_recycle() {
             most = most.max(sched.swarm_live(&t, &s).running);
             let mut done = 0;
             for id in &ids {
-                if store.get_task(&t, id).await.unwrap().unwrap().state.is_terminal() {
+                if store
+                    .get_task(&t, id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .state
+                    .is_terminal()
+                {
                     done += 1;
                 }
             }
             if done == ids.len() {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "tasks did not finish");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tasks did not finish"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(most, 1, "the quota allows one running task at a time");
@@ -626,7 +636,10 @@ async fn a_tenant_quota_caps_its_running_tasks_and_agents_recycle() {
             if live.agents_by_state.get("idle").copied().unwrap_or(0) == 2 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "pool not refilled: {live:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pool not refilled: {live:?}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut metrics = String::new();

@@ -4,6 +4,7 @@
 mod attempts;
 mod audit;
 mod batch;
+mod batch_large;
 mod bench;
 mod bench_lifecycle;
 mod concurrency;

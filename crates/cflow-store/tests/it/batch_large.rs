@@ -1,0 +1,269 @@
+//! Batches far larger than any per-statement parameter limit: a whole batch travels as one
+//! parameter, so a 10,000-task submission and 2,000 assignments in one call must work on both
+//! backends, with every value round-tripping exactly and every op audited.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cflow_core::task::TaskState;
+use cflow_store::{
+    AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, NewTask, Outcome, OutcomeKind,
+    StartRequest, Store, TaskFilter,
+};
+use serde_json::json;
+
+use crate::attempts::{LEASE, agent};
+use crate::{ctx, each_backend, now, page, system, tenant};
+
+/// Tasks `0..ASSIGNED` are assigned, started and completed in one call each.
+const ASSIGNED: usize = 2_000;
+/// Task `MAX_SUBMIT - DEPENDENTS + i` waits on task `i`.
+const DEPENDENTS: usize = 1_000;
+
+fn spec(i: usize) -> serde_json::Value {
+    json!({"command": ["echo", "quote \" backslash \\ newline \n tab \t é 🚀 \u{1}"], "n": i})
+}
+
+fn new_task(i: usize) -> NewTask {
+    let n = cflow_store::MAX_SUBMIT;
+    let mut t = NewTask::new(spec(i));
+    t.local_id = Some(format!("t{i}"));
+    t.priority = (i % 5) as i64;
+    t.labels = BTreeMap::from([("zone".to_string(), format!("z{}", i % 3))]);
+    if i.is_multiple_of(10) {
+        t.idempotency_key = Some(format!("key-{i}"));
+    }
+    if i >= n - DEPENDENTS {
+        t.depends_on = vec![format!("t{}", i - (n - DEPENDENTS))];
+    }
+    t
+}
+
+async fn count_in(store: &Store, t: &str, state: TaskState) -> usize {
+    let filter = TaskFilter {
+        state: Some(state),
+        ..Default::default()
+    };
+    let mut n = 0;
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_tasks(t, &filter, &page(1000, cursor))
+            .await
+            .unwrap();
+        n += p.items.len();
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return n,
+        }
+    }
+}
+
+/// Rows too large for one parameter's text (specs of nearly a MiB) are split over several
+/// statements, all in the one transaction.
+#[tokio::test]
+async fn large_rows_are_split_over_statements() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "bigrows").await;
+        let blob = |i: usize| json!({"blob": format!("{i}é\"{}", "x".repeat(900_000))});
+        let tasks: Vec<NewTask> = (0..12).map(|i| NewTask::new(blob(i))).collect();
+        let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+        assert_eq!(out.len(), 12, "{backend:?}");
+        for (i, s) in out.iter().enumerate() {
+            let got = store.get_task(&t, &s.id).await.unwrap().unwrap();
+            assert_eq!(got.spec, blob(i), "{backend:?}: task {i}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_batches_take_the_one_parameter_path() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "huge").await;
+        let agents = [agent(&store, &t).await, agent(&store, &t).await];
+        let n = cflow_store::MAX_SUBMIT;
+
+        // One submission of the most tasks allowed, with edges, keys, labels and odd text.
+        let tasks: Vec<NewTask> = (0..n).map(new_task).collect();
+        let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+        assert_eq!(out.len(), n, "{backend:?}");
+        assert!(out.iter().all(|s| !s.existing));
+        let ids: Vec<String> = out.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), n);
+        for i in [0, 1, 4_999, n - DEPENDENTS - 1] {
+            let got = store.get_task(&t, &ids[i]).await.unwrap().unwrap();
+            assert_eq!(got.spec, spec(i), "{backend:?}: task {i}");
+            assert_eq!(got.priority, (i % 5) as i64);
+            assert_eq!(got.labels["zone"], format!("z{}", i % 3));
+            assert_eq!(got.state, TaskState::Queued);
+            assert_eq!((got.epoch, got.attempts, got.unmet), (0, 0, 0));
+        }
+        let dependent = store.get_task(&t, &ids[n - 1]).await.unwrap().unwrap();
+        assert_eq!(dependent.state, TaskState::Pending);
+        assert_eq!(dependent.unmet, 1);
+        assert_eq!(dependent.depends_on, vec![ids[DEPENDENTS - 1].clone()]);
+        assert_eq!(count_in(&store, &t, TaskState::Pending).await, DEPENDENTS);
+
+        // Resubmitting the keyed tasks resolves all thousand keys in one lookup.
+        let again: Vec<NewTask> = (0..n).step_by(10).map(new_task).collect();
+        let again_len = again.len();
+        let out = store.submit_tasks(&ctx(&t), &t, again).await.unwrap();
+        assert_eq!(out.len(), again_len);
+        for (k, s) in out.iter().enumerate() {
+            assert!(s.existing, "{backend:?}");
+            assert_eq!(s.id, ids[k * 10]);
+        }
+
+        // 2,000 assignments in one call, plus elements that must fail alone.
+        let at = now();
+        let mut reqs: Vec<AssignRequest> = ids[..ASSIGNED]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| AssignRequest {
+                task_id: id.clone(),
+                agent_id: agents[i % 2].id.clone(),
+                worker_id: format!("w{}", i % 3),
+                lease_ms: LEASE,
+                now: at,
+            })
+            .collect();
+        reqs.push(AssignRequest {
+            task_id: "nope".into(),
+            ..reqs[0].clone()
+        });
+        reqs.push(AssignRequest {
+            task_id: ids[n - 1].clone(),
+            ..reqs[0].clone()
+        });
+        let got = store.assign_tasks(&system(), reqs).await.unwrap();
+        assert_eq!(got.len(), ASSIGNED + 2);
+        for (i, a) in got[..ASSIGNED].iter().enumerate() {
+            let a = a.as_ref().unwrap();
+            assert_eq!((&a.task_id, a.epoch, a.attempt_no), (&ids[i], 1, 1));
+            assert_eq!(a.lease_expires_at, at + LEASE);
+        }
+        assert!(matches!(got[ASSIGNED], Err(Error::NotFound(_))));
+        assert!(matches!(got[ASSIGNED + 1], Err(Error::State(_))));
+        assert_eq!(count_in(&store, &t, TaskState::Assigned).await, ASSIGNED);
+
+        // One heartbeat holding all of them (and one it does not own).
+        let mut held: Vec<(String, i64)> = ids[..ASSIGNED]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(_, id)| (id.clone(), 1))
+            .collect();
+        held.push((ids[1].clone(), 1));
+        let stale = store
+            .extend_leases("w0", &held, at + 2 * LEASE)
+            .await
+            .unwrap();
+        assert_eq!(stale, vec![(ids[1].clone(), 1)], "{backend:?}");
+
+        let starts = ids[..ASSIGNED]
+            .iter()
+            .map(|id| StartRequest {
+                task_id: id.clone(),
+                epoch: 1,
+                now: at + 1,
+            })
+            .collect();
+        let got = store.start_attempts(&system(), starts).await.unwrap();
+        for s in &got {
+            assert_eq!(s.as_ref().unwrap().state, AttemptState::Running);
+        }
+        assert_eq!(count_in(&store, &t, TaskState::Running).await, ASSIGNED);
+
+        // Half of the tasks with dependents succeed (queueing them), half fail (cancelling
+        // them); the rest succeed.
+        let outcome = |i: usize| {
+            let fail = (DEPENDENTS / 2..DEPENDENTS).contains(&i);
+            Outcome {
+                kind: if fail {
+                    OutcomeKind::Failed { retryable: false }
+                } else {
+                    OutcomeKind::Succeeded
+                },
+                exit_code: Some(i as i64),
+                stdout_tail: format!("out \"{i}\"\n"),
+                stderr_tail: String::new(),
+                result: Some(json!({"i": i, "s": "é\"\\"})),
+            }
+        };
+        let done = ids[..ASSIGNED]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| CompleteRequest {
+                task_id: id.clone(),
+                epoch: 1,
+                outcome: outcome(i),
+                now: at + 3,
+            })
+            .collect();
+        let got = store.complete_attempts(&system(), done).await.unwrap();
+        for (i, s) in got.iter().enumerate() {
+            let s = s.as_ref().unwrap();
+            let dep = n - DEPENDENTS + i;
+            if i < DEPENDENTS / 2 {
+                assert_eq!(s.state, TaskState::Succeeded, "{backend:?}");
+                assert_eq!(s.queued, vec![ids[dep].clone()]);
+            } else if i < DEPENDENTS {
+                assert_eq!(s.state, TaskState::Failed);
+                assert_eq!(s.cancelled, vec![ids[dep].clone()]);
+            } else {
+                assert_eq!((s.state, s.queued.len()), (TaskState::Succeeded, 0));
+            }
+        }
+        assert_eq!(count_in(&store, &t, TaskState::Succeeded).await, 1_500);
+        assert_eq!(count_in(&store, &t, TaskState::Failed).await, 500);
+        assert_eq!(count_in(&store, &t, TaskState::Cancelled).await, 500);
+        assert_eq!(count_in(&store, &t, TaskState::Pending).await, 0);
+        let failed = store.get_task(&t, &ids[700]).await.unwrap().unwrap();
+        assert_eq!(failed.reason.as_deref(), Some("attempt 1 failed"));
+        let attempt = &store.list_attempts(&t, &ids[1_234]).await.unwrap()[0];
+        assert_eq!(attempt.state, AttemptState::Succeeded);
+        assert_eq!(attempt.ended_at, Some(at + 3));
+        assert_eq!(attempt.exit_code, Some(1_234));
+        assert_eq!(attempt.stdout_tail.as_deref(), Some("out \"1234\"\n"));
+        assert_eq!(attempt.result, Some(json!({"i": 1_234, "s": "é\"\\"})));
+        let mut totals = (0, 0, 0);
+        for a in &agents {
+            let a = store.get_agent(&t, &a.id).await.unwrap().unwrap();
+            totals = (
+                totals.0 + a.tasks_done,
+                totals.1 + a.failures,
+                totals.2 + a.busy_ms,
+            );
+        }
+        assert_eq!(totals, (1_500, 500, 2 * ASSIGNED as i64));
+
+        // One ledger entry per op, in an intact chain.
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            ..Default::default()
+        };
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
+            for e in &p.items {
+                *counts.entry(e.action.clone()).or_default() += 1;
+            }
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(
+            counts["task.assign"],
+            ASSIGNED + 1,
+            "{backend:?}: {counts:?}"
+        );
+        assert_eq!(counts["task.start"], ASSIGNED);
+        assert_eq!(counts["task.complete"], ASSIGNED);
+        assert_eq!(counts["task.submit"], 2);
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{backend:?}: {report:?}");
+    })
+    .await;
+}
