@@ -101,7 +101,14 @@ pub struct AttemptResponse {
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub result: Option<serde_json::Value>,
+    /// The isolation the attempt ran under. Every driver of this build runs without one: the
+    /// sandbox is not built yet, and this field says so on every attempt.
+    pub isolation: String,
 }
+
+/// What [`AttemptResponse::isolation`] says until the sandbox exists.
+pub const NO_ISOLATION: &str =
+    "none: commands run unsandboxed, as the worker's user (the sandbox is not built yet)";
 
 impl From<Attempt> for AttemptResponse {
     fn from(a: Attempt) -> Self {
@@ -118,6 +125,7 @@ impl From<Attempt> for AttemptResponse {
             stdout: a.stdout_tail,
             stderr: a.stderr_tail,
             result: a.result,
+            isolation: NO_ISOLATION.to_string(),
         }
     }
 }

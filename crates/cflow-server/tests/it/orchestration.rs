@@ -172,6 +172,14 @@ async fn dag_runs_end_to_end(server: TestServer) {
     assert_eq!(attempt["attempt"], 1);
     assert_eq!(attempt["state"], "succeeded");
     assert_eq!(attempt["exit_code"], 0);
+    // Until the sandbox exists, every attempt says plainly that it ran unsandboxed.
+    assert!(
+        attempt["isolation"]
+            .as_str()
+            .unwrap()
+            .contains("unsandboxed"),
+        "{a}"
+    );
     assert!(
         attempt["stdout"].as_str().unwrap().contains("hello-a"),
         "{a}"
