@@ -60,6 +60,8 @@ pub(crate) enum AttemptOp {
         epoch: i64,
         outcome: Outcome,
         now: i64,
+        /// Also record the start (see `CompleteRequest::started`).
+        started: bool,
     },
     RequeueLost {
         task_id: String,
@@ -323,7 +325,8 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &AttemptOp) -> Result<Step> {
             epoch,
             outcome,
             now,
-        } => complete(cx, task_id, *epoch, outcome, *now).await,
+            started,
+        } => complete(cx, task_id, *epoch, outcome, *now, *started).await,
         AttemptOp::RequeueLost {
             task_id,
             epoch,
@@ -542,6 +545,7 @@ async fn complete(
     epoch: i64,
     outcome: &Outcome,
     now: i64,
+    started: bool,
 ) -> Result<Step> {
     let (h, a) = match live(cx, task_id, epoch).await {
         Ok(v) => v,
@@ -551,7 +555,8 @@ async fn complete(
     let (attempt_state, next) = (e.attempt_state, e.next);
     fenced(
         cx,
-        "state = $1, ended_at = $2, exit_code = $3, stdout_tail = $4, stderr_tail = $5, result = $6",
+        "state = $1, ended_at = $2, exit_code = $3, stdout_tail = $4, stderr_tail = $5, \
+         result = $6, started_at = COALESCE(started_at, $7)",
         task_id,
         epoch,
         vec![
@@ -561,6 +566,7 @@ async fn complete(
             Bind::S(Some(tail(&outcome.stdout_tail))),
             Bind::S(Some(tail(&outcome.stderr_tail))),
             Bind::S(outcome.result.as_ref().map(|r| r.to_string())),
+            Bind::I(started.then_some(now)),
         ],
     )
     .await?;

@@ -100,6 +100,7 @@ impl Store {
                     epoch,
                     outcome,
                     now,
+                    started: false,
                 },
             )
             .await?;

@@ -85,7 +85,7 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
     if let Some(reqs) = starts {
         return Ok(Some(batch_fast::start(cx, &reqs).await?));
     }
-    let completes: Option<Vec<(&str, i64, &Outcome, i64)>> = ops
+    let completes: Option<Vec<(&str, i64, &Outcome, i64, bool)>> = ops
         .iter()
         .map(|op| match op {
             AttemptOp::Complete {
@@ -93,7 +93,8 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
                 epoch,
                 outcome,
                 now,
-            } => Some((task_id.as_str(), *epoch, outcome, *now)),
+                started,
+            } => Some((task_id.as_str(), *epoch, outcome, *now, *started)),
             _ => None,
         })
         .collect();
@@ -204,6 +205,7 @@ impl Store {
                     epoch: r.epoch,
                     outcome: r.outcome,
                     now: r.now,
+                    started: r.started,
                 })
             })
             .collect();

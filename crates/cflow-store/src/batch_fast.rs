@@ -337,7 +337,7 @@ pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Resul
 /// the elements one by one).
 pub(crate) async fn complete(
     cx: &mut OpCx<'_>,
-    reqs: &[(&str, i64, &Outcome, i64)],
+    reqs: &[(&str, i64, &Outcome, i64, bool)],
 ) -> Result<Option<Vec<Step>>> {
     let ids: Vec<&str> = reqs.iter().map(|r| r.0).collect();
     let live = read_live(cx, &ids).await?;
@@ -349,7 +349,7 @@ pub(crate) async fn complete(
         Ends(Head, Attempt, Ending),
     }
     let mut planned = Vec::with_capacity(reqs.len());
-    for &(task_id, epoch, outcome, now) in reqs {
+    for &(task_id, epoch, outcome, now, _) in reqs {
         let checked = match live.get(task_id) {
             None => Err(Error::NotFound(format!("task {task_id}"))),
             Some((h, a)) => check_live(task_id, epoch, h.clone(), a.clone()),
@@ -363,11 +363,11 @@ pub(crate) async fn complete(
         });
     }
 
-    let ended: Vec<(&Head, &Attempt, &Ending, &Outcome, i64)> = planned
+    let ended: Vec<(&Head, &Attempt, &Ending, &Outcome, i64, bool)> = planned
         .iter()
         .zip(reqs)
         .filter_map(|(p, r)| match p {
-            Planned::Ends(h, a, e) => Some((h, a, e, r.2, r.3)),
+            Planned::Ends(h, a, e) => Some((h, a, e, r.2, r.3, r.4)),
             Planned::Stale(_) => None,
         })
         .collect();
@@ -375,7 +375,8 @@ pub(crate) async fn complete(
     if !ended.is_empty() {
         let sql = format!(
             "UPDATE attempts SET state = v.state, ended_at = v.ended_at, exit_code = v.exit_code, \
-             stdout_tail = v.stdout_tail, stderr_tail = v.stderr_tail, result = v.result \
+             stdout_tail = v.stdout_tail, stderr_tail = v.stderr_tail, result = v.result, \
+             started_at = COALESCE(attempts.started_at, v.started_at) \
              FROM ({}) AS v WHERE attempts.task_id = v.task_id AND attempts.epoch = v.epoch \
              AND attempts.state IN ('assigned', 'running')",
             bulk::rows_from(
@@ -390,12 +391,13 @@ pub(crate) async fn complete(
                     ("stdout_tail", Text),
                     ("stderr_tail", Text),
                     ("result", Text),
+                    ("started_at", Int),
                 ],
             )
         );
         let rows = ended
             .iter()
-            .map(|(_, a, e, outcome, now)| {
+            .map(|(_, a, e, outcome, now, started)| {
                 (
                     &a.task_id,
                     a.epoch,
@@ -405,6 +407,7 @@ pub(crate) async fn complete(
                     tail(&outcome.stdout_tail),
                     tail(&outcome.stderr_tail),
                     outcome.result.as_ref().map(|r| r.to_string()),
+                    started.then_some(*now),
                 )
             })
             .collect::<Vec<_>>();
@@ -431,7 +434,7 @@ pub(crate) async fn complete(
         );
         let rows = ended
             .iter()
-            .map(|(_, a, e, _, now)| (&a.task_id, e.next.as_str(), &e.reason, e.retry_at, now))
+            .map(|(_, a, e, _, now, _)| (&a.task_id, e.next.as_str(), &e.reason, e.retry_at, now))
             .collect::<Vec<_>>();
         // The text holds only SQL written here; the values are in the one parameter.
         let n = execute_rows(cx, &sql, &rows).await?;
@@ -439,7 +442,7 @@ pub(crate) async fn complete(
 
         // The agents' counters, summed per agent.
         let mut agents: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
-        for (_, a, e, _, now) in &ended {
+        for (_, a, e, _, now, _) in &ended {
             let (done, failed) = e.counts();
             let s = agents.entry(a.agent_id.as_str()).or_default();
             *s = (s.0 + done, s.1 + failed, s.2 + e.busy, s.3.max(*now));
@@ -490,7 +493,7 @@ pub(crate) async fn complete(
             }
             Planned::Ends(h, _, e) => (h, e),
         };
-        let (task_id, epoch, _, now) = *r;
+        let (task_id, epoch, _, now, _) = *r;
         let settled = if with_deps.contains(task_id) {
             settle::settle(cx, task_id, None, e.next, now).await?
         } else {

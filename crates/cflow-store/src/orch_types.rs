@@ -433,6 +433,9 @@ pub struct CompleteRequest {
     pub epoch: i64,
     pub outcome: Outcome,
     pub now: i64,
+    /// The worker's start report came with this completion: the attempt's `started_at` is
+    /// recorded now by the completion, instead of by a start op (and ledger entry) of its own.
+    pub started: bool,
 }
 
 /// Where [`crate::Store::ready_tasks_after`] resumes: the queue order's key of the last task of

@@ -307,7 +307,25 @@ impl Scheduler {
                 }
             }
         }
-        // Starts first, so a start and a finish of one attempt in one batch apply in order.
+        // A start that arrives with its attempt's end (a fast task) is recorded by the
+        // completion itself: one commit and one ledger entry instead of two.
+        let finishing: HashSet<Held> = reports
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| acks[*i].is_none() && matches!(r, Report::Finished { .. }))
+            .map(|(_, r)| r.held())
+            .collect();
+        let mut folded: HashSet<Held> = HashSet::new();
+        for (i, r) in reports.iter().enumerate() {
+            if acks[i].is_none() && matches!(r, Report::Started { .. }) {
+                let h = r.held();
+                if finishing.contains(&h) {
+                    acks[i] = Some(ReportAck::ok());
+                    folded.insert(h);
+                }
+            }
+        }
+        // Other starts before the finishes, so a start and an end of one attempt apply in order.
         let starts: Vec<usize> = (0..reports.len())
             .filter(|&i| acks[i].is_none() && matches!(reports[i], Report::Started { .. }))
             .collect();
@@ -393,6 +411,10 @@ impl Scheduler {
                     epoch: *epoch,
                     outcome: outcome_of(outcome),
                     now,
+                    started: folded.contains(&Held {
+                        task_id: task_id.clone(),
+                        epoch: *epoch,
+                    }),
                 }),
                 _ => None,
             })
@@ -402,6 +424,32 @@ impl Scheduler {
         } else {
             self.store.complete_attempts(&self.sys, reqs).await?
         };
+        if !folded.is_empty() {
+            let waits: Vec<(String, String, i64)> = {
+                let st = self.lock();
+                folded
+                    .iter()
+                    .filter_map(|h| {
+                        st.running.get(&h.task_id).map(|r| {
+                            (
+                                r.task.tenant.clone(),
+                                h.task_id.clone(),
+                                now - r.task.enqueued_at,
+                            )
+                        })
+                    })
+                    .collect()
+            };
+            for (tenant, task_id, waited) in waits {
+                self.metrics.observe_start(waited);
+                self.publish(
+                    &tenant,
+                    "task.running",
+                    &task_id,
+                    json!({"worker_id": worker_id}),
+                );
+            }
+        }
         for (&i, res) in finishes.iter().zip(done) {
             let Report::Finished {
                 task_id, outcome, ..

@@ -121,6 +121,12 @@ async fn a_dag_runs_on_the_local_pool_and_outputs_flow_to_dependents() {
         assert_eq!(states, vec![TaskState::Succeeded; 3]);
         let attempts = store.list_attempts(&t, &ids[2]).await.unwrap();
         assert_eq!(attempts.len(), 1);
+        // A fast task's start arrives with its end and is recorded by the completion.
+        for id in &ids {
+            let a = &store.list_attempts(&t, id).await.unwrap()[0];
+            let (start, end) = (a.started_at.unwrap(), a.ended_at.unwrap());
+            assert!(a.assigned_at <= start && start <= end, "{a:?}");
+        }
         let out = attempts[0].stdout_tail.clone().unwrap_or_default();
         let inputs: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(inputs[&ids[0]]["n"], 20, "{out}");

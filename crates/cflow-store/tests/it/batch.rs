@@ -78,6 +78,7 @@ async fn batched_attempt_ops_answer_per_element() {
             epoch,
             outcome: outcome(OutcomeKind::Succeeded),
             now: n,
+            started: false,
         };
         let got = store
             .complete_attempts(
@@ -192,6 +193,7 @@ async fn set_based_batches_match_the_single_ops() {
             epoch: 1,
             outcome: outcome(kind),
             now: n + 5,
+            started: false,
         };
         let got = store
             .complete_attempts(

@@ -106,6 +106,7 @@ async fn lifecycle(store: &Store, backend: Backend) {
                             result: Some(json!({"n": from})),
                         },
                         now: n,
+                        started: false,
                     })
                     .collect();
                 for s in store.complete_attempts(&system(), done).await.unwrap() {
