@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use crate::attempts::{AttemptOp, check_lease};
 use crate::batch_fast::{self, AssignReq};
-use crate::orch_types::{AssignRequest, Attempt, CompleteRequest, Outcome, Settled, StartRequest};
+use crate::orch_types::{AssignRequest, Attempt, CompleteRequest, Settled, StartRequest};
 use crate::types::AuditContext;
 use crate::writer::{Op, OpCx, Output, Step};
 use crate::{Error, Result, Store};
@@ -85,7 +85,7 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
     if let Some(reqs) = starts {
         return Ok(Some(batch_fast::start(cx, &reqs).await?));
     }
-    let completes: Option<Vec<(&str, i64, &Outcome, i64, bool)>> = ops
+    let completes: Option<Vec<batch_fast::CompleteReq<'_>>> = ops
         .iter()
         .map(|op| match op {
             AttemptOp::Complete {

@@ -335,9 +335,12 @@ pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Resul
 
 /// Completions of distinct tasks; `None` when a task is a quorum replica (the caller then runs
 /// the elements one by one).
+/// One completion of a batch: task, epoch, outcome, time, and whether it also records the start.
+pub(crate) type CompleteReq<'a> = (&'a str, i64, &'a Outcome, i64, bool);
+
 pub(crate) async fn complete(
     cx: &mut OpCx<'_>,
-    reqs: &[(&str, i64, &Outcome, i64, bool)],
+    reqs: &[CompleteReq<'_>],
 ) -> Result<Option<Vec<Step>>> {
     let ids: Vec<&str> = reqs.iter().map(|r| r.0).collect();
     let live = read_live(cx, &ids).await?;
