@@ -371,75 +371,16 @@ async fn create_agent(
     swarm_id: &str,
     new: &NewAgent,
 ) -> Result<Step> {
-    let draft = Draft::success(
-        Some(tenant_id),
-        "agent.create",
-        format!("swarm/{swarm_id}/agent"),
-        json!({ "agent_type": new.agent_type, "driver": new.driver }),
-    );
-    let Some(swarm) = swarm_in_tx(cx, tenant_id, swarm_id).await? else {
-        return Ok(Step::failed(
-            Error::NotFound(format!("swarm {swarm_id}")),
-            draft,
-        ));
-    };
-    if swarm.state == SwarmState::Stopped {
-        let err = Error::State(format!(
-            "swarm {swarm_id} is stopped and takes no new agents"
-        ));
-        return Ok(Step::failed(err, draft));
+    let mut step = create_agents(cx, tenant_id, swarm_id, new, 1, AgentState::Starting).await?;
+    if let Ok(Output::Agents(agents)) = &mut step.result
+        && let Some(agent) = agents.pop()
+    {
+        for d in &mut step.audit {
+            d.resource = format!("agent/{}", agent.id);
+        }
+        step.result = Ok(Output::Agent(agent));
     }
-    // Stopped agents are history, not members: a pool that recycles its agents must not fill
-    // the swarm with them.
-    let count: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM agents WHERE swarm_id = $1 AND state NOT IN ('stopped', 'failed')",
-    )
-    .bind(swarm_id.to_string())
-    .fetch_one(&mut *cx.conn)
-    .await?;
-    if count >= swarm.max_agents {
-        let err = Error::State(format!(
-            "swarm {swarm_id} is full: it has {count} live agents of at most {}",
-            swarm.max_agents
-        ));
-        return Ok(Step::failed(err, draft));
-    }
-    let agent = Agent {
-        id: crate::tenants::new_id(),
-        tenant_id: tenant_id.to_string(),
-        swarm_id: swarm_id.to_string(),
-        agent_type: new.agent_type.clone(),
-        driver: new.driver.clone(),
-        capabilities: new.capabilities.clone(),
-        labels: new.labels.clone(),
-        state: AgentState::Starting,
-        tasks_done: 0,
-        failures: 0,
-        busy_ms: 0,
-        created_at: cx.now,
-        updated_at: cx.now,
-    };
-    sqlx::query(
-        "INSERT INTO agents (id, tenant_id, swarm_id, agent_type, driver, capabilities, labels, \
-         state, tasks_done, failures, busy_ms, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $9)",
-    )
-    .bind(agent.id.clone())
-    .bind(agent.tenant_id.clone())
-    .bind(agent.swarm_id.clone())
-    .bind(agent.agent_type.clone())
-    .bind(agent.driver.clone())
-    .bind(json!(agent.capabilities).to_string())
-    .bind(json!(agent.labels).to_string())
-    .bind(agent.state.as_str())
-    .bind(cx.now)
-    .execute(&mut *cx.conn)
-    .await?;
-    let draft = Draft {
-        resource: format!("agent/{}", agent.id),
-        ..draft
-    };
-    Ok(Step::done(Output::Agent(agent), draft))
+    Ok(step)
 }
 
 /// Writer op: moves an agent to `state`.
