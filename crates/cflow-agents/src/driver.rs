@@ -55,6 +55,9 @@ pub struct Job {
     /// The most bytes kept of each of stdout and stderr (separately). Bytes beyond it are read
     /// and discarded, so the job never blocks on a full pipe and memory stays bounded.
     pub output_cap: usize,
+    /// The admin's sandbox settings for this job's tenant and agent (from the server), applied
+    /// over the worker's default policy. `None`: the defaults.
+    pub sandbox: Option<cflow_sandbox::host::Settings>,
 }
 
 /// The driver-specific part of a [`Job`]. It grows with the drivers (issue 5 adds model work).
@@ -74,8 +77,15 @@ pub struct ExecSpec {
     /// Variables added to the command's environment, after the server's allow-listed variables
     /// (see `ExecConfig::pass_env`), so they win on a clash.
     pub env: Vec<(String, String)>,
-    /// The working directory; `None` means the server's own. It must exist.
+    /// The working directory; `None` means the server's own. It must exist. Unsandboxed only:
+    /// a sandboxed command works in its workspace.
     pub cwd: Option<PathBuf>,
+    /// Where the sandboxed command's workspace comes from (default: empty).
+    pub workspace: Option<cflow_sandbox::workspace::Source>,
+    /// Which files of the workspace to keep as artifacts (the patch is always taken).
+    pub artifacts: Option<cflow_sandbox::artifacts::Spec>,
+    /// The network the task asks for; at most what its policy allows.
+    pub network: Option<cflow_sandbox::Network>,
 }
 
 /// What the `exec` driver starts.
@@ -95,6 +105,9 @@ impl ExecSpec {
             command: ExecCommand::Shell(command.into()),
             env: Vec::new(),
             cwd: None,
+            workspace: None,
+            artifacts: None,
+            network: None,
         }
     }
 
@@ -111,6 +124,9 @@ impl ExecSpec {
             },
             env: Vec::new(),
             cwd: None,
+            workspace: None,
+            artifacts: None,
+            network: None,
         }
     }
 
@@ -170,12 +186,45 @@ pub enum JobEnd {
     TimedOut,
     /// The job was cancelled through its token and stopped.
     Cancelled,
+    /// The sandbox killed the job's processes because they went over a limit.
+    Killed { limit: KilledBy },
+}
+
+/// The limit that made the sandbox kill a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KilledBy {
+    /// The tree's memory limit (the kernel's OOM killer ended a process of it).
+    Memory,
+    /// The workspace's disk quota.
+    Disk,
+}
+
+impl KilledBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KilledBy::Memory => "memory",
+            KilledBy::Disk => "disk",
+        }
+    }
 }
 
 impl JobEnd {
     /// Whether the attempt succeeded: exit code 0.
     pub fn is_success(self) -> bool {
         matches!(self, JobEnd::Exited { code: 0 })
+    }
+
+    /// How the attempt record states it: `exit 3`, `signal 9`, `timed_out`, `killed: cancelled`,
+    /// `killed: memory`, `killed: disk`.
+    pub fn describe(self) -> String {
+        match self {
+            JobEnd::Exited { code } => format!("exit {code}"),
+            JobEnd::Signalled { signal } => format!("signal {signal}"),
+            JobEnd::TimedOut => "timed_out".to_string(),
+            JobEnd::Cancelled => "killed: cancelled".to_string(),
+            JobEnd::Killed { limit } => format!("killed: {}", limit.as_str()),
+        }
     }
 }
 
@@ -206,6 +255,8 @@ impl Captured {
 pub enum Isolation {
     /// No isolation at all, and why.
     None { reason: String },
+    /// The sandbox, with the state of each of its layers.
+    Sandboxed { layers: cflow_sandbox::Layers },
 }
 
 impl Isolation {
@@ -213,6 +264,27 @@ impl Isolation {
     pub fn is_isolated(&self) -> bool {
         match self {
             Isolation::None { .. } => false,
+            Isolation::Sandboxed { layers } => layers.values().any(|s| s.is_active()),
+        }
+    }
+
+    /// One line for the attempt record: `none: <why>`, or `sandbox: <active layers>` followed by
+    /// `; missing: <layer> (<why>)` for each layer that was not active.
+    pub fn summary(&self) -> String {
+        match self {
+            Isolation::None { reason } => format!("none: {reason}"),
+            Isolation::Sandboxed { layers } => {
+                let active: Vec<&str> = layers
+                    .iter()
+                    .filter(|(_, s)| s.is_active())
+                    .map(|(l, _)| l.as_str())
+                    .collect();
+                let mut line = format!("sandbox: {}", active.join(", "));
+                for (layer, state) in layers.iter().filter(|(_, s)| !s.is_active()) {
+                    line.push_str(&format!("; {layer} {state}"));
+                }
+                line
+            }
         }
     }
 }
@@ -236,6 +308,10 @@ pub struct JobOutcome {
     /// Why a `CFLOW_RESULT` line was present but not used (invalid JSON, not an object).
     pub result_error: Option<String>,
     pub isolation: Isolation,
+    /// What the sandbox saw (layers, denials, limits hit), for sandboxed jobs.
+    pub sandbox: Option<cflow_sandbox::spec::RunReport>,
+    /// What the job produced: the workspace's patch, files matching the task's globs.
+    pub artifacts: Vec<cflow_sandbox::artifacts::Artifact>,
 }
 
 impl JobOutcome {
@@ -250,6 +326,8 @@ impl JobOutcome {
             result: None,
             result_error: None,
             isolation,
+            sandbox: None,
+            artifacts: Vec::new(),
         }
     }
 }
@@ -279,6 +357,10 @@ pub enum DriverError {
     },
     #[error("unknown driver '{kind}': expected one of {known}")]
     UnknownDriver { kind: String, known: String },
+    /// The sandbox could not run the job (a missing layer, a workspace that could not be made,
+    /// a network the policy does not grant). The message names the cause and the fix.
+    #[error("{message}")]
+    Sandbox { message: String, retryable: bool },
     #[error("I/O error while supervising the job: {0}")]
     Io(#[from] std::io::Error),
 }

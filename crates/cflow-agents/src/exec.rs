@@ -3,24 +3,37 @@
 
 use crate::driver::{
     BoxFuture, Captured, Driver, DriverError, ExecCommand, ExecSpec, Isolation, Job, JobEnd,
-    JobEvent, JobOutcome, JobSpec, OutputStream,
+    JobEvent, JobOutcome, JobSpec, KilledBy, OutputStream,
 };
 use crate::group::ProcessGroup;
 use crate::output::{parse_result, pump};
+use cflow_sandbox::Policy;
+use cflow_sandbox::host::{PrepareError, Prepared, RunRequest, Sandbox};
 use rustix::process::Signal;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Why exec jobs report [`Isolation::None`] until the sandbox (issue 4) replaces this path.
-pub const UNSANDBOXED_REASON: &str = "not sandboxed: the sandbox is not built yet (issue 4), so \
-     the command runs as the server's user, with the server's filesystem and network access";
+/// Why exec jobs of a driver built without a sandbox report [`Isolation::None`]: the operator
+/// turned the sandbox off for this server or worker (`[sandbox] mode = "off"`).
+pub const UNSANDBOXED_REASON: &str = "the sandbox is turned off in this server's or worker's \
+     configuration (sandbox.mode = \"off\"), so the command runs as its user, with its \
+     filesystem and network access";
+
+/// Why a job an admin exempted from the sandbox reports [`Isolation::None`].
+pub const OPTED_OUT_REASON: &str = "an admin turned the sandbox off for this tenant or agent \
+     (sandbox mode \"off\", audited), so the command runs as the worker's user, with its \
+     filesystem and network access";
+
+/// How often the workspace's disk use is measured against its quota.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// Server environment variables a command inherits by default. Everything else in the server's
 /// environment (API keys, the master key, database URLs) is withheld: a command sees only these,
@@ -49,15 +62,38 @@ impl Default for ExecConfig {
     }
 }
 
-/// Runs [`JobSpec::Exec`] jobs as local processes.
+/// Runs [`JobSpec::Exec`] jobs as local processes: in the sandbox when it has one.
 #[derive(Debug, Clone, Default)]
 pub struct ExecDriver {
     config: ExecConfig,
+    sandbox: Option<Arc<Sandbox>>,
+    /// What a probe run found on this host, for [`Driver::isolation`].
+    host_layers: Option<Result<cflow_sandbox::Layers, String>>,
 }
 
 impl ExecDriver {
+    /// A driver without a sandbox: only for an operator who turned it off explicitly.
     pub fn new(config: ExecConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            sandbox: None,
+            host_layers: None,
+        }
+    }
+
+    /// A driver whose every job runs in `sandbox` (unless an admin exempted the job's tenant or
+    /// agent). Runs one probe job (`true`) to learn which layers this host provides.
+    pub fn sandboxed(config: ExecConfig, sandbox: Arc<Sandbox>) -> Self {
+        let host_layers = Some(sandbox.probe());
+        Self {
+            config,
+            sandbox: Some(sandbox),
+            host_layers,
+        }
+    }
+
+    pub fn sandbox(&self) -> Option<&Arc<Sandbox>> {
+        self.sandbox.as_ref()
     }
 
     pub fn config(&self) -> &ExecConfig {
@@ -70,15 +106,8 @@ impl ExecDriver {
         events: mpsc::Sender<JobEvent>,
         cancel: CancellationToken,
     ) -> Result<JobOutcome, DriverError> {
-        let Job {
-            task_id,
-            attempt,
-            spec,
-            timeout,
-            output_cap,
-        } = job;
-        let spec = match spec {
-            JobSpec::Exec(spec) => spec,
+        let spec = match &job.spec {
+            JobSpec::Exec(spec) => spec.clone(),
             other => {
                 return Err(DriverError::Unsupported {
                     driver: "exec",
@@ -86,41 +115,252 @@ impl ExecDriver {
                 });
             }
         };
+        let mut policy = None;
+        if let Some(sandbox) = &self.sandbox {
+            let mut p = sandbox.config().policy.clone();
+            let off = job.sandbox.as_ref().is_some_and(|s| s.apply(&mut p));
+            if !off {
+                policy = Some(p);
+            }
+        }
+        match (&self.sandbox, policy) {
+            (Some(sandbox), Some(policy)) => {
+                self.run_sandboxed(sandbox, policy, job, spec, events, cancel)
+                    .await
+            }
+            (Some(_), None) => {
+                let reason = OPTED_OUT_REASON.to_string();
+                self.run_plain(job, spec, events, cancel, Isolation::None { reason })
+                    .await
+            }
+            (None, _) => {
+                let iso = self.isolation();
+                self.run_plain(job, spec, events, cancel, iso).await
+            }
+        }
+    }
+
+    async fn run_plain(
+        &self,
+        job: Job,
+        spec: ExecSpec,
+        events: mpsc::Sender<JobEvent>,
+        cancel: CancellationToken,
+        isolation: Isolation,
+    ) -> Result<JobOutcome, DriverError> {
+        if spec.workspace.is_some() || spec.artifacts.is_some() || spec.network.is_some() {
+            return Err(DriverError::Sandbox {
+                message: "this task asks for a workspace, artifacts or a network setting, which \
+                          only the sandbox provides, and the sandbox is off for it — remove \
+                          those fields or run it where the sandbox is on"
+                    .to_string(),
+                retryable: false,
+            });
+        }
         // Checked up front because a missing directory fails the spawn with the same ENOENT as
         // a missing program, and the message would blame the wrong thing.
         if let Some(dir) = &spec.cwd {
             check_dir(dir)?;
         }
         let started = std::time::Instant::now();
-        let mut outcome = JobOutcome::new(JobEnd::Cancelled, self.isolation());
+        let mut outcome = JobOutcome::new(JobEnd::Cancelled, isolation);
         if cancel.is_cancelled() {
             outcome.wall_time = started.elapsed();
             return Ok(outcome);
         }
+        let mut command = self.command(&job.task_id, job.attempt, &spec);
+        if let Some(dir) = &spec.cwd {
+            command.current_dir(dir);
+        }
+        let child = command.spawn().map_err(|source| DriverError::SpawnFailed {
+            program: program_name(&spec.command).to_string(),
+            source,
+        })?;
+        let run = self
+            .supervise_run(child, &job, &events, &cancel, None)
+            .await?;
+        outcome.end = run.end;
+        outcome.wall_time = started.elapsed();
+        outcome.cpu_time = run.cpu_time;
+        finish_output(&mut outcome, run.out, run.err);
+        Ok(outcome)
+    }
 
-        let mut child = self
-            .command(&task_id, attempt, &spec)
-            .spawn()
-            .map_err(|source| DriverError::SpawnFailed {
-                program: program_name(&spec.command).to_string(),
-                source,
+    async fn run_sandboxed(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        mut policy: Policy,
+        job: Job,
+        spec: ExecSpec,
+        events: mpsc::Sender<JobEvent>,
+        cancel: CancellationToken,
+    ) -> Result<JobOutcome, DriverError> {
+        if let Some(asked) = spec.network {
+            if asked > policy.network {
+                return Err(DriverError::Sandbox {
+                    message: format!(
+                        "the task asks for network '{}' but its policy allows '{}' — ask an \
+                         admin to grant it (PUT /api/v1/tenants/{{id}}/sandbox), or drop \
+                         the task's network field",
+                        asked.as_str(),
+                        policy.network.as_str()
+                    ),
+                    retryable: false,
+                });
+            }
+            policy.network = asked;
+        }
+        let started = std::time::Instant::now();
+        if cancel.is_cancelled() {
+            let mut outcome = JobOutcome::new(JobEnd::Cancelled, self.isolation());
+            outcome.wall_time = started.elapsed();
+            return Ok(outcome);
+        }
+        let (argv, env) = self.argv_env(&job.task_id, job.attempt, &spec);
+        let request = RunRequest {
+            id: format!("{}-{}", safe_id(&job.task_id), job.attempt),
+            argv,
+            env,
+            workspace: spec.workspace.clone().unwrap_or_default(),
+            policy: policy.clone(),
+        };
+        let sb = Arc::clone(sandbox);
+        let prepared = tokio::task::spawn_blocking(move || sb.prepare(request))
+            .await
+            .map_err(|e| io::Error::other(format!("workspace preparation panicked: {e}")))?
+            .map_err(|e| DriverError::Sandbox {
+                message: e.to_string(),
+                retryable: matches!(e, PrepareError::Io(_) | PrepareError::Cgroup(_)),
             })?;
+        let mut command = Command::new(&prepared.launcher);
+        command
+            .args(prepared.args())
+            .env_clear()
+            // The lifeline: the launcher kills the sandbox when this pipe closes, so a worker
+            // that dies (even by SIGKILL) leaves nothing running.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let sb = Arc::clone(sandbox);
+                let _ = tokio::task::spawn_blocking(move || {
+                    sb.finish(prepared, false, &Default::default())
+                })
+                .await;
+                return Err(DriverError::Sandbox {
+                    message: format!(
+                        "cannot start the sandbox launcher: {source} — check sandbox.launcher \
+                         (or CFLOW_SANDBOX_LAUNCHER)"
+                    ),
+                    retryable: true,
+                });
+            }
+        };
+        let prepared = Arc::new(prepared);
+        let disk = DiskQuota {
+            prepared: Arc::clone(&prepared),
+            limit: policy.limits.disk_bytes,
+        };
+        let run = self
+            .supervise_run(child, &job, &events, &cancel, Some(disk))
+            .await;
+        let prepared = Arc::try_unwrap(prepared).map_err(|_| {
+            io::Error::other("the disk quota watcher still holds the run after it ended")
+        })?;
+        let succeeded_guess = run.as_ref().is_ok_and(|r| r.end.is_success());
+        let artifact_spec = spec.artifacts.clone().unwrap_or_default();
+        let sb = Arc::clone(sandbox);
+        let finished = tokio::task::spawn_blocking(move || {
+            sb.finish(prepared, succeeded_guess, &artifact_spec)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("sandbox cleanup panicked: {e}")))?;
+        let run = run?;
+        if let Some(message) = finished.setup_error {
+            return Err(DriverError::Sandbox {
+                message,
+                retryable: false,
+            });
+        }
+        let mut end = run.end;
+        if run.stopped.is_none() {
+            // The launcher exits 128+N when the command died of signal N: the report knows
+            // which it was.
+            if let Some((code, signal)) = finished.exit {
+                end = match (code, signal) {
+                    (Some(code), _) => JobEnd::Exited { code },
+                    (None, Some(signal)) => JobEnd::Signalled { signal },
+                    (None, None) => end,
+                };
+            }
+            if finished.oom_killed && !end.is_success() {
+                end = JobEnd::Killed {
+                    limit: KilledBy::Memory,
+                };
+            }
+        }
+        let mut outcome = JobOutcome::new(
+            end,
+            Isolation::Sandboxed {
+                layers: finished.report.layers.clone(),
+            },
+        );
+        if end
+            == (JobEnd::Killed {
+                limit: KilledBy::Disk,
+            })
+        {
+            let mut report = finished.report;
+            report.limits_hit.push(format!(
+                "disk: the workspace went over its {}-byte quota",
+                policy.limits.disk_bytes
+            ));
+            outcome.cpu_time = report.cpu_time_ms.map(Duration::from_millis);
+            outcome.sandbox = Some(report);
+        } else {
+            outcome.cpu_time = finished.report.cpu_time_ms.map(Duration::from_millis);
+            outcome.sandbox = Some(finished.report);
+        }
+        outcome.artifacts = finished.artifacts;
+        outcome.wall_time = started.elapsed();
+        finish_output(&mut outcome, run.out, run.err);
+        Ok(outcome)
+    }
+
+    /// Streams output, waits for the end (exit, timeout, cancel or the disk quota), and leaves
+    /// nothing of the process group alive.
+    async fn supervise_run(
+        &self,
+        mut child: Child,
+        job: &Job,
+        events: &mpsc::Sender<JobEvent>,
+        cancel: &CancellationToken,
+        disk: Option<DiskQuota>,
+    ) -> Result<Run, DriverError> {
+        let task_id = &job.task_id;
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("the spawned child has no pid"))?;
         let mut group = ProcessGroup::new(pid)?;
         let grace = self.config.kill_grace;
+        // Held open for the whole run: the sandbox launcher's lifeline (None when unsandboxed).
+        let _lifeline = child.stdin.take();
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let (mut out, mut err) = (Captured::default(), Captured::default());
+        let output_cap = job.output_cap;
 
         let supervised = {
             let pumps = async {
                 tokio::join!(
-                    pump(stdout, OutputStream::Stdout, output_cap, &mut out, &events),
-                    pump(stderr, OutputStream::Stderr, output_cap, &mut err, &events),
+                    pump(stdout, OutputStream::Stdout, output_cap, &mut out, events),
+                    pump(stderr, OutputStream::Stderr, output_cap, &mut err, events),
                 )
             };
-            let supervise = supervise(&mut child, &mut group, timeout, grace, &cancel);
+            let supervise = supervise(&mut child, &mut group, job.timeout, grace, cancel, disk);
             tokio::pin!(pumps, supervise);
             // Output is drained concurrently with supervision, so a chatty command never blocks
             // on a full pipe while we wait for it to exit.
@@ -144,18 +384,42 @@ impl ExecDriver {
             }
             supervised
         };
-        let (end, cpu_time) = supervised?;
+        let (end, stopped, cpu_time) = supervised?;
+        Ok(Run {
+            end,
+            stopped,
+            cpu_time,
+            out,
+            err,
+        })
+    }
 
-        outcome.end = end;
-        outcome.wall_time = started.elapsed();
-        outcome.cpu_time = cpu_time;
-        match parse_result(&out) {
-            Ok(result) => outcome.result = result,
-            Err(reason) => outcome.result_error = Some(reason),
+    /// The command line and environment of a job: the allow-listed server variables,
+    /// `CFLOW_TASK_ID`, `CFLOW_ATTEMPT`, then the job's own.
+    fn argv_env(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        spec: &ExecSpec,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let argv = match &spec.command {
+            ExecCommand::Program { program, args } => {
+                let mut v = vec![program.clone()];
+                v.extend(args.iter().cloned());
+                v
+            }
+            ExecCommand::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        };
+        let mut env = Vec::new();
+        for name in &self.config.pass_env {
+            if let Ok(value) = std::env::var(name) {
+                env.push((name.clone(), value));
+            }
         }
-        outcome.stdout = out;
-        outcome.stderr = err;
-        Ok(outcome)
+        env.push(("CFLOW_TASK_ID".into(), task_id.to_string()));
+        env.push(("CFLOW_ATTEMPT".into(), attempt.to_string()));
+        env.extend(spec.env.iter().cloned());
+        (argv, env)
     }
 
     fn command(&self, task_id: &str, attempt: u32, spec: &ExecSpec) -> Command {
@@ -181,9 +445,6 @@ impl ExecDriver {
             .env("CFLOW_TASK_ID", task_id)
             .env("CFLOW_ATTEMPT", attempt.to_string())
             .envs(spec.env.iter().map(|(k, v)| (k, v)));
-        if let Some(dir) = &spec.cwd {
-            command.current_dir(dir);
-        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -203,8 +464,16 @@ impl Driver for ExecDriver {
     }
 
     fn isolation(&self) -> Isolation {
-        Isolation::None {
-            reason: UNSANDBOXED_REASON.to_string(),
+        match &self.host_layers {
+            None => Isolation::None {
+                reason: UNSANDBOXED_REASON.to_string(),
+            },
+            Some(Ok(layers)) => Isolation::Sandboxed {
+                layers: layers.clone(),
+            },
+            Some(Err(why)) => Isolation::None {
+                reason: format!("the sandbox probe failed on this host: {why}"),
+            },
         }
     }
 
@@ -218,24 +487,73 @@ impl Driver for ExecDriver {
     }
 }
 
-/// Waits for the job to end by itself, time out or be cancelled, then makes sure its whole
-/// process group is dead and its leader reaped. Returns how it ended and the leader's CPU time.
+/// A finished supervision: how it ended, whether cflow stopped it, and the output.
+struct Run {
+    end: JobEnd,
+    stopped: Option<JobEnd>,
+    cpu_time: Option<Duration>,
+    out: Captured,
+    err: Captured,
+}
+
+/// The workspace quota of a sandboxed run, measured while it runs.
+struct DiskQuota {
+    prepared: Arc<Prepared>,
+    limit: u64,
+}
+
+impl DiskQuota {
+    /// Completes when the workspace uses more than the limit.
+    async fn exceeded(&self) {
+        let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let prepared = Arc::clone(&self.prepared);
+            let used = tokio::task::spawn_blocking(move || prepared.disk_usage()).await;
+            if let Ok(Ok(used)) = used
+                && used > self.limit
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for the job to end by itself, time out, be cancelled or go over its disk quota, then
+/// makes sure its whole process group is dead and its leader reaped. Returns how it ended, what
+/// stopped it (if cflow did), and the leader's CPU time.
 async fn supervise(
     child: &mut Child,
     group: &mut ProcessGroup,
     timeout: Duration,
     grace: Duration,
     cancel: &CancellationToken,
-) -> Result<(JobEnd, Option<Duration>), DriverError> {
+    disk: Option<DiskQuota>,
+) -> Result<(JobEnd, Option<JobEnd>, Option<Duration>), DriverError> {
+    let over_quota = async {
+        match &disk {
+            Some(d) => d.exceeded().await,
+            None => std::future::pending().await,
+        }
+    };
     let stopped = tokio::select! {
         exited = group.leader_exited(child) => { exited?; None }
         () = tokio::time::sleep(timeout) => Some(JobEnd::TimedOut),
         () = cancel.cancelled() => Some(JobEnd::Cancelled),
+        () = over_quota => Some(JobEnd::Killed { limit: KilledBy::Disk }),
     };
-    if stopped.is_some() {
-        // Ask first: a well-behaved command gets the grace period to clean up.
-        group.signal(Signal::TERM);
-        group.wait_gone(deadline_after(grace)).await;
+    match stopped {
+        Some(JobEnd::Killed { .. }) => {
+            // Over a quota: no grace, the disk is filling now.
+            group.signal(Signal::KILL);
+        }
+        Some(_) => {
+            // Ask first: a well-behaved command gets the grace period to clean up.
+            group.signal(Signal::TERM);
+            group.wait_gone(deadline_after(grace)).await;
+        }
+        None => {}
     }
     // Whatever is left dies now: processes that ignored SIGTERM or, after a normal exit,
     // background processes the command left behind (the job is over, so they are strays). The
@@ -256,7 +574,29 @@ async fn supervise(
         Some(end) => end,
         None => end_from_status(status)?,
     };
-    Ok((end, cpu_time))
+    Ok((end, stopped, cpu_time))
+}
+
+fn finish_output(outcome: &mut JobOutcome, out: Captured, err: Captured) {
+    match parse_result(&out) {
+        Ok(result) => outcome.result = result,
+        Err(reason) => outcome.result_error = Some(reason),
+    }
+    outcome.stdout = out;
+    outcome.stderr = err;
+}
+
+/// A task id as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.
+fn safe_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn end_from_status(status: ExitStatus) -> Result<JobEnd, DriverError> {

@@ -40,7 +40,7 @@ pub mod registry;
 
 pub use driver::{
     BoxFuture, Captured, Driver, DriverError, ExecCommand, ExecSpec, Isolation, Job, JobEnd,
-    JobEvent, JobOutcome, JobSpec, OutputStream,
+    JobEvent, JobOutcome, JobSpec, KilledBy, OutputStream,
 };
 pub use exec::{ExecConfig, ExecDriver};
 pub use noop::NoopDriver;

@@ -95,6 +95,10 @@ pub struct Assignment {
     /// the stdout tail when they had none), so a task can build on what came before.
     #[serde(default)]
     pub inputs: BTreeMap<String, serde_json::Value>,
+    /// The admins' sandbox settings for the task's tenant and agent, merged by the server
+    /// (agent over tenant); the worker applies them over its own default policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<cflow_sandbox::host::Settings>,
 }
 
 /// `POST /api/v1/workers/{id}/reports`: a batch, answered one [`ReportAck`] per report.
@@ -166,6 +170,11 @@ pub struct Finished {
     /// The isolation the attempt ran under, as the driver reported it (`none: ...` until the
     /// sandbox lands).
     pub isolation: String,
+    /// What the worker saw of the ending, stored on the attempt as given: `end` (how the job
+    /// ended, e.g. `exit 3` or `killed: memory`), `isolation` (as above), `sandbox` (the
+    /// sandbox's report, or null) and, when an upload failed for good, `artifacts_failed`.
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -226,9 +235,13 @@ fn exec_spec(spec: &serde_json::Value) -> Result<ExecSpec, String> {
         .as_object()
         .ok_or("an exec task's spec must be an object with \"command\" or \"program\"")?;
     for key in obj.keys() {
-        if !matches!(key.as_str(), "command" | "program" | "args" | "env" | "cwd") {
+        if !matches!(
+            key.as_str(),
+            "command" | "program" | "args" | "env" | "cwd" | "workspace" | "artifacts" | "network"
+        ) {
             return Err(format!(
-                "unknown field '{key}' in an exec spec (known: command, program, args, env, cwd)"
+                "unknown field '{key}' in an exec spec (known: command, program, args, env, cwd, \
+                 workspace, artifacts, network)"
             ));
         }
     }
@@ -286,7 +299,62 @@ fn exec_spec(spec: &serde_json::Value) -> Result<ExecSpec, String> {
         None => None,
         Some(c) => Some(c.as_str().ok_or("\"cwd\" must be a string")?.into()),
     };
-    Ok(ExecSpec { command, env, cwd })
+    let workspace = match obj.get("workspace") {
+        None => None,
+        Some(w) => {
+            let source: cflow_sandbox::workspace::Source = serde_json::from_value(w.clone())
+                .map_err(|e| {
+                    format!(
+                        "invalid \"workspace\": {e} (expected {{\"kind\": \"empty\"}}, \
+                         {{\"kind\": \"copy\", \"path\": \"/abs/dir\"}} or {{\"kind\": \"git\", \
+                         \"repo\": \"URL or /abs/repo\", \"ref\": \"main\"}})"
+                    )
+                })?;
+            source
+                .validate()
+                .map_err(|e| format!("invalid \"workspace\": {e}"))?;
+            Some(source)
+        }
+    };
+    let artifacts = match obj.get("artifacts") {
+        None => None,
+        Some(serde_json::Value::Array(globs)) => {
+            let globs = globs
+                .iter()
+                .map(|g| g.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(
+                    "\"artifacts\" must be an array of glob strings, e.g. [\"out/**/*.json\"]",
+                )?;
+            let spec = cflow_sandbox::artifacts::Spec {
+                globs,
+                ..Default::default()
+            };
+            spec.validate()
+                .map_err(|e| format!("invalid \"artifacts\": {e}"))?;
+            Some(spec)
+        }
+        Some(_) => {
+            return Err(
+                "\"artifacts\" must be an array of glob strings, e.g. [\"out/**/*.json\"]".into(),
+            );
+        }
+    };
+    let network = match obj.get("network") {
+        None => None,
+        Some(n) => Some(cflow_sandbox::Network::parse(
+            n.as_str()
+                .ok_or("\"network\" must be \"off\", \"loopback\" or \"full\"")?,
+        )?),
+    };
+    Ok(ExecSpec {
+        command,
+        env,
+        cwd,
+        workspace,
+        artifacts,
+        network,
+    })
 }
 
 #[cfg(test)]

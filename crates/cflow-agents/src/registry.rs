@@ -28,6 +28,19 @@ impl Drivers {
         drivers
     }
 
+    /// The built-in drivers with `exec` running in `sandbox` (`None`: the operator turned the
+    /// sandbox off, and every exec attempt says so).
+    pub fn with_sandbox(
+        exec_config: ExecConfig,
+        sandbox: Option<Arc<cflow_sandbox::host::Sandbox>>,
+    ) -> Self {
+        let mut drivers = Self::builtin(exec_config.clone());
+        if let Some(sandbox) = sandbox {
+            drivers.register(Arc::new(ExecDriver::sandboxed(exec_config, sandbox)));
+        }
+        drivers
+    }
+
     /// Adds a driver, replacing (and returning) any driver of the same kind.
     pub fn register(&mut self, driver: Arc<dyn Driver>) -> Option<Arc<dyn Driver>> {
         self.by_kind.insert(driver.kind(), driver)

@@ -149,6 +149,18 @@ pub enum TenantCmd {
     Create { name: String },
     /// List tenants.
     List,
+    /// Show a tenant's sandbox overrides; set them (superadmin) with --set or clear them.
+    Sandbox {
+        /// Tenant id or name.
+        tenant: String,
+        /// A JSON object: {"mode": "enforce"|"off", "network": "off"|"loopback"|"full",
+        /// "allow_degraded": bool, "limits": {"memory_bytes": N, …}}.
+        #[arg(long, value_name = "JSON", conflicts_with = "clear")]
+        set: Option<String>,
+        /// Remove every override (back to the platform's defaults).
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,16 @@ mod workflow;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The sandbox launcher (started by cflow itself for every agent command): before anything
+    // else, and without the async runtime, since it must stay single-threaded until it execs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == cflow_sandbox::LAUNCHER_ARG)
+    {
+        let code = cflow_sandbox::launch::launcher_main(&args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

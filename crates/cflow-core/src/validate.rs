@@ -152,9 +152,80 @@ pub fn value_size(serialised_len: usize) -> Result {
     Ok(())
 }
 
+/// Longest artifact name, in bytes.
+pub const MAX_ARTIFACT_NAME_BYTES: usize = 255;
+/// The kinds of artifact a task attempt may store.
+pub const ARTIFACT_KINDS: [&str; 3] = ["patch", "file", "log"];
+
+/// An artifact name: a relative path of 1–255 bytes, without NUL, without a leading `/` and
+/// without a `..` segment, so that writing it under a download directory stays inside it.
+pub fn artifact_name(value: &str) -> Result {
+    let field = "name";
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_ARTIFACT_NAME_BYTES {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be at most {MAX_ARTIFACT_NAME_BYTES} bytes (got {})",
+                value.len()
+            ),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(ValidationError::new(field, "must not contain NUL"));
+    }
+    if value.starts_with('/') || value.starts_with('\\') {
+        return Err(ValidationError::new(
+            field,
+            format!("must be a relative path (got {value:?})"),
+        ));
+    }
+    if value.split(['/', '\\']).any(|seg| seg == "..") {
+        return Err(ValidationError::new(
+            field,
+            format!("must not contain a '..' segment (got {value:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// An artifact kind: one of [`ARTIFACT_KINDS`].
+pub fn artifact_kind(value: &str) -> Result {
+    if ARTIFACT_KINDS.contains(&value) {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        "kind",
+        format!("must be one of patch, file, log (got {value:?})"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifact_names() {
+        for ok in ["a", "out/diff.patch", "a..b", &"x".repeat(255)] {
+            assert!(artifact_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/..",
+            "a\0b",
+            &"x".repeat(256),
+        ] {
+            let e = artifact_name(bad).unwrap_err();
+            assert_eq!(e.field, "name", "{bad:?}");
+        }
+        assert!(artifact_kind("patch").is_ok());
+        assert!(artifact_kind("blob").is_err());
+    }
 
     #[test]
     fn names() {

@@ -105,6 +105,14 @@ pub mod op {
         /// Reading a quota is for the superadmin and the tenant's own admins; the handler checks
         /// the role, since no action of the matrix means exactly that.
         TenantQuotaRead => SwarmRead, "tenant.quota.read";
+        /// Sandbox overrides loosen or tighten isolation: setting them is platform
+        /// administration, like quotas.
+        TenantSandboxSet => TenantUpdate, "tenant.sandbox.set";
+        /// Like quotas: the superadmin and the tenant's own admins (the handler checks the role).
+        TenantSandboxRead => SwarmRead, "tenant.sandbox.read";
+        WorkerArtifact => WorkerConnect, "worker.artifact";
+        /// Artifacts are part of a task's record: reading them needs `TaskRead`.
+        TaskArtifacts => TaskRead, "task.artifacts";
     }
 }
 

@@ -30,6 +30,12 @@ pub struct ServerConfig {
     pub sched: crate::sched::SchedConfig,
     /// How many recent events `GET /api/v1/events` can replay to a client that reconnects.
     pub event_buffer: usize,
+    /// The sandbox every command of the local pool runs in.
+    pub sandbox: cflow_sandbox::host::Options,
+    /// Host files commands must never see besides the data directory (the CLI adds the config
+    /// file it read). Not a config key.
+    #[serde(skip)]
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Token buckets: a sustained rate per second and a burst. `0` as a rate means unlimited.
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             metrics_public: false,
             sched: crate::sched::SchedConfig::default(),
             event_buffer: 65_536,
+            sandbox: cflow_sandbox::host::Options::default(),
+            secret_files: Vec::new(),
         }
     }
 }

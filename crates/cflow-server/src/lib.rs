@@ -72,6 +72,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 44, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 49, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }

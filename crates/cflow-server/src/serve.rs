@@ -239,9 +239,15 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             source,
         })?;
     let events = crate::events::EventBus::new(config.event_buffer);
-    let sched = crate::sched::Scheduler::start(store.clone(), events.clone(), config.sched.clone())
-        .await
-        .map_err(|e| ServerError::Scheduler(e.to_string()))?;
+    let drivers = local_drivers(&config)?;
+    let sched = crate::sched::Scheduler::start_with(
+        store.clone(),
+        events.clone(),
+        config.sched.clone(),
+        drivers,
+    )
+    .await
+    .map_err(|e| ServerError::Scheduler(e.to_string()))?;
     let state = AppState::new(store.clone(), sched, events, &config);
     let make_service = app(state.clone(), config.max_body_bytes)
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -369,4 +375,41 @@ async fn background(state: AppState, purge_every: Duration, stopped: watch::Rece
             }
         }
     }
+}
+
+/// The local pool's drivers: `exec` in the sandbox the config describes. A sandbox that cannot
+/// be set up stops the start (with the reason), unless the operator turned it off.
+fn local_drivers(config: &ServerConfig) -> Result<cflow_agents::Drivers, ServerError> {
+    let exec = cflow_agents::ExecConfig::default();
+    if config.sched.local_slots == 0 {
+        return Ok(cflow_agents::Drivers::builtin(exec));
+    }
+    let sandbox = config
+        .sandbox
+        .build(&config.data_dir, &config.secret_files)
+        .map_err(|e| ServerError::Scheduler(format!("sandbox: {e}")))?;
+    match &sandbox {
+        None => tracing::warn!(
+            "the sandbox is turned off (sandbox.mode = \"off\"): local commands run unsandboxed"
+        ),
+        Some(s) => match s.probe() {
+            Ok(layers) => {
+                let missing: Vec<String> = layers
+                    .iter()
+                    .filter(|(_, st)| !st.is_active())
+                    .map(|(l, st)| format!("{l}: {st}"))
+                    .collect();
+                if missing.is_empty() {
+                    tracing::info!("sandbox: every layer active");
+                } else {
+                    tracing::warn!(missing = %missing.join("; "), "sandbox: some layers are not active");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sandbox probe failed"),
+        },
+    }
+    Ok(cflow_agents::Drivers::with_sandbox(
+        exec,
+        sandbox.map(std::sync::Arc::new),
+    ))
 }

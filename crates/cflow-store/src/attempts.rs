@@ -483,6 +483,7 @@ pub(crate) fn new_attempt(
         stdout_tail: None,
         stderr_tail: None,
         result: None,
+        detail: None,
     }
 }
 
@@ -556,7 +557,7 @@ async fn complete(
     fenced(
         cx,
         "state = $1, ended_at = $2, exit_code = $3, stdout_tail = $4, stderr_tail = $5, \
-         result = $6, started_at = COALESCE(started_at, $7)",
+         result = $6, started_at = COALESCE(started_at, $7), detail = $8",
         task_id,
         epoch,
         vec![
@@ -567,6 +568,7 @@ async fn complete(
             Bind::S(Some(tail(&outcome.stderr_tail))),
             Bind::S(outcome.result.as_ref().map(|r| r.to_string())),
             Bind::I(started.then_some(now)),
+            Bind::S(outcome.detail.as_ref().map(|d| d.to_string())),
         ],
     )
     .await?;

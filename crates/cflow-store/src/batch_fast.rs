@@ -47,6 +47,7 @@ type PackedAttempt = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 /// Each task's head and the attempt at its current epoch (if any), with the rows packed in one
@@ -104,6 +105,7 @@ async fn read_live(
                 stdout_tail,
                 stderr_tail,
                 result,
+                detail,
             ) => Some(Attempt {
                 task_id,
                 epoch,
@@ -120,6 +122,9 @@ async fn read_live(
                 stderr_tail,
                 result: result
                     .map(|s| json_col("attempts.result", &s))
+                    .transpose()?,
+                detail: detail
+                    .map(|s| json_col("attempts.detail", &s))
                     .transpose()?,
             }),
             (None, ..) => None,
@@ -379,7 +384,7 @@ pub(crate) async fn complete(
         let sql = format!(
             "UPDATE attempts SET state = v.state, ended_at = v.ended_at, exit_code = v.exit_code, \
              stdout_tail = v.stdout_tail, stderr_tail = v.stderr_tail, result = v.result, \
-             started_at = COALESCE(attempts.started_at, v.started_at) \
+             started_at = COALESCE(attempts.started_at, v.started_at), detail = v.detail \
              FROM ({}) AS v WHERE attempts.task_id = v.task_id AND attempts.epoch = v.epoch \
              AND attempts.state IN ('assigned', 'running')",
             bulk::rows_from(
@@ -395,6 +400,7 @@ pub(crate) async fn complete(
                     ("stderr_tail", Text),
                     ("result", Text),
                     ("started_at", Int),
+                    ("detail", Text),
                 ],
             )
         );
@@ -411,6 +417,7 @@ pub(crate) async fn complete(
                     tail(&outcome.stderr_tail),
                     outcome.result.as_ref().map(|r| r.to_string()),
                     started.then_some(*now),
+                    outcome.detail.as_ref().map(|d| d.to_string()),
                 )
             })
             .collect::<Vec<_>>();

@@ -214,6 +214,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "scheduling",
                 include_str!("../migrations/sqlite/0004_scheduling.sql"),
             ),
+            (
+                5,
+                "sandbox",
+                include_str!("../migrations/sqlite/0005_sandbox.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -235,6 +240,11 @@ fn migrator(backend: Backend) -> Migrator {
                 4,
                 "scheduling",
                 include_str!("../migrations/postgres/0004_scheduling.sql"),
+            ),
+            (
+                5,
+                "sandbox",
+                include_str!("../migrations/postgres/0005_sandbox.sql"),
             ),
         ],
     };

@@ -20,7 +20,7 @@
 //! `key.revoke`, `memory.write`, `memory.delete`, `memory.purge` (one entry per tenant that lost
 //! expired entries, only when something was deleted), `bootstrap`, `swarm.create`,
 //! `swarm.pause`, `swarm.resume`, `swarm.stop`, `swarm.pools`, `agent.create`, `agent.state`,
-//! `tenant.quota`, `message.send` (without the body), `task.submit`
+//! `tenant.quota`, `tenant.sandbox`, `artifact.put`, `message.send` (without the body), `task.submit`
 //! (one entry per submission, listing the created and the idempotently matched ids),
 //! `task.assign`, `task.start`, `task.complete`, `task.lease_lost`, `task.cancel`, `task.retry`
 //! (one entry per promotion that queued something); a batched attempt op writes one entry per
@@ -62,6 +62,8 @@
 //!   and written with a few multi-row statements, with the single ops' checks.
 //! - `replicas`: quorum parents and their replicas (created when the parent becomes ready, the
 //!   vote taken with `cflow_core::quorum` whenever a replica ends).
+//! - `artifacts`: content-addressed artifacts of attempts (fenced uploads, tenant-scoped reads)
+//!   and the tenants' sandbox policy overrides.
 //! - `pools`, `quotas`, `messages`, `leases`, `rebuild`: swarm agent pools, tenant quotas, agent
 //!   messages, bulk lease extension, and the all-tenant reads the scheduler rebuilds from.
 //! - [`page`]: opaque cursors and the limit rule.
@@ -86,6 +88,7 @@ macro_rules! expect_output {
     };
 }
 
+mod artifacts;
 mod attempts;
 mod attempts_api;
 mod audit;
@@ -113,6 +116,7 @@ mod tenants;
 pub mod types;
 mod writer;
 
+pub use artifacts::sha256_hex;
 pub use attempts::MAX_LEASE_MS;
 pub use db::sqlite_url;
 pub use error::{Error, Result};

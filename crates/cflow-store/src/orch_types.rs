@@ -138,6 +138,10 @@ pub struct Agent {
     pub busy_ms: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Sandbox policy overrides for this agent's attempts (JSON, as given); `None` for the
+    /// tenant's or the platform's defaults.
+    #[serde(default)]
+    pub sandbox: Option<Value>,
 }
 
 /// What to create with [`crate::Store::create_agent`]; it starts in `starting`.
@@ -147,6 +151,8 @@ pub struct NewAgent {
     pub driver: String,
     pub capabilities: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Sandbox policy overrides (JSON, stored as given); `None` for the defaults.
+    pub sandbox: Option<Value>,
 }
 
 /// One task of a bulk submission.
@@ -287,6 +293,9 @@ pub struct Attempt {
     pub stdout_tail: Option<String>,
     pub stderr_tail: Option<String>,
     pub result: Option<Value>,
+    /// What the worker saw of the attempt's ending (JSON): `end`, `isolation`, `sandbox`.
+    #[serde(default)]
+    pub detail: Option<Value>,
 }
 
 /// How an attempt ended, as its worker reports it.
@@ -309,6 +318,8 @@ pub struct Outcome {
     pub stdout_tail: String,
     pub stderr_tail: String,
     pub result: Option<Value>,
+    /// How the attempt ended and what its sandbox saw (JSON), stored on the attempt as given.
+    pub detail: Option<Value>,
 }
 
 /// Most bytes of each output stream kept on an attempt record.
@@ -455,4 +466,48 @@ impl ReadyCursor {
             id: task.id.clone(),
         }
     }
+}
+
+/// An artifact an attempt's worker uploads with [`crate::Store::put_artifact`].
+#[derive(Clone)]
+pub struct ArtifactPut {
+    pub task_id: String,
+    pub epoch: i64,
+    /// The worker that must hold the attempt `(task_id, epoch)`.
+    pub worker_id: String,
+    /// A relative path (see `cflow_core::validate::artifact_name`).
+    pub name: String,
+    /// `patch`, `file` or `log`.
+    pub kind: String,
+    pub bytes: Vec<u8>,
+    pub now: i64,
+}
+
+impl fmt::Debug for ArtifactPut {
+    // The content may be megabytes: its size is what a log needs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArtifactPut")
+            .field("task_id", &self.task_id)
+            .field("epoch", &self.epoch)
+            .field("worker_id", &self.worker_id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("size", &self.bytes.len())
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+/// A stored artifact, without its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    pub task_id: String,
+    pub epoch: i64,
+    pub attempt_no: i64,
+    pub name: String,
+    pub kind: String,
+    /// Lowercase hex SHA-256 of the content; the content's address.
+    pub sha256: String,
+    pub size: i64,
+    pub created_at: i64,
 }

@@ -26,7 +26,7 @@ const AGENT_CURSOR: &str = "a";
 pub(crate) const SWARM_COLUMNS: &str = "id, tenant_id, name, topology, project, max_agents, state, \
      created_at, updated_at, strategy, pools";
 pub(crate) const AGENT_COLUMNS: &str = "id, tenant_id, swarm_id, agent_type, driver, capabilities, labels, \
-     state, tasks_done, failures, busy_ms, created_at, updated_at";
+     state, tasks_done, failures, busy_ms, created_at, updated_at, sandbox";
 
 /// The writer ops of this module.
 #[derive(Debug)]
@@ -147,6 +147,10 @@ pub(crate) fn agent_from_row(r: &AnyRow) -> Result<Agent> {
         busy_ms: r.try_get(10)?,
         created_at: r.try_get(11)?,
         updated_at: r.try_get(12)?,
+        sandbox: r
+            .try_get::<Option<String>, _>(13)?
+            .map(|s| json_col("agents.sandbox", &s))
+            .transpose()?,
     })
 }
 
@@ -327,6 +331,7 @@ async fn create_agents(
     }
     let capabilities = json!(new.capabilities).to_string();
     let labels = json!(new.labels).to_string();
+    let sandbox = new.sandbox.as_ref().map(|v| v.to_string());
     let mut agents = Vec::with_capacity(count);
     for _ in 0..count {
         let agent = Agent {
@@ -343,11 +348,12 @@ async fn create_agents(
             busy_ms: 0,
             created_at: cx.now,
             updated_at: cx.now,
+            sandbox: new.sandbox.clone(),
         };
         sqlx::query(
             "INSERT INTO agents (id, tenant_id, swarm_id, agent_type, driver, capabilities, \
-             labels, state, tasks_done, failures, busy_ms, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $9)",
+             labels, state, tasks_done, failures, busy_ms, created_at, updated_at, sandbox) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $9, $10)",
         )
         .bind(agent.id.clone())
         .bind(agent.tenant_id.clone())
@@ -358,6 +364,7 @@ async fn create_agents(
         .bind(labels.clone())
         .bind(agent.state.as_str())
         .bind(cx.now)
+        .bind(sandbox.clone())
         .execute(&mut *cx.conn)
         .await?;
         agents.push(agent);

@@ -37,7 +37,7 @@ pub(crate) const TASK_COLUMNS: &str = "id, tenant_id, swarm_id, spec, priority, 
 pub(crate) const TASK_ARITY: usize = 25;
 pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, epoch, attempt_no, agent_id, worker_id, state, \
      lease_expires_at, assigned_at, started_at, ended_at, exit_code, stdout_tail, stderr_tail, \
-     result";
+     result, detail";
 
 pub(crate) fn task_from_row(r: &AnyRow) -> Result<Task> {
     Ok(Task {
@@ -95,6 +95,10 @@ pub(crate) fn attempt_from_row_at(r: &AnyRow, b: usize) -> Result<Attempt> {
         stderr_tail: r.try_get(b + 12)?,
         result: result
             .map(|s| json_col("attempts.result", &s))
+            .transpose()?,
+        detail: r
+            .try_get::<Option<String>, _>(b + 14)?
+            .map(|s| json_col("attempts.detail", &s))
             .transpose()?,
     })
 }

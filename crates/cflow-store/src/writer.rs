@@ -42,8 +42,8 @@ use crate::types::{
     Tenant,
 };
 use crate::{
-    Backend, Error, Result, attempts, batch, db, keys, leases, memory, messages, quotas, swarms,
-    tasks, tenants,
+    Backend, Error, Result, artifacts, attempts, batch, db, keys, leases, memory, messages, quotas,
+    swarms, tasks, tenants,
 };
 
 /// The key of the PostgreSQL advisory lock that serialises write batches across server nodes.
@@ -114,6 +114,15 @@ pub(crate) enum Op {
         held: Vec<(String, i64)>,
         until: i64,
     },
+    /// An attempt's artifact, with the SHA-256 of its content computed by the caller.
+    PutArtifact {
+        req: crate::orch_types::ArtifactPut,
+        sha256: String,
+    },
+    SetTenantSandbox {
+        tenant_id: String,
+        sandbox: Option<serde_json::Value>,
+    },
     /// Records a key's last use; bookkeeping, so it has no audit entry and no caller waiting.
     TouchKey {
         key_id: String,
@@ -142,6 +151,7 @@ pub(crate) enum Output {
     Message(Message),
     /// The `(task, epoch)` pairs a worker holds that are not its live attempts.
     Stale(Vec<(String, i64)>),
+    Artifact(crate::orch_types::ArtifactMeta),
     Batch(Vec<Result<Output>>),
 }
 
@@ -221,6 +231,10 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
         Op::SubmitTasks { tenant_id, tasks } => tasks::submit(cx, tenant_id, tasks).await,
         Op::Attempt(op) => attempts::apply(cx, op).await,
         Op::AttemptBatch(ops) => batch::apply(cx, ops).await,
+        Op::PutArtifact { req, sha256 } => artifacts::put(cx, req, sha256).await,
+        Op::SetTenantSandbox { tenant_id, sandbox } => {
+            artifacts::set_sandbox(cx, tenant_id, sandbox.as_ref()).await
+        }
         Op::SetQuota { tenant_id, quota } => quotas::set(cx, tenant_id, quota).await,
         Op::SendMessage {
             tenant_id,

@@ -1,12 +1,16 @@
 //! One assignment, start to end: the driver job it becomes, the reports it sends (`Started`,
-//! coalesced `Log`s, `Finished`) and how a [`JobOutcome`] reads as a [`Finished`] report.
+//! coalesced `Log`s, `Finished`), the artifacts it uploads before its `Finished`, and how a
+//! [`JobOutcome`] reads as a [`Finished`] report.
 
+use crate::RetryPolicy;
+use crate::backoff::Backoff;
+use crate::link::{Artifact, Link, LinkError};
 use crate::table::Table;
 use cflow_agents::proto::{self, Assignment, Finished, FinishedStatus, Report};
 use cflow_agents::{
-    Captured, DriverError, Drivers, Isolation, Job, JobEnd, JobEvent, JobOutcome, JobSpec,
-    OutputStream,
+    Captured, DriverError, Drivers, Job, JobEnd, JobEvent, JobOutcome, JobSpec, OutputStream,
 };
+use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +25,8 @@ pub(crate) const INPUTS_ENV_MAX: usize = 64 * 1024;
 const LOG_FLUSH_BYTES: usize = 16 * 1024;
 /// …or when the oldest unsent output is this old.
 const LOG_FLUSH_AFTER: Duration = Duration::from_millis(100);
+/// Tries of one artifact upload that fails transiently, before the attempt finishes without it.
+const UPLOAD_TRIES: u32 = 5;
 
 /// What every attempt task shares. The report sender lives here, so the reporter's queue closes
 /// once the runtime and the last attempt task have let go of it.
@@ -29,6 +35,10 @@ pub(crate) struct JobCtx {
     pub(crate) drivers: Drivers,
     pub(crate) output_cap: usize,
     pub(crate) reports: mpsc::UnboundedSender<Report>,
+    /// Where artifacts are uploaded, as `worker_id`, with `retry` between transient failures.
+    pub(crate) link: Arc<dyn Link>,
+    pub(crate) worker_id: String,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl JobCtx {
@@ -116,6 +126,7 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
         spec,
         timeout: Duration::from_millis(a.timeout_ms),
         output_cap: ctx.output_cap,
+        sandbox: a.sandbox.clone(),
     };
     let (tx, rx) = mpsc::channel(32);
     let (result, ()) = tokio::join!(
@@ -123,8 +134,10 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
         forward_logs(rx, ctx, &a.task_id, a.epoch),
     );
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
+            let artifacts = std::mem::take(&mut outcome.artifacts);
             let mut f = finished(outcome);
+            upload_artifacts(ctx, a, &artifacts, &mut f).await;
             if f.status == FinishedStatus::Cancelled && ctx.table.stopping() {
                 // The worker stopped it (shutdown), not the user: another worker should retry it.
                 f.status = FinishedStatus::Failed;
@@ -260,6 +273,44 @@ fn failed(error: String, retryable: bool) -> Finished {
         error: Some(error),
         wall_ms: 0,
         isolation: String::new(),
+        detail: None,
+    }
+}
+
+/// Uploads the attempt's artifacts before its `Finished` report, retrying transient failures a
+/// few times. An artifact that cannot be stored does not fail the attempt: it is named, with
+/// the reason, in the detail's `artifacts_failed`.
+async fn upload_artifacts(ctx: &JobCtx, a: &Assignment, artifacts: &[Artifact], f: &mut Finished) {
+    let mut failed = Vec::new();
+    for artifact in artifacts {
+        if let Err(e) = upload(ctx, a, artifact).await {
+            tracing::warn!(task_id = %a.task_id, epoch = a.epoch, name = %artifact.name, "artifact not stored: {e}");
+            failed.push(json!(format!("artifact {} not stored: {e}", artifact.name)));
+        }
+    }
+    if !failed.is_empty() {
+        let detail = f.detail.get_or_insert_with(|| json!({}));
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("artifacts_failed".to_string(), failed.into());
+        }
+    }
+}
+
+async fn upload(ctx: &JobCtx, a: &Assignment, artifact: &Artifact) -> Result<(), LinkError> {
+    let mut backoff = Backoff::new(ctx.retry);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ctx
+            .link
+            .put_artifact(&ctx.worker_id, &a.task_id, a.epoch, artifact)
+            .await
+        {
+            Err(e) if e.is_transient() && tries < UPLOAD_TRIES => {
+                tokio::time::sleep(backoff.next_wait()).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -271,8 +322,17 @@ pub(crate) fn finished(o: JobOutcome) -> Finished {
         JobEnd::Signalled { signal } => (FinishedStatus::Failed, None, Some(signal)),
         JobEnd::TimedOut => (FinishedStatus::TimedOut, None, None),
         JobEnd::Cancelled => (FinishedStatus::Cancelled, None, None),
+        // The sandbox killed it over a limit: a failure (`detail.end` says which limit).
+        JobEnd::Killed { .. } => (FinishedStatus::Failed, None, None),
         _ => (FinishedStatus::Failed, None, None),
     };
+    let isolation = o.isolation.summary();
+    let sandbox = o
+        .sandbox
+        .as_ref()
+        .and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let detail = json!({ "end": o.end.describe(), "isolation": isolation, "sandbox": sandbox });
     if let Some(why) = &o.result_error {
         tracing::debug!(%why, "CFLOW_RESULT line ignored");
     }
@@ -287,21 +347,15 @@ pub(crate) fn finished(o: JobOutcome) -> Finished {
         result: o.result,
         error: None,
         wall_ms: u64::try_from(o.wall_time.as_millis()).unwrap_or(u64::MAX),
-        isolation: isolation(&o.isolation),
-    }
-}
-
-/// `none: <reason>` and, as the sandbox adds kinds, their own short forms.
-pub(crate) fn isolation(i: &Isolation) -> String {
-    match i {
-        Isolation::None { reason } => format!("none: {reason}"),
-        other => format!("{other:?}"),
+        isolation,
+        detail: Some(detail),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cflow_agents::{Isolation, KilledBy};
 
     #[test]
     fn an_incomplete_utf8_sequence_at_the_end_is_held_back() {
@@ -329,6 +383,10 @@ mod tests {
         assert_eq!((f.exit_code, f.stdout.as_str()), (Some(0), "hi\u{fffd}"));
         assert!(f.truncated && f.retryable);
         assert_eq!((f.wall_ms, f.isolation.as_str()), (12, "none: test"));
+        assert_eq!(
+            f.detail,
+            Some(json!({"end": "exit 0", "isolation": "none: test", "sandbox": null}))
+        );
 
         let f = finished(JobOutcome::new(JobEnd::Exited { code: 3 }, iso.clone()));
         assert_eq!((f.status, f.exit_code), (FinishedStatus::Failed, Some(3)));
@@ -339,8 +397,23 @@ mod tests {
         assert_eq!((f.status, f.signal), (FinishedStatus::Failed, Some(9)));
         let f = finished(JobOutcome::new(JobEnd::TimedOut, iso.clone()));
         assert_eq!(f.status, FinishedStatus::TimedOut);
-        let f = finished(JobOutcome::new(JobEnd::Cancelled, iso));
+        let f = finished(JobOutcome::new(JobEnd::Cancelled, iso.clone()));
         assert_eq!(f.status, FinishedStatus::Cancelled);
+        let mut o = JobOutcome::new(
+            JobEnd::Killed {
+                limit: KilledBy::Memory,
+            },
+            iso,
+        );
+        o.sandbox = Some(cflow_sandbox::spec::RunReport {
+            limits_hit: vec!["memory: 1 OOM kill".into()],
+            ..Default::default()
+        });
+        let f = finished(o);
+        assert_eq!((f.status, f.exit_code), (FinishedStatus::Failed, None));
+        let d = f.detail.unwrap();
+        assert_eq!(d["end"], "killed: memory");
+        assert_eq!(d["sandbox"]["limits_hit"][0], "memory: 1 OOM kill");
     }
 
     #[test]

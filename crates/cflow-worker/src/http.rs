@@ -2,7 +2,7 @@
 //! `cflow worker`. Failures are classified for the runtime; a problem+json `detail` from the
 //! server is carried in the error.
 
-use crate::link::{Link, LinkError};
+use crate::link::{Artifact, Link, LinkError};
 use cflow_agents::BoxFuture;
 use cflow_agents::proto::{
     PollRequest, PollResponse, Register, Registered, Report, ReportAck, ReportAcks, ReportBatch,
@@ -15,6 +15,8 @@ use std::time::Duration;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a poll may take beyond its `wait_ms`: the round trip and a loaded server.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
+/// How long an artifact upload may take: up to 64 MiB on a modest link.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A [`Link`] to a cflow server over HTTP(S), authenticated with a bearer token (the token of an
 /// API key of role `worker`).
@@ -127,6 +129,30 @@ impl Link for HttpLink {
         })
     }
 
+    fn put_artifact<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            let mut url = self.url(Some(worker_id), Some("attempts"));
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.extend([task_id, &epoch.to_string(), "artifacts"]);
+            }
+            url.query_pairs_mut()
+                .append_pair("name", &artifact.name)
+                .append_pair("kind", &artifact_kind(artifact));
+            let req = self
+                .request(Method::PUT, url)
+                .timeout(UPLOAD_TIMEOUT)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(artifact.bytes.clone());
+            check(req.send().await.map_err(transport)?).await.map(drop)
+        })
+    }
+
     fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             let url = self.url(Some(worker_id), None);
@@ -140,6 +166,14 @@ impl Link for HttpLink {
             }
             check(resp).await.map(drop)
         })
+    }
+}
+
+/// An artifact's kind as the API names it (`patch`, `file`, `log`).
+pub fn artifact_kind(artifact: &Artifact) -> String {
+    match serde_json::to_value(artifact.kind) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "file".to_string(),
     }
 }
 

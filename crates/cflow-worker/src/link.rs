@@ -1,7 +1,9 @@
-//! The worker's view of the scheduler: four calls and how they fail.
+//! The worker's view of the scheduler: five calls and how they fail.
 
 use cflow_agents::BoxFuture;
 use cflow_agents::proto::{PollRequest, PollResponse, Register, Registered, Report, ReportAck};
+/// A file, patch or log an attempt produced, as the driver hands it over.
+pub use cflow_sandbox::artifacts::Artifact;
 
 /// The hint every authentication failure carries: which token a worker needs.
 pub const TOKEN_HINT: &str = "use a key of role worker: cflow key create --role worker";
@@ -27,6 +29,16 @@ pub trait Link: Send + Sync + 'static {
         worker_id: &'a str,
         reports: Vec<Report>,
     ) -> BoxFuture<'a, Result<Vec<ReportAck>, LinkError>>;
+
+    /// `PUT /api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts?name=…&kind=…`: stores
+    /// one artifact of an attempt the worker holds, before it reports the attempt's end.
+    fn put_artifact<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<(), LinkError>>;
 
     /// `DELETE /api/v1/workers/{id}`: the worker leaves.
     fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>>;

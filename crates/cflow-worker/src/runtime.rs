@@ -201,6 +201,9 @@ impl WorkerRuntime {
             drivers: self.drivers.clone(),
             output_cap: self.options.output_cap,
             reports: tx,
+            link: self.link.clone(),
+            worker_id: worker_id.clone(),
+            retry: self.options.retry,
         });
         let mut state = Loop {
             rt: &self,

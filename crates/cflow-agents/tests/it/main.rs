@@ -28,6 +28,7 @@ pub fn job(spec: ExecSpec) -> Job {
         spec: JobSpec::Exec(spec),
         timeout: Duration::from_secs(60),
         output_cap: 1 << 20,
+        sandbox: None,
     }
 }
 

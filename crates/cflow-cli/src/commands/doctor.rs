@@ -94,23 +94,35 @@ pub async fn run(loaded: &Loaded, out: Printer) -> Result<ExitCode> {
         }),
     };
 
+    // The sandbox of this host, as the local configuration sets it up: a real probe run of
+    // `true` through every layer (in a scratch data directory, so doctor changes nothing).
+    let sandbox = sandbox_report(&config.server.sandbox);
+    let sandboxed = sandbox["layers"].is_object();
     let drivers = cflow_agents::Drivers::builtin(cflow_agents::ExecConfig::default());
     let mut driver_list = Vec::new();
     for kind in drivers.kinds() {
-        let Ok(d) = drivers.get(kind) else { continue };
-        let iso = d.isolation();
-        let summary = match (kind, iso.is_isolated()) {
-            ("exec", false) => {
-                "commands run UNSANDBOXED (the sandbox is not built yet)".to_string()
-            }
-            (_, false) => "no isolation".to_string(),
-            (_, true) => "isolated".to_string(),
+        let (isolated, summary) = match kind {
+            "exec" if sandboxed => (
+                true,
+                "commands run in the sandbox (layers below)".to_string(),
+            ),
+            "exec" => (
+                false,
+                format!(
+                    "commands would run UNSANDBOXED on this host: {}",
+                    sandbox["error"].as_str().unwrap_or("the sandbox is off")
+                ),
+            ),
+            "noop" => (
+                false,
+                "no isolation: the noop benchmark driver runs no process".to_string(),
+            ),
+            _ => (false, "no isolation".to_string()),
         };
         driver_list.push(json!({
             "driver": kind,
-            "isolated": iso.is_isolated(),
+            "isolated": isolated,
             "summary": summary,
-            "isolation": serde_json::to_value(&iso).unwrap_or(Value::Null),
         }));
     }
 
@@ -121,6 +133,7 @@ pub async fn run(loaded: &Loaded, out: Printer) -> Result<ExitCode> {
         "database": database,
         "workers": workers,
         "drivers": driver_list,
+        "sandbox": sandbox,
     });
     if out.is_json() {
         out.json(&report);
@@ -205,9 +218,8 @@ fn print_human(r: &Value) {
         _ => {}
     }
     for d in r["drivers"].as_array().into_iter().flatten() {
-        let reason = d["isolation"]["reason"].as_str().unwrap_or("");
         emit(&format!(
-            "driver     {}  {}: {}{}",
+            "driver     {}  {}: {}",
             match (d["isolated"] == true, d["driver"].as_str()) {
                 (true, _) => "ok  ",
                 // The benchmark driver runs nothing, so it has nothing to isolate.
@@ -216,11 +228,36 @@ fn print_human(r: &Value) {
             },
             d["driver"].as_str().unwrap_or("?"),
             d["summary"].as_str().unwrap_or(""),
-            if reason.is_empty() {
-                String::new()
-            } else {
-                format!(" — {reason}")
-            }
+        ));
+    }
+    let sb = &r["sandbox"];
+    if let Some(layers) = sb["layers"].as_object() {
+        emit(&format!(
+            "sandbox    ok    launcher {} (mode {})",
+            sb["launcher"].as_str().unwrap_or("?"),
+            sb["mode"].as_str().unwrap_or("?")
+        ));
+        for (layer, state) in layers {
+            let (tag, text) = match state["state"].as_str() {
+                Some("active") => ("ok  ", "active".to_string()),
+                Some("disabled") => (
+                    "--  ",
+                    format!(
+                        "disabled by policy ({})",
+                        state["why"].as_str().unwrap_or("")
+                    ),
+                ),
+                _ => (
+                    "WARN",
+                    format!("unavailable ({})", state["why"].as_str().unwrap_or("")),
+                ),
+            };
+            emit(&format!("layer      {tag}  {layer}: {text}"));
+        }
+    } else {
+        emit(&format!(
+            "sandbox    WARN  {}",
+            sb["error"].as_str().unwrap_or("not available")
         ));
     }
 }
@@ -231,4 +268,35 @@ fn root(e: &reqwest::Error) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// Probes the sandbox the local configuration describes: each layer's state, or why there is
+/// no sandbox.
+fn sandbox_report(options: &cflow_sandbox::host::Options) -> Value {
+    let mode = serde_json::to_value(options.mode).unwrap_or(Value::Null);
+    if options.mode == cflow_sandbox::host::Mode::Off {
+        return json!({"mode": mode, "error": "the sandbox is turned off in the configuration (sandbox.mode = \"off\")"});
+    }
+    let scratch = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return json!({"mode": mode, "error": format!("no scratch directory for the probe: {e}")});
+        }
+    };
+    let sandbox = match options.build(scratch.path(), &[]) {
+        Ok(Some(s)) => s,
+        Ok(None) => return json!({"mode": mode, "error": "the sandbox is off"}),
+        Err(e) => return json!({"mode": mode, "error": e}),
+    };
+    let launcher = sandbox.config().launcher.display().to_string();
+    match sandbox.probe() {
+        Ok(layers) => json!({
+            "mode": mode,
+            "launcher": launcher,
+            "layers": serde_json::to_value(&layers).unwrap_or(Value::Null),
+        }),
+        Err(e) => {
+            json!({"mode": mode, "launcher": launcher, "error": format!("the probe run failed: {e}")})
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! server and the benchmark a multi-thread one, and `config show` none at all.
 
 pub mod agent;
+pub mod artifacts;
 pub mod audit;
 pub mod config;
 pub mod doctor;

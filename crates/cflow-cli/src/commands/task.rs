@@ -1,4 +1,4 @@
-//! `cflow task submit | list | get | logs | cancel`: tasks of the scheduler.
+//! `cflow task submit | list | get | logs | artifacts | cancel`: tasks of the scheduler.
 
 use super::run::{event_state, is_terminal, log_text, str_of, subscribe};
 use crate::client::Client;
@@ -33,6 +33,13 @@ pub enum TaskCmd {
         id: String,
         #[arg(long, short)]
         follow: bool,
+    },
+    /// List a task's artifacts (patches, files, logs its attempts stored); with --download,
+    /// write each to DIR/<name> after checking its SHA-256.
+    Artifacts {
+        id: String,
+        #[arg(long, value_name = "DIR")]
+        download: Option<std::path::PathBuf>,
     },
     /// Cancel a task and its waiting dependents.
     Cancel { id: String },
@@ -123,6 +130,9 @@ pub async fn run(client: &Client, cmd: TaskCmd, out: Printer) -> Result<()> {
         }
         TaskCmd::Get { id } => get(client, &id, out).await,
         TaskCmd::Logs { id, follow } => logs(client, &id, follow, out).await,
+        TaskCmd::Artifacts { id, download } => {
+            super::artifacts::run(client, &id, download.as_deref(), out).await
+        }
         TaskCmd::Cancel { id } => {
             let req = client.request(Method::POST, client.url(&["tasks", &id, "cancel"]));
             let task = client.json(req, Action::TaskCancel).await?;
@@ -273,6 +283,7 @@ async fn get(client: &Client, id: &str, out: Printer) -> Result<()> {
             &[
                 "attempt",
                 "state",
+                "end",
                 "agent_id",
                 "worker_id",
                 "exit_code",

@@ -1,9 +1,10 @@
-//! `cflow tenant create | list` (superadmin).
+//! `cflow tenant create | list | sandbox` (superadmin; a tenant's admin may read its sandbox
+//! overrides).
 
 use crate::cli::TenantCmd;
 use crate::client::Client;
 use crate::output::Printer;
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use cflow_core::Action;
 use reqwest::Method;
 use serde_json::json;
@@ -29,6 +30,42 @@ pub async fn run(client: &Client, cmd: TenantCmd, out: Printer) -> Result<()> {
                 .await?;
             let doc = json!({ "items": items, "next_cursor": null });
             out.list(&doc, &items, FIELDS);
+        }
+        TenantCmd::Sandbox { tenant, set, clear } => {
+            let url = client.url(&["tenants", &tenant, "sandbox"]);
+            let body = match (set, clear) {
+                (Some(text), _) => {
+                    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                        format!("--set is not JSON: {text} — pass an object such as '{{\"network\": \"off\"}}'")
+                    })?;
+                    if !v.is_object() {
+                        bail!(
+                            "--set must be a JSON object such as '{{\"network\": \"off\"}}' (got {v})"
+                        );
+                    }
+                    Some(v)
+                }
+                (None, true) => Some(json!({})),
+                (None, false) => None,
+            };
+            let doc = match body {
+                Some(b) => {
+                    let req = client.request(Method::PUT, url).json(&b);
+                    client.json(req, Action::TenantUpdate).await?
+                }
+                None => {
+                    let req = client.request(Method::GET, url);
+                    client.json(req, Action::TenantUpdate).await?
+                }
+            };
+            if out.is_json() {
+                out.json(&doc);
+            } else if doc["sandbox"].is_null() {
+                crate::output::emit("(no overrides: the platform's sandbox defaults apply)");
+            } else {
+                let text = serde_json::to_string_pretty(&doc["sandbox"])?;
+                crate::output::emit(&text);
+            }
         }
     }
     Ok(())

@@ -26,6 +26,10 @@ pub const QUICKSTART: &str = include_str!("../../../../examples/quickstart.toml"
 
 pub fn run(loaded: Loaded, mode: Mode, demo: bool, printer: Printer) -> Result<ExitCode> {
     let mut config: ServerConfig = loaded.config.server.clone();
+    // The config file may hold a token: commands never see it.
+    if let Some(file) = &loaded.file {
+        config.secret_files.push(file.path.clone());
+    }
     let db_path = config.data_dir.join(super::audit::SQLITE_FILE);
     match (mode, &config.database_url) {
         (Mode::Embedded, Some(_)) => {

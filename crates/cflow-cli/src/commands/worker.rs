@@ -121,7 +121,19 @@ pub fn run(loaded: &Loaded, args: WorkerArgs) -> Result<ExitCode> {
             .context("creating the HTTP client")?;
         let url = client.base().to_string();
         let link: Arc<dyn Link> = Arc::new(link);
-        let drivers = Drivers::builtin(ExecConfig::default());
+        let server = &loaded.config.server;
+        let secret_files: Vec<std::path::PathBuf> =
+            loaded.file.iter().map(|f| f.path.clone()).collect();
+        let sandbox = server
+            .sandbox
+            .build(&server.data_dir, &secret_files)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "sandbox: {e} (or set sandbox.mode = \"off\" to run commands unsandboxed)"
+                )
+            })?;
+        let sandboxed = sandbox.is_some();
+        let drivers = Drivers::with_sandbox(ExecConfig::default(), sandbox.map(Arc::new));
         let describe = format!(
             "with {} slots, labels {}",
             options.slots,
@@ -134,7 +146,12 @@ pub fn run(loaded: &Loaded, args: WorkerArgs) -> Result<ExitCode> {
         tokio::spawn(async move {
             if registered.wait_for(Option::is_some).await.is_ok() {
                 output::note(&format!(
-                    "worker {worker_id} connected to {url} {describe}; commands run UNSANDBOXED until the sandbox lands"
+                    "worker {worker_id} connected to {url} {describe}; {}",
+                    if sandboxed {
+                        "commands run in the sandbox"
+                    } else {
+                        "commands run UNSANDBOXED (sandbox.mode = \"off\")"
+                    }
                 ));
             }
         });

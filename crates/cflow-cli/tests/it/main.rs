@@ -2,6 +2,7 @@
 //! against a real server (itself started as `cflow up` on a free port with a temporary data
 //! directory) and asserts on exit codes, output and the state left behind.
 
+mod artifacts;
 mod audit;
 mod bench_tasks;
 mod config;

@@ -356,17 +356,36 @@ fn task_logs_follow_streams_until_the_task_ends() {
 }
 
 #[test]
-fn doctor_reports_the_server_and_an_unsandboxed_exec() {
+fn doctor_reports_the_server_and_each_sandbox_layer() {
     let server = Server::start();
     let r = cf(&server, &["doctor"]);
     let out = r.ok();
     assert!(out.contains("reachable at"), "{out}");
     assert!(out.contains("ready"), "{out}");
     assert!(out.contains("sqlite"), "{out}");
-    assert!(
-        out.contains("exec: commands run UNSANDBOXED (the sandbox is not built yet)"),
-        "{out}"
-    );
+    assert!(out.contains("exec: commands run in the sandbox"), "{out}");
+    // Every layer is named with its state; on this machine (root, cgroup v1, landlock) all are
+    // active.
+    for layer in [
+        "user_ns",
+        "pid_ns",
+        "mount_ns",
+        "ipc_ns",
+        "uts_ns",
+        "net_ns",
+        "filesystem",
+        "landlock",
+        "seccomp",
+        "no_new_privs",
+        "session",
+        "rlimits",
+        "cgroup",
+    ] {
+        assert!(
+            out.contains(&format!("layer      ok    {layer}: active")),
+            "{layer}: {out}"
+        );
+    }
     let doc = json(&server, &["doctor"]);
     assert_eq!(doc["ok"], true);
     assert_eq!(doc["auth"]["role"], "superadmin");
@@ -377,7 +396,8 @@ fn doctor_reports_the_server_and_an_unsandboxed_exec() {
         .find(|d| d["driver"] == "exec")
         .cloned()
         .unwrap();
-    assert_eq!(exec["isolated"], false);
+    assert_eq!(exec["isolated"], true);
+    assert_eq!(doc["sandbox"]["layers"]["seccomp"]["state"], "active");
 
     // Without a server: exit 1 and the start hint.
     let (_, work, _) = server.stop();

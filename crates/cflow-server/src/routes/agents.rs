@@ -192,6 +192,7 @@ async fn spawn_agent(
                 driver: p.driver,
                 capabilities,
                 labels: p.labels.unwrap_or_default(),
+                sandbox: None,
             },
         )
         .await?;

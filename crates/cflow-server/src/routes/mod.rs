@@ -14,6 +14,7 @@ use utoipa::{IntoParams, Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod agents;
+pub mod artifacts;
 pub mod audit;
 pub mod events;
 pub mod keys;
@@ -75,6 +76,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(messages::router())
         .merge(events::router())
         .merge(workers::router())
+        .merge(artifacts::router())
 }
 
 /// Unknown routes get a problem, not axum's empty 404.

@@ -101,17 +101,35 @@ pub struct AttemptResponse {
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub result: Option<serde_json::Value>,
-    /// The isolation the attempt ran under. Every driver of this build runs without one: the
-    /// sandbox is not built yet, and this field says so on every attempt.
+    /// The isolation the attempt ran under, as its worker reported it (`none: …` or
+    /// `sandbox: user_ns, pid_ns, …; landlock unavailable (…)`). Attempts recorded before
+    /// workers reported it say that they ran unsandboxed.
     pub isolation: String,
+    /// How the attempt ended, as its worker saw it: `exit 3`, `signal 9`, `timed_out`,
+    /// `killed: cancelled`, `killed: memory`…; null until it ends or when not reported.
+    pub end: Option<String>,
+    /// What the sandbox saw (layers, denials, limits hit, peak memory, CPU time, artifacts
+    /// skipped); null for an attempt that ran without the sandbox.
+    #[schema(value_type = Option<Object>)]
+    pub sandbox: Option<serde_json::Value>,
 }
 
-/// What [`AttemptResponse::isolation`] says until the sandbox exists.
+/// What [`AttemptResponse::isolation`] says of an attempt whose worker did not report it.
 pub const NO_ISOLATION: &str =
-    "none: commands run unsandboxed, as the worker's user (the sandbox is not built yet)";
+    "none: not reported by the worker; commands ran unsandboxed, as the worker's user";
 
 impl From<Attempt> for AttemptResponse {
     fn from(a: Attempt) -> Self {
+        let detail = a.detail.unwrap_or(serde_json::Value::Null);
+        let isolation = match detail.get("isolation").and_then(|v| v.as_str()) {
+            Some(i) if !i.is_empty() => i.to_string(),
+            _ => NO_ISOLATION.to_string(),
+        };
+        let end = detail
+            .get("end")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let sandbox = detail.get("sandbox").filter(|v| !v.is_null()).cloned();
         Self {
             attempt: a.attempt_no,
             epoch: a.epoch,
@@ -125,7 +143,9 @@ impl From<Attempt> for AttemptResponse {
             stdout: a.stdout_tail,
             stderr: a.stderr_tail,
             result: a.result,
-            isolation: NO_ISOLATION.to_string(),
+            isolation,
+            end,
+            sandbox,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /api/v1/tenants` and `GET /api/v1/tenants`: platform administration (superadmin), and
-//! a tenant's scheduler quota (`PUT` by the superadmin, `GET` also by the tenant's admins).
+//! a tenant's scheduler quota and sandbox overrides (`PUT` by the superadmin, `GET` also by the
+//! tenant's admins).
 
 use super::{PageParams, time};
 use crate::auth::{Caller, op};
@@ -20,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(set_quota, get_quota))
+        .routes(routes!(set_sandbox, get_sandbox))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -212,4 +214,186 @@ async fn get_quota(
     let target = visible_tenant(&state, &caller, &tenant).await?;
     let quota = state.store.tenant_quota(&target.id).await?;
     Ok(Json(quota.into()))
+}
+
+/// The keys a sandbox override may have.
+const SANDBOX_KEYS: &[&str] = &["mode", "network", "allow_degraded", "limits"];
+/// The limits a sandbox override may set (each a whole number above 0).
+const SANDBOX_LIMITS: &[&str] = &[
+    "cpu_seconds",
+    "memory_bytes",
+    "max_processes",
+    "open_files",
+    "file_size_bytes",
+    "disk_bytes",
+    "tmp_bytes",
+];
+
+/// Checks the shape of a tenant's sandbox overrides; the error names the field and what it
+/// accepts.
+fn check_sandbox(v: &serde_json::Value) -> Result<(), ValidationError> {
+    let Some(obj) = v.as_object() else {
+        return Err(ValidationError::new(
+            "sandbox",
+            format!(
+                "must be a JSON object with keys among {}",
+                SANDBOX_KEYS.join(", ")
+            ),
+        ));
+    };
+    for (key, value) in obj {
+        let one_of = |allowed: &[&str]| -> Result<(), ValidationError> {
+            match value.as_str() {
+                Some(s) if allowed.contains(&s) => Ok(()),
+                _ => Err(ValidationError::new(
+                    key.as_str(),
+                    format!("must be one of {} (got {value})", allowed.join(", ")),
+                )),
+            }
+        };
+        match key.as_str() {
+            "mode" => one_of(&["enforce", "off"])?,
+            "network" => one_of(&["off", "loopback", "full"])?,
+            "allow_degraded" if value.is_boolean() => {}
+            "allow_degraded" => {
+                return Err(ValidationError::new(
+                    "allow_degraded",
+                    format!("must be true or false (got {value})"),
+                ));
+            }
+            "limits" => {
+                let Some(limits) = value.as_object() else {
+                    return Err(ValidationError::new(
+                        "limits",
+                        format!(
+                            "must be an object with keys among {}",
+                            SANDBOX_LIMITS.join(", ")
+                        ),
+                    ));
+                };
+                for (name, n) in limits {
+                    let field = format!("limits.{name}");
+                    if !SANDBOX_LIMITS.contains(&name.as_str()) {
+                        return Err(ValidationError::new(
+                            field,
+                            format!("is not a limit; use one of {}", SANDBOX_LIMITS.join(", ")),
+                        ));
+                    }
+                    if n.as_u64().is_none_or(|n| n == 0) {
+                        return Err(ValidationError::new(
+                            field,
+                            format!("must be a whole number greater than 0 (got {n})"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(ValidationError::new(
+                    other,
+                    format!("is not a sandbox setting; use {}", SANDBOX_KEYS.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's sandbox overrides: `{"sandbox": {...}}`, or `{"sandbox": null}` for none.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SandboxResponse {
+    #[schema(value_type = Option<Object>)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+/// Set a tenant's sandbox overrides: an object with `mode` ("enforce" or "off"), `network`
+/// ("off", "loopback" or "full"), `allow_degraded` (bool) and `limits` (cpu_seconds,
+/// memory_bytes, max_processes, open_files, file_size_bytes, disk_bytes, tmp_bytes: whole
+/// numbers above 0), each optional. `{}` clears them.
+#[utoipa::path(
+    put, path = "/api/v1/tenants/{tenant}/sandbox", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body(content = Object, description = "The overrides, stored as given"),
+    responses(
+        (status = 200, body = SandboxResponse),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 422, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn set_sandbox(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantSandboxSet>,
+    PathParams(tenant): PathParams<String>,
+    JsonBody(v): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<SandboxResponse>> {
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    check_sandbox(&v)?;
+    let sandbox = v.as_object().is_some_and(|o| !o.is_empty()).then_some(v);
+    state
+        .sched
+        .set_tenant_sandbox(&caller.ctx, &target.id, sandbox.clone())
+        .await?;
+    Ok(Json(SandboxResponse { sandbox }))
+}
+
+/// A tenant's sandbox overrides (the superadmin, or an admin of the tenant).
+#[utoipa::path(
+    get, path = "/api/v1/tenants/{tenant}/sandbox", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    responses(
+        (status = 200, body = SandboxResponse),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get_sandbox(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantSandboxRead>,
+    PathParams(tenant): PathParams<String>,
+) -> ApiResult<Json<SandboxResponse>> {
+    if !matches!(caller.key.role, Role::Superadmin | Role::Admin) {
+        return Err(ApiError::forbidden(format!(
+            "role '{}' may not read sandbox overrides (superadmin or the tenant's admin)",
+            caller.key.role
+        )));
+    }
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    let sandbox = state.store.tenant_sandbox(&target.id).await?;
+    Ok(Json(SandboxResponse { sandbox }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sandbox_overrides_are_checked_field_by_field() {
+        let ok = json!({"mode": "enforce", "network": "loopback", "allow_degraded": false,
+            "limits": {"cpu_seconds": 10, "memory_bytes": 1_000_000}});
+        assert!(check_sandbox(&ok).is_ok());
+        assert!(check_sandbox(&json!({})).is_ok());
+        for (bad, field) in [
+            (json!([]), "sandbox"),
+            (json!({"mode": "strict"}), "mode"),
+            (json!({"network": true}), "network"),
+            (json!({"allow_degraded": "yes"}), "allow_degraded"),
+            (json!({"limits": 5}), "limits"),
+            (json!({"limits": {"cpu": 1}}), "limits.cpu"),
+            (json!({"limits": {"cpu_seconds": 0}}), "limits.cpu_seconds"),
+            (json!({"limits": {"cpu_seconds": -1}}), "limits.cpu_seconds"),
+            (
+                json!({"limits": {"cpu_seconds": 1.5}}),
+                "limits.cpu_seconds",
+            ),
+            (json!({"extra": 1}), "extra"),
+        ] {
+            let e = check_sandbox(&bad).unwrap_err();
+            assert_eq!(e.field, field, "{bad}");
+        }
+    }
 }

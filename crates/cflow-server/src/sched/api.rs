@@ -59,6 +59,7 @@ fn pool_agent(p: &AgentPool) -> NewAgent {
         driver: p.driver.clone(),
         capabilities,
         labels: p.labels.clone(),
+        sandbox: None,
     }
 }
 

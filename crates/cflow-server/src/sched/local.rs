@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use cflow_agents::proto::{PollRequest, PollResponse, Register, Registered, Report, ReportAck};
-use cflow_agents::{BoxFuture, Drivers, ExecConfig};
+use cflow_agents::{BoxFuture, Drivers};
+use cflow_worker::link::Artifact;
 use cflow_worker::{Link, LinkError, WorkerOptions};
 
 use super::{SchedError, Scheduler};
@@ -55,6 +56,49 @@ impl Link for LocalLink {
         })
     }
 
+    fn put_artifact<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            let kind = cflow_worker::http::artifact_kind(artifact);
+            let ctx = cflow_store::AuditContext::default();
+            let stored = self
+                .0
+                .put_artifact(
+                    &ctx,
+                    None,
+                    worker_id,
+                    task_id,
+                    epoch,
+                    &artifact.name,
+                    &kind,
+                    artifact.bytes.clone(),
+                )
+                .await;
+            match stored {
+                Ok(_) => Ok(()),
+                // Refused for good (another worker's or an older attempt): like an HTTP 409.
+                Err(SchedError::Store(
+                    e @ (cflow_store::Error::StaleEpoch { .. } | cflow_store::Error::State(_)),
+                )) => Err(LinkError::Rejected {
+                    status: 409,
+                    detail: e.to_string(),
+                }),
+                Err(SchedError::Store(e @ cflow_store::Error::NotFound(_))) => {
+                    Err(LinkError::Rejected {
+                        status: 404,
+                        detail: e.to_string(),
+                    })
+                }
+                Err(e) => Err(link_error(e)),
+            }
+        })
+    }
+
     fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             self.0
@@ -66,11 +110,10 @@ impl Link for LocalLink {
 }
 
 /// Starts the local pool with `config.local_slots` slots; it stops with the scheduler.
-pub(crate) fn start_pool(sched: &Scheduler) {
+pub(crate) fn start_pool(sched: &Scheduler, drivers: Drivers) {
     let mut options = WorkerOptions::new("local pool", sched.config.local_slots);
     options.worker_id = Some(LOCAL_WORKER_ID.to_string());
     let link: Arc<dyn Link> = Arc::new(LocalLink(sched.clone()));
-    let drivers = Drivers::builtin(ExecConfig::default());
     let stop = sched.stop.clone();
     tokio::spawn(async move {
         if let Err(e) = cflow_worker::run(link, drivers, options, stop).await {

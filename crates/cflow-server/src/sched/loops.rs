@@ -2,6 +2,7 @@
 //! dispatcher, and a maintenance tick for retries, expired leases, worker health, breaker
 //! cool-downs and the autoscaler.
 
+use cflow_agents::{Drivers, ExecConfig};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,16 +30,32 @@ impl Scheduler {
     /// pending retries) and starts the loops. Also starts the local worker pool when
     /// `config.local_slots > 0`.
     pub async fn start(store: Store, events: EventBus, config: SchedConfig) -> SchedResult<Self> {
+        let drivers = Drivers::builtin(ExecConfig::default());
+        Self::start_with(store, events, config, drivers).await
+    }
+
+    /// [`Scheduler::start`] with the local pool's drivers (the server passes the sandboxed ones).
+    pub async fn start_with(
+        store: Store,
+        events: EventBus,
+        config: SchedConfig,
+        drivers: Drivers,
+    ) -> SchedResult<Self> {
         config.validate()?;
         let now = now_ms();
         let mut st = State::default();
         for (tenant, q) in store.tenant_quotas().await? {
+            let sandbox = store
+                .tenant_sandbox(&tenant)
+                .await?
+                .and_then(|v| cflow_sandbox::host::Settings::parse(&v).ok());
             st.tenants.insert(
                 tenant,
                 TenantRt {
                     weight: u32::try_from(q.weight).unwrap_or(1),
                     max_running: q.max_running,
                     running: 0,
+                    sandbox,
                 },
             );
         }
@@ -145,7 +162,7 @@ impl Scheduler {
         tokio::spawn(sched.clone().dispatcher());
         tokio::spawn(sched.clone().maintenance());
         if sched.config.local_slots > 0 {
-            super::local::start_pool(&sched);
+            super::local::start_pool(&sched, drivers);
         }
         Ok(sched)
     }
@@ -434,6 +451,7 @@ impl Scheduler {
                             pool.capabilities.clone()
                         },
                         labels: pool.labels.clone(),
+                        sandbox: None,
                     };
                     // Demand this pool can serve: queued tasks of the swarm beyond idle agents.
                     let waiting = oldest.is_some_and(|w| w >= wait);

@@ -241,6 +241,26 @@ impl Scheduler {
         Ok(q)
     }
 
+    /// Sets a tenant's sandbox overrides (stored and audited, then applied to the tenant's next
+    /// assignments). `None` clears them.
+    pub async fn set_tenant_sandbox(
+        &self,
+        ctx: &AuditContext,
+        tenant: &str,
+        sandbox: Option<serde_json::Value>,
+    ) -> SchedResult<()> {
+        let settings = sandbox
+            .as_ref()
+            .map(cflow_sandbox::host::Settings::parse)
+            .transpose()
+            .map_err(|e| {
+                cflow_store::Error::Invalid(cflow_core::ValidationError::new("sandbox", e))
+            })?;
+        self.store.set_tenant_sandbox(ctx, tenant, sandbox).await?;
+        self.lock().tenant(tenant).sandbox = settings;
+        Ok(())
+    }
+
     /// Appends the scheduler's series to a Prometheus scrape.
     pub fn render_metrics(&self, out: &mut String) {
         self.metrics.render(out);

@@ -1,6 +1,7 @@
 //! The scheduler's in-memory state and the matching of a queued task to an (agent, worker)
 //! pair. Nothing here does IO: `mod.rs` commits to the store and then calls these methods.
 
+use cflow_sandbox::host::{LimitsPatch, Settings};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -216,6 +217,8 @@ pub(crate) struct TenantRt {
     pub weight: u32,
     pub max_running: Option<i64>,
     pub running: i64,
+    /// The admin's sandbox settings for the tenant (`PUT /api/v1/tenants/{id}/sandbox`).
+    pub sandbox: Option<Settings>,
 }
 
 impl Default for TenantRt {
@@ -224,6 +227,7 @@ impl Default for TenantRt {
             weight: 1,
             max_running: None,
             running: 0,
+            sandbox: None,
         }
     }
 }
@@ -341,6 +345,38 @@ impl View<'_> {
 impl State {
     pub fn tenant(&mut self, tenant: &str) -> &mut TenantRt {
         self.tenants.entry(tenant.to_string()).or_default()
+    }
+
+    /// The sandbox settings an attempt runs under: the tenant's, then the agent's on top (an
+    /// agent's field wins where both set one).
+    pub fn sandbox_settings(&self, tenant: &str, agent: &str) -> Option<Settings> {
+        let t = self.tenants.get(tenant).and_then(|t| t.sandbox.clone());
+        let a = self
+            .agents
+            .get(agent)
+            .and_then(|a| a.rec.sandbox.as_ref().and_then(|v| Settings::parse(v).ok()));
+        match (t, a) {
+            (None, None) => None,
+            (Some(t), None) => Some(t),
+            (None, Some(a)) => Some(a),
+            (Some(t), Some(a)) => Some(Settings {
+                mode: a.mode.or(t.mode),
+                network: a.network.or(t.network),
+                allow_degraded: a.allow_degraded.or(t.allow_degraded),
+                limits: match (t.limits, a.limits) {
+                    (None, l) | (l, None) => l,
+                    (Some(t), Some(a)) => Some(LimitsPatch {
+                        cpu_seconds: a.cpu_seconds.or(t.cpu_seconds),
+                        memory_bytes: a.memory_bytes.or(t.memory_bytes),
+                        max_processes: a.max_processes.or(t.max_processes),
+                        open_files: a.open_files.or(t.open_files),
+                        file_size_bytes: a.file_size_bytes.or(t.file_size_bytes),
+                        disk_bytes: a.disk_bytes.or(t.disk_bytes),
+                        tmp_bytes: a.tmp_bytes.or(t.tmp_bytes),
+                    }),
+                },
+            }),
+        }
     }
 
     pub fn enqueue(&mut self, t: QTask) {
@@ -562,6 +598,7 @@ impl State {
             spec: (*pick.task.spec).clone(),
             timeout_ms: u64::try_from(pick.task.timeout_ms).unwrap_or(0),
             inputs,
+            sandbox: self.sandbox_settings(&pick.task.tenant, &pick.agent),
         };
         if let Some(w) = self.workers.get_mut(&pick.worker) {
             w.mailbox.push(assignment);

@@ -12,7 +12,9 @@ use cflow_agents::proto::{
 use cflow_core::ValidationError;
 use cflow_core::breaker::BreakerState;
 use cflow_core::task::TaskState;
-use cflow_store::{AgentState, Outcome, OutcomeKind, Settled};
+use cflow_store::{
+    AgentState, ArtifactMeta, ArtifactPut, AuditContext, Outcome, OutcomeKind, Settled,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -76,6 +78,7 @@ fn outcome_of(f: &Finished) -> Outcome {
         stdout_tail: f.stdout.clone(),
         stderr_tail: stderr,
         result: f.result.clone(),
+        detail: f.detail.clone(),
     }
 }
 
@@ -171,6 +174,43 @@ impl Scheduler {
                 "worker {worker_id} (register it first with POST /api/v1/workers)"
             ))),
         }
+    }
+
+    /// Stores an artifact of the attempt `(task_id, epoch)` for the worker that holds it (or
+    /// held it: a worker uploads just before it reports the ending). The worker must be the
+    /// caller's (`tenant`); the store refuses another worker's attempt or an older epoch (409).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_artifact(
+        &self,
+        ctx: &AuditContext,
+        tenant: Option<&str>,
+        worker_id: &str,
+        task_id: &str,
+        epoch: i64,
+        name: &str,
+        kind: &str,
+        bytes: Vec<u8>,
+    ) -> SchedResult<ArtifactMeta> {
+        {
+            let mut st = self.lock();
+            Self::check_worker(&mut st, tenant, worker_id)?;
+        }
+        // Another tenant's task does not exist for a tenant's worker.
+        if let Some(t) = tenant
+            && self.store.task_tenant(task_id).await?.as_deref() != Some(t)
+        {
+            return Err(SchedError::NotFound(format!("task {task_id} not found")));
+        }
+        let req = ArtifactPut {
+            task_id: task_id.to_string(),
+            epoch,
+            worker_id: worker_id.to_string(),
+            name: name.to_string(),
+            kind: kind.to_string(),
+            bytes,
+            now: now_ms(),
+        };
+        Ok(self.store.put_artifact(ctx, req).await?)
     }
 
     /// Long-poll: extends the leases of `held`, returns cancellations and new assignments, and
@@ -624,6 +664,7 @@ impl Scheduler {
                 driver: agent.driver.clone(),
                 capabilities: agent.capabilities.clone(),
                 labels: agent.labels.clone(),
+                sandbox: agent.sandbox.clone(),
             };
             match self.spawn_agent(ctx, tenant, &agent.swarm_id, new).await {
                 Ok(fresh) => self.publish(

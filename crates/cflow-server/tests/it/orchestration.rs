@@ -172,14 +172,13 @@ async fn dag_runs_end_to_end(server: TestServer) {
     assert_eq!(attempt["attempt"], 1);
     assert_eq!(attempt["state"], "succeeded");
     assert_eq!(attempt["exit_code"], 0);
-    // Until the sandbox exists, every attempt says plainly that it ran unsandboxed.
+    // Every attempt states the isolation its worker reported, and how it ended.
+    let isolation = attempt["isolation"].as_str().unwrap();
     assert!(
-        attempt["isolation"]
-            .as_str()
-            .unwrap()
-            .contains("unsandboxed"),
+        isolation.starts_with("none: ") || isolation.starts_with("sandbox: "),
         "{a}"
     );
+    assert_eq!(attempt["end"], "exit 0", "{a}");
     assert!(
         attempt["stdout"].as_str().unwrap().contains("hello-a"),
         "{a}"

@@ -37,9 +37,12 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         ("post", "/api/v1/tenants")
         | ("get", "/api/v1/tenants")
         | ("get", "/metrics")
-        | ("put", "/api/v1/tenants/{tenant}/quota") => Forbidden,
+        | ("put", "/api/v1/tenants/{tenant}/quota")
+        | ("put", "/api/v1/tenants/{tenant}/sandbox") => Forbidden,
         ("post", "/api/v1/tenants/{tenant}/keys") => NotFound,
-        ("get", "/api/v1/tenants/{tenant}/quota") => NotFound,
+        ("get", "/api/v1/tenants/{tenant}/quota") | ("get", "/api/v1/tenants/{tenant}/sandbox") => {
+            NotFound
+        }
         ("delete", "/api/v1/keys/{id}") => NotFound,
         ("get" | "delete", "/api/v1/memory/{namespace}/{key}") => NotFound,
         ("put", "/api/v1/memory/{namespace}/{key}") => StaleForCaller,
@@ -56,7 +59,9 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         | ("get", "/api/v1/agents/{id}/messages")
         | ("get", "/api/v1/tasks/{id}")
         | ("post", "/api/v1/tasks/{id}/cancel")
-        | ("get", "/api/v1/tasks/{id}/logs") => NotFound,
+        | ("get", "/api/v1/tasks/{id}/logs")
+        | ("get", "/api/v1/tasks/{id}/artifacts")
+        | ("get", "/api/v1/tasks/{id}/artifacts/{sha256}") => NotFound,
         ("get", "/api/v1/keys")
         | ("get", "/api/v1/whoami")
         | ("get", "/api/v1/memory/{namespace}")
@@ -80,6 +85,10 @@ fn is_worker_route(method: &str, path: &str) -> bool {
             | ("post", "/api/v1/workers/{id}/poll")
             | ("post", "/api/v1/workers/{id}/reports")
             | ("delete", "/api/v1/workers/{id}")
+            | (
+                "put",
+                "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts"
+            )
     )
 }
 
@@ -92,6 +101,11 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         }
         ("put", "/api/v1/memory/{namespace}/{key}") => Some(json!({ "value": "walk-overwrite" })),
         ("put", "/api/v1/tenants/{tenant}/quota") => Some(json!({ "weight": 7 })),
+        ("put", "/api/v1/tenants/{tenant}/sandbox") => Some(json!({ "network": "full" })),
+        // Raw bytes: any body will do.
+        ("put", "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts") => {
+            Some(json!("walk-artifact"))
+        }
         ("post", "/api/v1/swarms") => Some(json!({ "name": "walk-swarm", "topology": "mesh" })),
         ("post", "/api/v1/swarms/{id}/scale") => Some(json!({ "type": "coder", "min": 0 })),
         ("post", "/api/v1/swarms/{id}/agents") => {
@@ -141,10 +155,16 @@ fn fill(path: &str, f: &Fixture) -> String {
         .replace("{id}", id)
         .replace("{namespace}", "notes")
         .replace("{key}", "plan")
-        .replace("{topic}", "news");
+        .replace("{topic}", "news")
+        .replace("{task_id}", &f.task)
+        .replace("{epoch}", "1")
+        .replace("{sha256}", &"ab".repeat(32));
     assert!(!filled.contains('{'), "unfilled parameter in {path}");
     if filled == "/api/v1/memory/search" {
         return format!("{filled}?q=marker");
+    }
+    if path.ends_with("/artifacts") && path.starts_with("/api/v1/workers/") {
+        return format!("{filled}?name=walk.txt&kind=file");
     }
     filled
 }
@@ -305,7 +325,7 @@ async fn walk(server: TestServer) {
             }
         }
     }
-    assert_eq!(walked, 41, "every non-public operation was walked");
+    assert_eq!(walked, 46, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
@@ -438,6 +458,14 @@ async fn assert_orchestration_unchanged(server: &TestServer, f: &Fixture, admin_
     assert_eq!(inbox["items"], json!([]), "no message was sent in alpha");
     let quota = server.store.tenant_quota(&f.tenant_a).await.unwrap();
     assert_eq!(quota, cflow_store::TenantQuota::default());
+    let sandbox = server.store.tenant_sandbox(&f.tenant_a).await.unwrap();
+    assert_eq!(sandbox, None, "alpha's sandbox overrides are unchanged");
+    let artifacts = get(format!("/api/v1/tasks/{}/artifacts", f.task)).await;
+    assert_eq!(
+        artifacts["artifacts"],
+        json!([]),
+        "no artifact was stored in alpha"
+    );
     let workers = get("/api/v1/workers".to_string()).await;
     assert!(
         workers["items"]

@@ -33,6 +33,7 @@ pub fn outcome(kind: OutcomeKind) -> Outcome {
         stdout_tail: "out".into(),
         stderr_tail: "err".into(),
         result: Some(json!({"ok": kind == OutcomeKind::Succeeded})),
+        detail: None,
     }
 }
 

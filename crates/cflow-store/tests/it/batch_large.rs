@@ -188,6 +188,7 @@ async fn huge_batches_take_the_one_parameter_path() {
                 stdout_tail: format!("out \"{i}\"\n"),
                 stderr_tail: String::new(),
                 result: Some(json!({"i": i, "s": "é\"\\"})),
+                detail: Some(json!({"end": format!("exit {i}")})),
             }
         };
         let done = ids[..ASSIGNED]
@@ -227,6 +228,7 @@ async fn huge_batches_take_the_one_parameter_path() {
         assert_eq!(attempt.exit_code, Some(1_234));
         assert_eq!(attempt.stdout_tail.as_deref(), Some("out \"1234\"\n"));
         assert_eq!(attempt.result, Some(json!({"i": 1_234, "s": "é\"\\"})));
+        assert_eq!(attempt.detail, Some(json!({"end": "exit 1234"})));
         let mut totals = (0, 0, 0);
         for a in &agents {
             let a = store.get_agent(&t, &a.id).await.unwrap().unwrap();

@@ -104,6 +104,7 @@ async fn lifecycle(store: &Store, backend: Backend) {
                             stdout_tail: "ok\n".into(),
                             stderr_tail: String::new(),
                             result: Some(json!({"n": from})),
+                            detail: None,
                         },
                         now: n,
                         started: false,

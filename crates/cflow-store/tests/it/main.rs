@@ -1,6 +1,7 @@
 //! The store conformance suite: every test runs the same body against SQLite and PostgreSQL
 //! (PostgreSQL when `CFLOW_TEST_DATABASE_URL` is set; see `scripts/pg-test.sh`).
 
+mod artifacts;
 mod attempts;
 mod audit;
 mod batch;

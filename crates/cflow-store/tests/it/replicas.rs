@@ -24,6 +24,7 @@ fn said(text: &str) -> Outcome {
         stdout_tail: text.to_string(),
         stderr_tail: String::new(),
         result: None,
+        detail: None,
     }
 }
 

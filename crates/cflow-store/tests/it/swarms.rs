@@ -24,6 +24,7 @@ pub fn new_agent(agent_type: &str) -> NewAgent {
         driver: "exec".to_string(),
         capabilities: vec!["rust".to_string()],
         labels: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+        sandbox: None,
     }
 }
 

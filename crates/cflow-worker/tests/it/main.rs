@@ -2,6 +2,7 @@
 //! against [`FakeServer`], an in-memory test double of the scheduler's side of the protocol
 //! (and, in `http`, the real [`HttpLink`](cflow_worker::HttpLink) against a small axum server).
 
+mod artifacts;
 mod cancel;
 mod http;
 mod reports;
@@ -11,6 +12,7 @@ use cflow_agents::proto::{
     Assignment, Finished, Held, PollRequest, PollResponse, Register, Registered, Report, ReportAck,
 };
 use cflow_agents::{BoxFuture, Drivers, ExecConfig};
+use cflow_worker::link::Artifact;
 use cflow_worker::{Link, LinkError, RetryPolicy, WorkerError, WorkerOptions};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,10 @@ pub struct FakeState {
     pub register_error: Option<LinkError>,
     pub poll_error: Option<LinkError>,
     pub deregistered: Vec<String>,
+    /// Stored artifacts: (task id, epoch, name, kind, bytes).
+    pub uploads: Vec<(String, i64, String, String, Vec<u8>)>,
+    /// What the next uploads of an artifact, by name, fail with (in order).
+    pub upload_errors: HashMap<String, VecDeque<LinkError>>,
 }
 
 #[derive(Default)]
@@ -257,6 +263,35 @@ impl Link for FakeServer {
         })
     }
 
+    fn put_artifact<'a>(
+        &'a self,
+        _worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            self.with(|s| {
+                if let Some(e) = s
+                    .upload_errors
+                    .get_mut(&artifact.name)
+                    .and_then(|q| q.pop_front())
+                {
+                    return Err(e);
+                }
+                let kind = cflow_worker::http::artifact_kind(artifact);
+                s.uploads.push((
+                    task_id.to_string(),
+                    epoch,
+                    artifact.name.clone(),
+                    kind,
+                    artifact.bytes.clone(),
+                ));
+                Ok(())
+            })
+        })
+    }
+
     fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             self.with(|s| s.deregistered.push(worker_id.to_string()));
@@ -306,6 +341,11 @@ pub fn start(fake: &Arc<FakeServer>, options: WorkerOptions) -> Worker {
         kill_grace: Duration::from_millis(300),
         ..ExecConfig::default()
     });
+    start_with(fake, options, drivers)
+}
+
+/// [`start`] with these drivers.
+pub fn start_with(fake: &Arc<FakeServer>, options: WorkerOptions, drivers: Drivers) -> Worker {
     let link: Arc<dyn Link> = fake.clone();
     let runtime = cflow_worker::WorkerRuntime::new(link, drivers, options);
     let shutdown = CancellationToken::new();
@@ -330,6 +370,7 @@ pub fn assignment(task_id: &str, driver: &str, spec: serde_json::Value) -> Assig
         spec,
         timeout_ms: 60_000,
         inputs: Default::default(),
+        sandbox: None,
     }
 }
 

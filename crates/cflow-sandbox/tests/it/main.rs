@@ -1,0 +1,1 @@
+//! Hostile tests of the sandbox: they land in the next commit.
