@@ -271,6 +271,24 @@ impl ExecDriver {
         let prepared = Arc::try_unwrap(prepared).map_err(|_| {
             io::Error::other("the disk quota watcher still holds the run after it ended")
         })?;
+        // A command that filled the disk and exited between two checks is caught here.
+        let (prepared, used) = tokio::task::spawn_blocking(move || {
+            let used = prepared.disk_usage();
+            (prepared, used)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("measuring the workspace panicked: {e}")))?;
+        let mut run = run;
+        if let (Ok(r), Ok(used)) = (&mut run, used)
+            && r.stopped.is_none()
+            && used > policy.limits.disk_bytes
+        {
+            let killed = JobEnd::Killed {
+                limit: KilledBy::Disk,
+            };
+            r.end = killed;
+            r.stopped = Some(killed);
+        }
         let succeeded_guess = run.as_ref().is_ok_and(|r| r.end.is_success());
         let artifact_spec = spec.artifacts.clone().unwrap_or_default();
         let sb = Arc::clone(sandbox);

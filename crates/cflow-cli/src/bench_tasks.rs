@@ -107,6 +107,10 @@ pub struct BenchTasksArgs {
     /// `cflow up` on SQLite.
     #[arg(long = "database", id = "bench_database", value_name = "URL")]
     pub database: Option<String>,
+    /// Run the spawned server's (or workers') commands without the sandbox, to measure what
+    /// the sandbox costs (`--driver exec`).
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -134,11 +138,15 @@ pub fn run(
             Target::external(loaded)?
         } else {
             let local_slots = if args.workers > 0 { 0 } else { args.slots };
+            let mut env = vec![(
+                env_name("server.sched.local_slots")?.to_string(),
+                local_slots.to_string(),
+            )];
+            if args.no_sandbox {
+                env.push((env_name("server.sandbox.mode")?.to_string(), "off".into()));
+            }
             Target::spawn_with(&SpawnOptions {
-                env: vec![(
-                    env_name("server.sched.local_slots")?.to_string(),
-                    local_slots.to_string(),
-                )],
+                env,
                 database: args.database.clone(),
                 // Creating swarms needs an operator.
                 role: Some("operator"),

@@ -293,6 +293,9 @@ pub enum BenchCmd {
     /// bulk throughput, submit→start latency at a fixed rate, and the server's RSS with many
     /// idle agents. Without --server, a fresh server is started for the run.
     Tasks(crate::bench_tasks::BenchTasksArgs),
+    /// The sandbox's start overhead on this host: `true` run bare versus through the launcher
+    /// (every layer) and through a whole sandboxed run (workspace, cgroup, report, cleanup).
+    Sandbox(crate::bench_sandbox::BenchSandboxArgs),
 }
 
 #[derive(Debug, Args, Clone)]

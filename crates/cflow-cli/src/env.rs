@@ -164,6 +164,21 @@ pub const VARS: &[EnvVar] = &[
         secret: false,
     },
     EnvVar {
+        name: "CFLOW_SANDBOX_MODE",
+        key: "server.sandbox.mode",
+        flag: None,
+        description: "enforce (default): every agent command runs in the sandbox; off: the \
+                      operator turns it off for this server or worker (each attempt says so)",
+        secret: false,
+    },
+    EnvVar {
+        name: "CFLOW_SANDBOX_LAUNCHER",
+        key: "server.sandbox.launcher",
+        flag: None,
+        description: "the sandbox launcher binary (default: this cflow binary)",
+        secret: false,
+    },
+    EnvVar {
         name: "CFLOW_LOCAL_SLOTS",
         key: "server.sched.local_slots",
         flag: None,

@@ -2,6 +2,7 @@
 //! printed as `error: …` with their causes and exit with code 1; usage errors are clap's (code 2).
 
 mod bench;
+mod bench_sandbox;
 mod bench_tasks;
 mod cli;
 mod client;

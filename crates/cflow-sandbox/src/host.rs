@@ -197,7 +197,14 @@ pub struct Finished {
 pub struct Sandbox {
     config: Config,
     cgroups: Result<CgroupHost, String>,
-    seq: AtomicU64,
+}
+
+/// Numbers every run, probe and report file of this process (several sandboxes may share a
+/// process, and cgroups and report names must never collide).
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Sandbox {
@@ -225,11 +232,7 @@ impl Sandbox {
         if swept > 0 {
             tracing::info!(swept, "removed expired workspaces");
         }
-        Ok(Self {
-            config,
-            cgroups,
-            seq: AtomicU64::new(0),
-        })
+        Ok(Self { config, cgroups })
     }
 
     pub fn config(&self) -> &Config {
@@ -246,7 +249,7 @@ impl Sandbox {
         let policy = req.policy;
         let (cgroup, cgroup_state) = match &self.cgroups {
             Ok(host) => match host.create(
-                &format!("{}-{}", std::process::id(), req.id),
+                &format!("{}-{}-{}", std::process::id(), req.id, next_seq()),
                 &policy.limits,
             ) {
                 Ok(cg) => (Some(cg), LayerState::Active),
@@ -272,11 +275,10 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        let report = self.config.run_dir.join(format!(
-            "{}-{}.report",
-            req.id,
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let report = self
+            .config
+            .run_dir
+            .join(format!("{}-{}.report", req.id, next_seq()));
         let _ = std::fs::remove_file(&report);
         let mut env: Vec<(String, String)> = req
             .env
@@ -355,18 +357,31 @@ impl Sandbox {
                 tracing::warn!(error = %e, "could not remove a run's cgroup");
             }
         }
-        if let Some((_, Some(sig))) = parsed.exit {
+        // The command died of the limit's signal, or (run through a shell, which reports a
+        // child's death as 128 + signal) exited with that code.
+        let limit_signal = match parsed.exit {
+            Some((_, Some(sig))) => Some((sig, "died of")),
+            Some((Some(code), None)) if code > 128 => Some((code - 128, "exited with 128 + ")),
+            _ => None,
+        };
+        if let Some((sig, how)) = limit_signal {
+            let shown = if how == "died of" {
+                format!("the command died of signal {sig}")
+            } else {
+                format!("a process died of signal {sig} (exit {})", 128 + sig)
+            };
             match sig {
-                libc::SIGXCPU => report
-                    .limits_hit
-                    .push(format!("cpu: over {} CPU seconds", spec.limits.cpu_seconds)),
+                libc::SIGXCPU => report.limits_hit.push(format!(
+                    "cpu: over {} CPU seconds ({shown}, SIGXCPU)",
+                    spec.limits.cpu_seconds
+                )),
                 libc::SIGXFSZ => report.limits_hit.push(format!(
-                    "file size: a write past {} bytes",
+                    "file size: a write past {} bytes ({shown}, SIGXFSZ)",
                     spec.limits.file_size_bytes
                 )),
-                libc::SIGSYS => report
-                    .limits_hit
-                    .push("seccomp: killed for a forbidden system call".to_string()),
+                libc::SIGSYS => report.limits_hit.push(format!(
+                    "seccomp: killed for a forbidden system call ({shown}, SIGSYS)"
+                )),
                 _ => {}
             }
         }
@@ -426,11 +441,10 @@ impl Sandbox {
         mut policy: Policy,
     ) -> Result<std::process::Output, String> {
         policy.allow_degraded = true;
-        let report = self.config.run_dir.join(format!(
-            "sync-{}-{}.report",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let report =
+            self.config
+                .run_dir
+                .join(format!("sync-{}-{}.report", std::process::id(), next_seq()));
         let spec = LaunchSpec {
             argv,
             env: vec![
@@ -476,13 +490,16 @@ impl Sandbox {
         let report_path = self.config.run_dir.join(format!(
             "probe-{}-{}.report",
             std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
+            next_seq()
         ));
         let mut policy = self.config.policy.clone();
         policy.allow_degraded = true;
         let cg = self.cgroups.as_ref().map_err(|e| e.clone()).and_then(|h| {
-            h.create(&format!("probe-{}", std::process::id()), &policy.limits)
-                .map_err(|e| e.to_string())
+            h.create(
+                &format!("{}-probe-{}", std::process::id(), next_seq()),
+                &policy.limits,
+            )
+            .map_err(|e| e.to_string())
         });
         let spec = LaunchSpec {
             argv: vec!["true".into()],

@@ -1,21 +1,32 @@
 //! Per-task workspaces: the one directory an agent command may write.
 //!
 //! A workspace is `<root>/<id>`, made fresh for each run from a [`Source`]: an empty directory, a
-//! copy of a host directory, or a git checkout (a `git worktree add --detach` of a local
-//! repository, or a `git clone` of a URL). It is then handed to the sandbox's user (`chown -R`
-//! with `lchown`, see [`Config::owner`]).
+//! copy of a host directory, or a git checkout (a `git clone --no-checkout` of a local repository
+//! or a URL, then a detached checkout of the ref). It is then handed to the sandbox's user
+//! (`chown -R` with `lchown`, see [`Config::owner`]).
+//!
+//! # Git checkouts are self-contained clones
+//! A git workspace always has its own `.git` directory inside it, never a `git worktree`: a
+//! worktree's git dir lives in the source repository (`<repo>/.git/worktrees/<id>`), which the
+//! sandboxed command can neither see (host paths like `/root`, `/home` and `/tmp` are hidden) nor
+//! write (so `git add`/`commit` would fail), and must not be able to write (it would let the
+//! agent rewrite the operator's repository). Cloning a local path is cheap: git hard-links the
+//! object files instead of copying them (when both are on one filesystem). Those shared inodes
+//! belong to the source repository too, so the ownership hand-over skips them (see
+//! `chown_tree`): they stay owned by the source's owner, read-only to the sandbox (git object
+//! files are never rewritten in place; new objects go to new files in directories the sandbox
+//! owns, and the sandbox may unlink its own links without touching the source).
 //!
 //! # What is kept, what is cleaned
-//! - A run that **succeeded** has its workspace removed by [`Workspace::finish`] at once, and a
-//!   worktree's registration in its source repository is dropped.
+//! - A run that **succeeded** has its workspace removed by [`Workspace::finish`] at once.
 //! - A run that **failed** keeps its workspace for debugging: `finish` writes the sibling marker
 //!   `<root>/<id>.keep-until` (a unix time in seconds) and [`sweep`] removes the workspace once
 //!   that time has passed.
 //! - A directory under the root with no marker that no live run owns (left by a crash) is removed
 //!   by [`sweep`]; one with the same id as a new workspace is removed by [`Workspace::create`].
-//! - For worktrees, the sibling marker `<root>/<id>.worktree-of` records the source repository
-//!   (written by the supervisor before the worktree exists, outside the workspace, so the agent
-//!   cannot forge it) so a crashed run's registration can be dropped later.
+//!   Any other unmarked leftover is removed the same way, e.g. the `<id>.worktree-of` markers of
+//!   older versions (which made local checkouts as worktrees; a worktree registration they left
+//!   in a source repository shows as prunable and is dropped by git's own `worktree prune`).
 //!
 //! # The symlink rule
 //! Everything inside a workspace was written by an untrusted program. The supervisor therefore
@@ -23,11 +34,13 @@
 //! directory, ownership is changed with `lchown`, removal uses `remove_dir_all` (which unlinks
 //! symlinks rather than following them). A [`Source::Copy`] copies symlinks as symlinks and
 //! skips special files. The supervisor never runs git inside a workspace after the agent ran (a
-//! hostile `.git/config` could run code): a worktree is unregistered with
-//! `git -C <source repo> worktree remove --force` only after the directory is already gone.
+//! hostile `.git/config` could run code).
 //!
 //! Every git call gets `-c core.hooksPath=/dev/null`, `-c safe.directory=<path>` for the paths it
-//! touches, `GIT_TERMINAL_PROMPT=0`, a null stdin, and no inherited `GIT_DIR`-like variables.
+//! touches, `GIT_TERMINAL_PROMPT=0`, a null stdin, and no inherited `GIT_DIR`-like variables. A
+//! clone of a local repository (or `file://` URL) also passes those `-c`s to the `upload-pack`
+//! that serves it (`--upload-pack`), since git does not hand them on to it: the source may be
+//! owned by another user (the operator) and is trusted like a local path.
 
 use std::collections::HashSet;
 use std::fs;
@@ -47,10 +60,11 @@ pub enum Source {
     /// A copy of a directory on the worker's host (symlinks copied as symlinks, never followed;
     /// special files skipped).
     Copy { path: PathBuf },
-    /// A checkout of a git repository at a ref (branch, tag or commit; default `HEAD`). When
-    /// `repo` is an absolute path to a directory (a local repository), a
-    /// `git worktree add --detach` of it (cheap, shares objects); otherwise `git clone` (URL)
-    /// then a detached checkout of the ref.
+    /// A checkout of a git repository at a ref (branch, tag or commit; default `HEAD`):
+    /// `git clone --no-checkout` of `repo`, then a detached checkout of the ref. `repo` is a URL
+    /// or the absolute path of a local repository; a local clone hard-links the object files
+    /// (cheap) and has its own `.git` directory. Not a `git worktree`: a worktree's git dir lives
+    /// in the source repository, which the sandbox must neither see nor write.
     Git {
         repo: String,
         #[serde(default, rename = "ref")]
@@ -138,8 +152,6 @@ pub struct Workspace {
     pub base_commit: Option<String>,
     root: PathBuf,
     id: String,
-    /// The local repository this is a worktree of, if it is one.
-    worktree_of: Option<PathBuf>,
 }
 
 /// Why a workspace could not be made.
@@ -195,7 +207,6 @@ fn safe_id(id: &str) -> bool {
 }
 
 const KEEP_SUFFIX: &str = ".keep-until";
-const WORKTREE_SUFFIX: &str = ".worktree-of";
 
 fn marker(root: &Path, id: &str, suffix: &str) -> PathBuf {
     root.join(format!("{id}{suffix}"))
@@ -228,6 +239,27 @@ fn git(safe_dirs: &[&Path]) -> Command {
     cmd
 }
 
+/// The `--upload-pack` command (run by git through `sh -c`) for a clone of a local repository:
+/// `git upload-pack` with `safe.directory` set for `safe_dirs`, since a local transport passes
+/// none of the cloning git's `-c` settings on.
+fn upload_pack_command(safe_dirs: &[PathBuf]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let mut cmd = b"git -c core.hooksPath=/dev/null".to_vec();
+    for dir in safe_dirs {
+        cmd.extend_from_slice(b" -c 'safe.directory=");
+        for &b in dir.as_os_str().as_encoded_bytes() {
+            if b == b'\'' {
+                cmd.extend_from_slice(b"'\\''");
+            } else {
+                cmd.push(b);
+            }
+        }
+        cmd.push(b'\'');
+    }
+    cmd.extend_from_slice(b" upload-pack");
+    std::ffi::OsString::from_vec(cmd)
+}
+
 /// Runs a git command; Ok(stdout) or Err(the last lines of stderr).
 fn run_git(mut cmd: Command) -> Result<Vec<u8>, String> {
     let out = cmd
@@ -244,24 +276,6 @@ fn run_git(mut cmd: Command) -> Result<Vec<u8>, String> {
     } else {
         tail
     })
-}
-
-/// Drops `path`'s registration as a worktree of `repo` (the directory should already be gone:
-/// git is never run inside it). Falls back to `git worktree prune`.
-fn unregister_worktree(repo: &Path, path: &Path) {
-    let mut cmd = git(&[repo]);
-    cmd.arg("-C")
-        .arg(repo)
-        .args(["worktree", "remove", "--force", "--force", "--"])
-        .arg(path);
-    if let Err(e) = run_git(cmd) {
-        tracing::debug!(repo = %repo.display(), path = %path.display(), error = %e, "worktree remove failed; pruning");
-        let mut cmd = git(&[repo]);
-        cmd.arg("-C").arg(repo).args(["worktree", "prune"]);
-        if let Err(e) = run_git(cmd) {
-            tracing::warn!(repo = %repo.display(), error = %e, "git worktree prune failed");
-        }
-    }
 }
 
 /// Removes whatever is at `path` without following symlinks. Missing is fine.
@@ -281,20 +295,12 @@ fn remove_file_if_any(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes `<root>/<id>`, its worktree registration (per the marker) and its markers.
-/// Returns whether a directory was removed.
+/// Removes `<root>/<id>` (whatever it is) and its marker. Returns whether a directory was
+/// removed.
 fn remove_workspace(root: &Path, id: &str) -> io::Result<bool> {
     let path = root.join(id);
     let existed = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
     remove_path(&path)?;
-    let wt_marker = marker(root, id, WORKTREE_SUFFIX);
-    if let Some(repo) = read_small(&wt_marker) {
-        let repo = PathBuf::from(repo.trim_end_matches('\n'));
-        if repo.is_absolute() {
-            unregister_worktree(&repo, &path);
-        }
-    }
-    remove_file_if_any(&wt_marker)?;
     remove_file_if_any(&marker(root, id, KEEP_SUFFIX))?;
     Ok(existed)
 }
@@ -323,9 +329,10 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 impl Workspace {
     /// Creates a fresh workspace `<root>/<id>` (blocking). A stale directory of that name (from
-    /// a crash) is removed first, with its worktree registration. Then the tree is handed to
-    /// `config.owner` (lchown, never following symlinks; a clone's `.git` included, a worktree's
-    /// shared object store not). For a git source, records `base_commit` (`git rev-parse HEAD`).
+    /// a crash) is removed first. Then the tree is handed to `config.owner` (see `chown_tree`:
+    /// lchown, never following symlinks; a clone's `.git` included, except object files
+    /// hard-linked with a local source repository). For a git source, records `base_commit`
+    /// (`git rev-parse HEAD`).
     pub fn create(config: &Config, id: &str, source: &Source) -> Result<Workspace, Error> {
         if !safe_id(id) {
             return Err(Error::UnsafeId(id.to_string()));
@@ -358,7 +365,6 @@ impl Workspace {
             base_commit: None,
             root: root.clone(),
             id: id.to_string(),
-            worktree_of: None,
         };
         match ws.populate(config) {
             Ok(()) => Ok(ws),
@@ -398,67 +404,59 @@ impl Workspace {
                     rev: rev_shown.clone(),
                     detail,
                 };
-                let local = Path::new(&repo);
-                if local.is_absolute() && local.is_dir() {
-                    // Record the registration before it exists, so a crash can be cleaned up.
-                    let mut m = repo.clone();
-                    m.push('\n');
-                    fs::write(marker(&self.root, &self.id, WORKTREE_SUFFIX), m).map_err(io_err(
-                        format!("could not write a marker under '{}'", self.root.display()),
-                    ))?;
-                    self.worktree_of = Some(local.to_path_buf());
-                    let mut cmd = git(&[local, &path]);
-                    cmd.arg("-C")
-                        .arg(local)
-                        .args(["worktree", "add", "--detach", "--quiet", "--"])
-                        .arg(&path)
-                        .arg(&rev_shown);
-                    run_git(cmd).map_err(git_err)?;
+                // A local path, or a `file://` URL: its owner may be someone else (the operator);
+                // it is trusted like a local path. A local path is cloned with hard-linked
+                // objects, so the workspace gets its own `.git` (see the module docs).
+                let from = Path::new(repo.strip_prefix("file://").unwrap_or(&repo));
+                let mut cmd;
+                if from.is_absolute() {
+                    // git checks the repository and its git dir, in the clone and in the
+                    // `upload-pack` it serves the clone from (which gets none of our `-c`s).
+                    let safe = [from.to_path_buf(), from.join(".git")];
+                    cmd = git(&[&path, &safe[0], &safe[1]]);
+                    cmd.args(["clone", "--upload-pack"])
+                        .arg(upload_pack_command(&safe));
                 } else {
-                    // A `file://` source owned by someone else is trusted like a local path.
-                    let from = repo.strip_prefix("file://").map(Path::new);
-                    let mut cmd = match from {
-                        Some(from) if from.is_absolute() => git(&[&path, from]),
-                        _ => git(&[&path]),
-                    };
-                    cmd.args(["clone", "--quiet", "--no-checkout", "--"])
-                        .arg(&repo)
-                        .arg(&path);
-                    run_git(cmd).map_err(git_err)?;
-                    let commit = match &rev {
-                        None => None,
-                        Some(rev) => {
-                            let mut found = None;
-                            for cand in [rev.clone(), format!("origin/{rev}")] {
-                                let mut cmd = git(&[&path]);
-                                cmd.arg("-C").arg(&path).args([
-                                    "rev-parse",
-                                    "--verify",
-                                    "--quiet",
-                                    "--end-of-options",
-                                    &format!("{cand}^{{commit}}"),
-                                ]);
-                                if let Ok(out) = run_git(cmd) {
-                                    found = Some(String::from_utf8_lossy(&out).trim().to_string());
-                                    break;
-                                }
-                            }
-                            Some(found.ok_or_else(|| {
-                                git_err(format!(
-                                    "no branch, tag or commit named '{rev}' in the clone"
-                                ))
-                            })?)
-                        }
-                    };
-                    let mut cmd = git(&[&path]);
-                    cmd.arg("-C")
-                        .arg(&path)
-                        .args(["checkout", "--quiet", "--detach"]);
-                    if let Some(commit) = &commit {
-                        cmd.arg(commit);
-                    }
-                    run_git(cmd).map_err(git_err)?;
+                    cmd = git(&[&path]);
+                    cmd.arg("clone");
                 }
+                cmd.args(["--quiet", "--no-checkout", "--"])
+                    .arg(&repo)
+                    .arg(&path);
+                run_git(cmd).map_err(git_err)?;
+                let commit = match &rev {
+                    None => None,
+                    Some(rev) => {
+                        let mut found = None;
+                        for cand in [rev.clone(), format!("origin/{rev}")] {
+                            let mut cmd = git(&[&path]);
+                            cmd.arg("-C").arg(&path).args([
+                                "rev-parse",
+                                "--verify",
+                                "--quiet",
+                                "--end-of-options",
+                                &format!("{cand}^{{commit}}"),
+                            ]);
+                            if let Ok(out) = run_git(cmd) {
+                                found = Some(String::from_utf8_lossy(&out).trim().to_string());
+                                break;
+                            }
+                        }
+                        Some(found.ok_or_else(|| {
+                            git_err(format!(
+                                "no branch, tag or commit named '{rev}' in the clone"
+                            ))
+                        })?)
+                    }
+                };
+                let mut cmd = git(&[&path]);
+                cmd.arg("-C")
+                    .arg(&path)
+                    .args(["checkout", "--quiet", "--detach"]);
+                if let Some(commit) = &commit {
+                    cmd.arg(commit);
+                }
+                run_git(cmd).map_err(git_err)?;
                 let mut cmd = git(&[&path]);
                 cmd.arg("-C")
                     .arg(&path)
@@ -502,16 +500,11 @@ impl Workspace {
         Ok(total)
     }
 
-    /// Ends the workspace. `succeeded`: removed now (and a worktree's registration dropped),
-    /// returns `None`. Failed: kept, with the expiry `<root>/<id>.keep-until` (unix seconds)
+    /// Ends the workspace. `succeeded`: removed now, returns `None`. Failed: kept, with the expiry `<root>/<id>.keep-until` (unix seconds)
     /// for [`sweep`]; returns the kept path.
     pub fn finish(self, succeeded: bool, config: &Config) -> io::Result<Option<PathBuf>> {
         if succeeded {
             remove_path(&self.path)?;
-            if let Some(repo) = &self.worktree_of {
-                unregister_worktree(repo, &self.path);
-            }
-            remove_file_if_any(&marker(&self.root, &self.id, WORKTREE_SUFFIX))?;
             remove_file_if_any(&marker(&self.root, &self.id, KEEP_SUFFIX))?;
             Ok(None)
         } else {
@@ -527,8 +520,9 @@ impl Workspace {
 }
 
 /// Removes kept workspaces whose `.keep-until` time is up, and directories with no marker
-/// that no live run owns (`live(id)`), with their worktree registrations. Never touches a live
-/// id. Returns how many workspaces it removed.
+/// that no live run owns (`live(id)`) — and any other unmarked leftover under the root, such
+/// as an older version's `<id>.worktree-of` marker. Never touches a live id. Returns how many
+/// workspace directories it removed.
 pub fn sweep(config: &Config, now: SystemTime, live: &dyn Fn(&str) -> bool) -> usize {
     let root = &config.root;
     let Ok(entries) = fs::read_dir(root) else {
@@ -541,10 +535,7 @@ pub fn sweep(config: &Config, now: SystemTime, live: &dyn Fn(&str) -> bool) -> u
         .collect();
     let mut ids: Vec<String> = Vec::new();
     for name in &names {
-        let id = name
-            .strip_suffix(KEEP_SUFFIX)
-            .or_else(|| name.strip_suffix(WORKTREE_SUFFIX))
-            .unwrap_or(name);
+        let id = name.strip_suffix(KEEP_SUFFIX).unwrap_or(name);
         if safe_id(id) {
             ids.push(id.to_string());
         }
@@ -645,7 +636,18 @@ fn copy_tree(src: &Path, dst: &Path, ws_root: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// `lchown -R`: never follows a symlink, never descends into a symlinked directory.
+/// `lchown -R` of a freshly made workspace: never follows a symlink, never descends into a
+/// symlinked directory.
+///
+/// Directories and files with a single link are handed to `uid:gid`. A non-directory with more
+/// than one link is left as it is: in a fresh workspace that is an object file of a local git
+/// clone, hard-linked with the source repository (one inode for both), and chowning it would
+/// change the operator's repository. The sandbox can still read such a file and unlink its own
+/// link (it owns the directory), but not change it: git object files are read-only and never
+/// rewritten in place, and new objects go to new files in directories the sandbox owns. A
+/// hard-linked regular file that is writable by group or others (git never makes one, an
+/// operator's `chmod` could) would be writable by the sandbox too, so its link is broken first:
+/// it is replaced by a copy of its own, which is then handed over.
 fn chown_tree(top: &Path, uid: u32, gid: u32) -> Result<(), Error> {
     let chown = |p: &Path| {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|source| Error::Chown {
@@ -663,17 +665,49 @@ fn chown_tree(top: &Path, uid: u32, gid: u32) -> Result<(), Error> {
         for entry in entries {
             let entry = entry.map_err(io_err(format!("could not read '{}'", dir.display())))?;
             let p = entry.path();
-            chown(&p)?;
-            let is_dir = entry
-                .file_type()
-                .map_err(io_err(format!("could not stat '{}'", p.display())))?
-                .is_dir();
-            if is_dir {
+            let md = entry
+                .metadata() // lstat semantics
+                .map_err(io_err(format!("could not stat '{}'", p.display())))?;
+            if md.is_dir() {
+                chown(&p)?;
                 stack.push(p);
+            } else if md.nlink() <= 1 {
+                chown(&p)?;
+            } else if md.is_file() && md.mode() & 0o022 != 0 {
+                unshare_file(&p, &md)?;
+                chown(&p)?;
             }
+            // Otherwise shared with the source repository: left as it is.
         }
     }
     Ok(())
+}
+
+/// Replaces the hard link `path` by a copy of the file with its own inode (same content and
+/// permission bits, set-id bits dropped). The other links keep the old inode, untouched.
+fn unshare_file(path: &Path, md: &fs::Metadata) -> Result<(), Error> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.cflow-unshare"));
+    remove_file_if_any(&tmp).map_err(io_err(format!("could not remove '{}'", tmp.display())))?;
+    let mode = md.mode() & 0o777;
+    let mut input = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(format!("could not open '{}'", path.display())))?;
+    let mut output = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(format!("could not create '{}'", tmp.display())))?;
+    io::copy(&mut input, &mut output)
+        .map_err(io_err(format!("could not copy '{}'", path.display())))?;
+    output
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("could not set mode of '{}'", tmp.display())))?;
+    drop(output);
+    fs::rename(&tmp, path).map_err(io_err(format!("could not replace '{}'", path.display())))
 }
 
 #[cfg(test)]
@@ -828,72 +862,97 @@ mod tests {
         git_ok(repo, &["worktree", "list", "--porcelain"])
     }
 
+    fn running_as_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// A regular file under `<dir>/.git/objects` with more than one link (hard-linked with the
+    /// source repository by a local clone), as a path relative to `dir`.
+    fn linked_object(dir: &Path) -> Option<PathBuf> {
+        let mut stack = vec![dir.join(".git/objects")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let md = e.metadata().unwrap();
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else if md.is_file() && md.nlink() > 1 {
+                    return Some(e.path().strip_prefix(dir).unwrap().to_path_buf());
+                }
+            }
+        }
+        None
+    }
+
+    /// `lchown -R` for test fixtures.
+    fn chown_all(dir: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            if e.metadata().unwrap().is_dir() {
+                chown_all(&e.path(), uid, gid);
+            } else {
+                std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+
+    fn owner(p: &Path) -> (u32, u32) {
+        let md = fs::symlink_metadata(p).unwrap();
+        (md.uid(), md.gid())
+    }
+
+    fn local_git(repo: &Path, rev: Option<&str>) -> Source {
+        Source::Git {
+            repo: repo.to_str().unwrap().into(),
+            rev: rev.map(String::from),
+        }
+    }
+
     #[test]
-    fn git_worktree_at_head_tag_and_commit() {
+    fn git_local_clone_at_head_tag_and_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = config(tmp.path());
         let repo = tmp.path().join("repo");
         let (first, second) = make_repo(&repo);
-        let repo_s = repo.to_str().unwrap().to_string();
 
-        let head = Workspace::create(
-            &cfg,
-            "h",
-            &Source::Git {
-                repo: repo_s.clone(),
-                rev: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(head.base_commit.as_deref(), Some(second.as_str()));
-        assert_eq!(
-            fs::read_to_string(head.path.join("a.txt")).unwrap(),
-            "two\n"
-        );
-        // A worktree: `.git` is a file pointing into the source repository.
-        assert!(
-            fs::symlink_metadata(head.path.join(".git"))
-                .unwrap()
-                .is_file()
-        );
-
-        let tag = Source::Git {
-            repo: repo_s.clone(),
-            rev: Some("v1".into()),
-        };
-        let at_tag = Workspace::create(&cfg, "t", &tag).unwrap();
-        assert_eq!(at_tag.base_commit.as_deref(), Some(first.as_str()));
-        assert_eq!(
-            fs::read_to_string(at_tag.path.join("a.txt")).unwrap(),
-            "one\n"
-        );
-        assert!(!at_tag.path.join("b.txt").exists());
-
-        let at_commit = Workspace::create(
-            &cfg,
-            "c",
-            &Source::Git {
-                repo: repo_s.clone(),
-                rev: Some(first.clone()),
-            },
-        )
-        .unwrap();
-        assert_eq!(at_commit.base_commit.as_deref(), Some(first.as_str()));
-
-        let list = worktree_list(&repo);
-        for ws in [&head, &at_tag, &at_commit] {
-            assert!(list.contains(ws.path.to_str().unwrap()), "{list}");
+        let head = Workspace::create(&cfg, "h", &local_git(&repo, None)).unwrap();
+        let at_tag = Workspace::create(&cfg, "t", &local_git(&repo, Some("v1"))).unwrap();
+        let at_commit = Workspace::create(&cfg, "c", &local_git(&repo, Some(&first))).unwrap();
+        for (ws, commit, a) in [
+            (&head, &second, "two\n"),
+            (&at_tag, &first, "one\n"),
+            (&at_commit, &first, "one\n"),
+        ] {
+            let name = ws.path.display();
+            assert_eq!(ws.base_commit.as_deref(), Some(commit.as_str()), "{name}");
+            assert_eq!(fs::read_to_string(ws.path.join("a.txt")).unwrap(), a);
+            assert_eq!(ws.path.join("b.txt").exists(), commit == &second, "{name}");
+            // A clone of its own: `.git` is a directory inside the workspace, not a worktree's
+            // pointer into the source repository, and borrows no objects by reference.
+            assert!(
+                fs::symlink_metadata(ws.path.join(".git")).unwrap().is_dir(),
+                "{name}"
+            );
+            assert!(!ws.path.join(".git/objects/info/alternates").exists());
+            assert_eq!(&git_ok(&ws.path, &["rev-parse", "HEAD"]), commit, "{name}");
+            assert_eq!(git_ok(&ws.path, &["rev-parse", "--git-dir"]), ".git");
+            // Cheap: the object files are hard-linked with the source's.
+            assert!(linked_object(&ws.path).is_some(), "{name}");
         }
+        // The source repository has no worktree besides its own.
+        let list = worktree_list(&repo);
+        assert_eq!(list.matches("worktree ").count(), 1, "{list}");
+        assert!(!list.contains(cfg.root.to_str().unwrap()), "{list}");
 
-        // Success: directory and registration gone.
+        // Success: directory gone, source intact.
         let p = head.path.clone();
         assert_eq!(head.finish(true, &cfg).unwrap(), None);
         assert!(!p.exists());
-        let list = worktree_list(&repo);
-        assert!(!list.contains(p.to_str().unwrap()), "{list}");
-        assert!(!cfg.root.join("h.worktree-of").exists());
+        git_ok(&repo, &["fsck", "--no-progress"]);
+        assert_eq!(git_ok(&repo, &["rev-parse", "HEAD"]), second);
+        assert_eq!(git_ok(&repo, &["status", "--porcelain"]), "");
 
-        // Failure: kept until swept; sweep drops the registration too.
+        // Failure: kept until swept.
         let kept = at_tag.finish(false, &cfg).unwrap().unwrap();
         assert!(kept.join("a.txt").exists());
         assert_eq!(sweep(&cfg, SystemTime::now(), &|id| id == "c"), 0);
@@ -903,15 +962,55 @@ mod tests {
         assert_eq!(sweep(&cfg, later, &|id| id == "c"), 1);
         assert!(!kept.exists());
         assert!(at_commit.path.exists());
-        let list = worktree_list(&repo);
-        assert!(!list.contains(kept.to_str().unwrap()), "{list}");
-        assert!(list.contains(at_commit.path.to_str().unwrap()), "{list}");
 
-        // Re-creating over a stale worktree with the same id works (registration dropped).
-        let again = Workspace::create(&cfg, "c", &tag).unwrap();
+        // Re-creating over a stale workspace with the same id works.
+        let again = Workspace::create(&cfg, "c", &local_git(&repo, Some("v1"))).unwrap();
         assert_eq!(again.base_commit.as_deref(), Some(first.as_str()));
         again.finish(true, &cfg).unwrap();
         assert_eq!(worktree_list(&repo).matches("worktree ").count(), 1);
+        git_ok(&repo, &["fsck", "--no-progress"]);
+    }
+
+    #[test]
+    fn upload_pack_command_quotes_paths_for_the_shell() {
+        let dirs = [PathBuf::from("/a b/it's"), PathBuf::from("/x/$(y)`z`\\")];
+        let cmd = upload_pack_command(&dirs);
+        let mut script = std::ffi::OsString::from("set -- ");
+        script.push(&cmd);
+        script.push("; printf '%s\\n' \"$@\"");
+        let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .collect::<Vec<_>>(),
+            [
+                "git",
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "safe.directory=/a b/it's",
+                "-c",
+                "safe.directory=/x/$(y)`z`\\",
+                "upload-pack"
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_worktree_markers_of_older_versions_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        fs::create_dir_all(cfg.root.join("old/sub")).unwrap();
+        fs::write(
+            cfg.root.join("old/.git"),
+            "gitdir: /srv/repo/.git/worktrees/old\n",
+        )
+        .unwrap();
+        fs::write(cfg.root.join("old.worktree-of"), "/srv/repo\n").unwrap();
+        assert_eq!(sweep(&cfg, SystemTime::now(), &|_| false), 1);
+        assert_eq!(fs::read_dir(&cfg.root).unwrap().count(), 0);
     }
 
     #[test]
@@ -931,8 +1030,7 @@ mod tests {
             msg.contains("no-such-branch") && msg.contains("check the repository and ref"),
             "{msg}"
         );
-        assert!(!cfg.root.join("bad").exists());
-        assert!(!cfg.root.join("bad.worktree-of").exists());
+        assert_eq!(fs::read_dir(&cfg.root).unwrap().count(), 0);
 
         let url = Source::Git {
             repo: format!("file://{}", repo.display()),
@@ -1035,20 +1133,240 @@ mod tests {
                 "{p}"
             );
         }
-        let wt = Workspace::create(
+    }
+
+    #[test]
+    fn local_clone_is_handed_over_except_hard_linked_objects() {
+        if !running_as_root() {
+            eprintln!("not root: local clone ownership test skipped");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.owner = Some((65534, 65534));
+        let repo = tmp.path().join("repo");
+        let (_, second) = make_repo(&repo);
+        // The operator's repository, owned by someone else than both root and the sandbox.
+        chown_all(&repo, 1234, 1235);
+        let source_files = [
+            "",
+            "a.txt",
+            ".git",
+            ".git/HEAD",
+            ".git/index",
+            ".git/objects",
+        ];
+        for p in source_files {
+            assert_eq!(owner(&repo.join(p)), (1234, 1235), "{p}");
+        }
+
+        let ws = Workspace::create(&cfg, "l", &local_git(&repo, None)).unwrap();
+        assert_eq!(ws.base_commit.as_deref(), Some(second.as_str()));
+        for p in [
+            "",
+            ".git",
+            ".git/HEAD",
+            ".git/index",
+            ".git/objects",
+            "a.txt",
+            "b.txt",
+        ] {
+            assert_eq!(owner(&ws.path.join(p)), (65534, 65534), "{p}");
+        }
+        for e in fs::read_dir(ws.path.join(".git/objects"))
+            .unwrap()
+            .flatten()
+        {
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                assert_eq!(
+                    (md.uid(), md.gid()),
+                    (65534, 65534),
+                    "{}",
+                    e.path().display()
+                );
+            }
+        }
+        // A hard-linked object keeps its owner: it is the source repository's inode too.
+        let obj = linked_object(&ws.path).expect("a hard-linked object file");
+        let (in_ws, in_src) = (
+            fs::symlink_metadata(ws.path.join(&obj)).unwrap(),
+            fs::symlink_metadata(repo.join(&obj)).unwrap(),
+        );
+        assert_eq!((in_ws.dev(), in_ws.ino()), (in_src.dev(), in_src.ino()));
+        assert_eq!((in_ws.uid(), in_ws.gid()), (1234, 1235));
+        assert_eq!(in_ws.mode() & 0o222, 0, "git objects are read-only");
+        // The source repository's files keep their owners.
+        for p in source_files {
+            assert_eq!(owner(&repo.join(p)), (1234, 1235), "{p}");
+        }
+        assert_eq!(owner(&repo.join(&obj)), (1234, 1235));
+        assert_eq!(worktree_list(&repo).matches("worktree ").count(), 1);
+
+        // A `file://` URL of the same repository clones too (no hard links: all handed over).
+        let url = Workspace::create(
             &cfg,
-            "ow",
+            "lu",
             &Source::Git {
-                repo: repo.to_str().unwrap().into(),
-                rev: None,
+                repo: format!("file://{}", repo.display()),
+                rev: Some("v1".into()),
             },
         )
         .unwrap();
-        assert_eq!(fs::metadata(wt.path.join("a.txt")).unwrap().uid(), 65534);
-        // The source repository's object store stays as it was.
-        assert_eq!(fs::metadata(repo.join(".git/objects")).unwrap().uid(), 0);
-        wt.finish(true, &cfg).unwrap();
-        assert_eq!(worktree_list(&repo).matches("worktree ").count(), 1);
+        assert_eq!(linked_object(&url.path), None);
+        assert_eq!(owner(&url.path.join(".git/objects")), (65534, 65534));
+        url.finish(true, &cfg).unwrap();
+
+        let p = ws.path.clone();
+        ws.finish(true, &cfg).unwrap();
+        assert!(!p.exists());
+        git_ok(&repo, &["fsck", "--no-progress"]);
+        assert_eq!(git_ok(&repo, &["rev-parse", "HEAD"]), second);
+        for p in source_files {
+            assert_eq!(owner(&repo.join(p)), (1234, 1235), "{p}");
+        }
+        assert_eq!(owner(&repo.join(&obj)), (1234, 1235));
+        assert_eq!(fs::symlink_metadata(repo.join(&obj)).unwrap().nlink(), 1);
+    }
+
+    #[test]
+    fn writable_hard_linked_file_gets_a_copy_of_its_own() {
+        if !running_as_root() {
+            eprintln!("not root: unshare test skipped");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.owner = Some((65534, 65534));
+        let repo = tmp.path().join("repo");
+        make_repo(&repo);
+        chown_all(&repo, 1234, 1235);
+        // Make every object file world-writable (git never does; an operator's chmod could).
+        let mut stack = vec![repo.join(".git/objects")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                if e.metadata().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    fs::set_permissions(e.path(), fs::Permissions::from_mode(0o666)).unwrap();
+                }
+            }
+        }
+        let ws = Workspace::create(&cfg, "w", &local_git(&repo, None)).unwrap();
+        // No object is shared with the source any more; the copies are the sandbox's.
+        assert_eq!(linked_object(&ws.path), None);
+        let mut stack = vec![ws.path.join(".git/objects")];
+        let mut seen = 0;
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let md = e.metadata().unwrap();
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else if md.mode() & 0o777 == 0o666 {
+                    seen += 1;
+                    assert_eq!((md.uid(), md.gid(), md.nlink()), (65534, 65534, 1));
+                    let rel = e.path().strip_prefix(&ws.path).unwrap().to_path_buf();
+                    assert_eq!(
+                        fs::read(e.path()).unwrap(),
+                        fs::read(repo.join(&rel)).unwrap()
+                    );
+                    assert_eq!(owner(&repo.join(&rel)), (1234, 1235));
+                }
+            }
+        }
+        assert!(seen > 0);
+        git_ok(&ws.path, &["fsck", "--no-progress"]);
+        git_ok(&repo, &["fsck", "--no-progress"]);
+        ws.finish(true, &cfg).unwrap();
+    }
+
+    #[test]
+    fn sandbox_user_can_commit_in_a_local_clone() {
+        if !running_as_root() {
+            eprintln!("not root: commit-as-uid-65534 test skipped");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let tmp = tempfile::tempdir().unwrap();
+        // Let uid 65534 reach the workspace root (tempdir is 0700).
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.owner = Some((65534, 65534));
+        let repo = tmp.path().join("repo");
+        let (_, second) = make_repo(&repo);
+        chown_all(&repo, 1234, 1235);
+        let ws = Workspace::create(&cfg, "s", &local_git(&repo, None)).unwrap();
+        let obj = linked_object(&ws.path).expect("a hard-linked object file");
+
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "echo three >> a.txt && echo new > c.txt && \
+                 git -c safe.directory=* -C \"$1\" add -A && \
+                 git -c safe.directory=* -C \"$1\" -c user.name=t -c user.email=t@t \
+                 commit -q -m x",
+            )
+            .arg("sh")
+            .arg(&ws.path)
+            .current_dir(&ws.path)
+            .env("HOME", "/nonexistent")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "commit as 65534: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let head = git_ok(&ws.path, &["rev-parse", "HEAD"]);
+        assert_ne!(head, second);
+        assert_eq!(git_ok(&ws.path, &["rev-parse", "HEAD^"]), second);
+        assert_eq!(git_ok(&ws.path, &["log", "-1", "--format=%s"]), "x");
+        assert_eq!(
+            git_ok(&ws.path, &["--no-optional-locks", "status", "--porcelain"]),
+            ""
+        );
+        git_ok(&ws.path, &["fsck", "--no-progress"]);
+
+        // The source repository did not change: same HEAD, no new object, same owners.
+        assert_eq!(git_ok(&repo, &["rev-parse", "HEAD"]), second);
+        assert_eq!(
+            git_ok(&repo, &["--no-optional-locks", "status", "--porcelain"]),
+            ""
+        );
+        let probe = Command::new("git")
+            .args(["-c", "safe.directory=*", "-C"])
+            .arg(&repo)
+            .args(["cat-file", "-e", &head])
+            .output()
+            .unwrap();
+        assert!(
+            !probe.status.success(),
+            "the new commit leaked into the source"
+        );
+        git_ok(&repo, &["fsck", "--no-progress"]);
+        assert_eq!(owner(&repo.join(&obj)), (1234, 1235));
+        assert_eq!(owner(&ws.path.join(&obj)), (1234, 1235));
+        for p in [
+            "",
+            "a.txt",
+            ".git",
+            ".git/HEAD",
+            ".git/index",
+            ".git/objects",
+        ] {
+            assert_eq!(owner(&repo.join(p)), (1234, 1235), "{p}");
+        }
+        assert_eq!(fs::read_to_string(repo.join("a.txt")).unwrap(), "two\n");
+
+        let p = ws.path.clone();
+        ws.finish(true, &cfg).unwrap();
+        assert!(!p.exists());
+        git_ok(&repo, &["fsck", "--no-progress"]);
     }
 
     #[test]

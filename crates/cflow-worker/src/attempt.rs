@@ -149,10 +149,11 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
             f
         }
         Err(e) => {
-            let retryable = !matches!(
-                e,
-                DriverError::Unsupported { .. } | DriverError::UnknownDriver { .. }
-            );
+            let retryable = match &e {
+                DriverError::Unsupported { .. } | DriverError::UnknownDriver { .. } => false,
+                DriverError::Sandbox { retryable, .. } => *retryable,
+                _ => true,
+            };
             failed(e.to_string(), retryable)
         }
     }
@@ -270,10 +271,13 @@ fn failed(error: String, retryable: bool) -> Finished {
         stderr: String::new(),
         truncated: false,
         result: None,
+        isolation: "none: nothing ran".to_string(),
+        detail: Some(json!({
+            "end": format!("not started: {error}"),
+            "isolation": "none: nothing ran",
+        })),
         error: Some(error),
         wall_ms: 0,
-        isolation: String::new(),
-        detail: None,
     }
 }
 

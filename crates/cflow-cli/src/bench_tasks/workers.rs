@@ -39,6 +39,10 @@ impl Workers {
             cmd.env(env_name("client.server")?, target.url.as_str())
                 .env(env_name("client.token")?, &token)
                 .env(env_name("log")?, "warn")
+                .env(
+                    env_name("server.sandbox.mode")?,
+                    if args.no_sandbox { "off" } else { "enforce" },
+                )
                 .args(["worker", "--name", &format!("bench-worker-{i}"), "--slots"])
                 .arg(args.slots.to_string())
                 .current_dir(dir.path())

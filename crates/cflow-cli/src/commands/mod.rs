@@ -59,6 +59,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCmd::Tasks(args)) => {
             crate::bench_tasks::run(&loaded, args, cli.global.server.is_some(), printer)
         }
+        Command::Bench(BenchCmd::Sandbox(args)) => {
+            crate::bench_sandbox::run(&loaded, args, printer)
+        }
         cmd => current_thread()?.block_on(client_command(cmd, &loaded, printer)),
     }
 }

@@ -12,6 +12,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cflow_core::agent_type;
+use cflow_core::authz::Role;
 use cflow_core::breaker::BreakerState;
 use cflow_store::{Agent, AgentState, NewAgent, PageRequest};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct SpawnAgentParams {
     /// Absent: the type's default capabilities.
     pub capabilities: Option<Vec<String>>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// Sandbox overrides for this agent, over its tenant's (superadmin only; audited with the
+    /// agent's creation): `mode` ("enforce"|"off"), `network`, `allow_degraded`, `limits`.
+    #[schema(value_type = Option<Object>)]
+    pub sandbox: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -181,6 +186,22 @@ async fn spawn_agent(
         _ => agent_type::default_capabilities(&p.agent_type),
     };
     check_capabilities("capabilities", &capabilities)?;
+    let sandbox = match p.sandbox {
+        None => None,
+        Some(v) if v.as_object().is_some_and(|o| o.is_empty()) => None,
+        Some(v) => {
+            // Only the operator's superadmin may change how an agent is contained: a tenant's
+            // own admin could otherwise turn its sandbox off.
+            if caller.key.role != Role::Superadmin {
+                return Err(ApiError::forbidden(
+                    "only a superadmin may set an agent's sandbox overrides",
+                ));
+            }
+            cflow_sandbox::host::Settings::parse(&v)
+                .map_err(|e| cflow_core::ValidationError::new("sandbox", e))?;
+            Some(v)
+        }
+    };
     let agent = state
         .sched
         .spawn_agent(
@@ -192,7 +213,7 @@ async fn spawn_agent(
                 driver: p.driver,
                 capabilities,
                 labels: p.labels.unwrap_or_default(),
-                sandbox: None,
+                sandbox,
             },
         )
         .await?;

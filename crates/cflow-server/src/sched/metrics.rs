@@ -9,6 +9,9 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
+/// Limits counted by `cflow_sandbox_limit_hits_total` (the prefix of a `limits_hit` line).
+pub(crate) const LIMITS: [&str; 6] = ["memory", "processes", "disk", "file size", "cpu", "seccomp"];
+
 /// Outcomes counted by `cflow_task_outcomes_total`.
 pub(crate) const OUTCOMES: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "lost"];
 
@@ -21,6 +24,10 @@ pub(crate) struct SchedMetrics {
     scale_up: AtomicU64,
     scale_down: AtomicU64,
     assigned: AtomicU64,
+    sandbox_denied: AtomicU64,
+    limit_hits: [AtomicU64; LIMITS.len()],
+    attempts_sandboxed: AtomicU64,
+    attempts_unsandboxed: AtomicU64,
 }
 
 impl SchedMetrics {
@@ -41,6 +48,35 @@ impl SchedMetrics {
     pub fn outcome(&self, name: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == name) {
             self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts what the sandbox reported on an ended attempt (`detail.sandbox` of its report).
+    pub fn sandbox(&self, detail: Option<&serde_json::Value>) {
+        let Some(sb) = detail
+            .and_then(|d| d.get("sandbox"))
+            .filter(|s| s.is_object())
+        else {
+            if detail.is_some() {
+                self.attempts_unsandboxed.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        self.attempts_sandboxed.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = sb.get("denied_total").and_then(|v| v.as_u64()) {
+            self.sandbox_denied.fetch_add(n, Ordering::Relaxed);
+        }
+        for hit in sb
+            .get("limits_hit")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+        {
+            let name = hit.split(':').next().unwrap_or("");
+            if let Some(i) = LIMITS.iter().position(|l| *l == name) {
+                self.limit_hits[i].fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -83,6 +119,29 @@ impl SchedMetrics {
         for (i, o) in OUTCOMES.iter().enumerate() {
             let n = self.outcomes[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "cflow_task_outcomes_total{{outcome=\"{o}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cflow_sandbox_attempts_total Attempts ended, by whether they ran in the sandbox.\n\
+             # TYPE cflow_sandbox_attempts_total counter\n\
+             cflow_sandbox_attempts_total{{sandboxed=\"true\"}} {}\n\
+             cflow_sandbox_attempts_total{{sandboxed=\"false\"}} {}\n\
+             # HELP cflow_sandbox_denied_total Operations the sandbox refused (seccomp), over all attempts.\n\
+             # TYPE cflow_sandbox_denied_total counter\n\
+             cflow_sandbox_denied_total {}\n\
+             # HELP cflow_sandbox_limit_hits_total Attempts that hit a resource limit, by limit.\n\
+             # TYPE cflow_sandbox_limit_hits_total counter",
+            self.attempts_sandboxed.load(Ordering::Relaxed),
+            self.attempts_unsandboxed.load(Ordering::Relaxed),
+            self.sandbox_denied.load(Ordering::Relaxed),
+        );
+        for (i, l) in LIMITS.iter().enumerate() {
+            let n = self.limit_hits[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "cflow_sandbox_limit_hits_total{{limit=\"{}\"}} {n}",
+                l.replace(' ', "_")
+            );
         }
         let _ = writeln!(
             out,

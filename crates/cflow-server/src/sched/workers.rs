@@ -500,6 +500,7 @@ impl Scheduler {
             acks[i] = Some(match res {
                 Ok(settled) => {
                     let failed = outcome.status != FinishedStatus::Succeeded;
+                    self.metrics.sandbox(outcome.detail.as_ref());
                     self.settle(task_id, &settled, Some(failed), now).await;
                     ReportAck::ok()
                 }

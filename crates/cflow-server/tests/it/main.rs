@@ -13,6 +13,7 @@ mod memory;
 mod ops;
 mod orchestration;
 mod route_walk;
+mod sandbox;
 mod sched;
 mod shutdown;
 mod tls;
