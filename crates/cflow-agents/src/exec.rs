@@ -216,6 +216,24 @@ impl ExecDriver {
             outcome.wall_time = started.elapsed();
             return Ok(outcome);
         }
+        // A sandboxed command works in its workspace: a relative `cwd` is a directory in it.
+        let subdir = match &spec.cwd {
+            Some(dir) if dir.is_absolute() => {
+                return Err(DriverError::Sandbox {
+                    message: format!(
+                        "a sandboxed task works in its own workspace, so cwd '{}' is not \
+                         reachable — start from that directory with \
+                         \"workspace\": {{\"kind\": \"copy\", \"path\": \"{}\"}} (or a git \
+                         workspace), and give cwd relative to the workspace",
+                        dir.display(),
+                        dir.display()
+                    ),
+                    retryable: false,
+                });
+            }
+            Some(dir) => Some(dir.clone()),
+            None => None,
+        };
         let (argv, env) = self.argv_env(&job.task_id, job.attempt, &spec);
         let request = RunRequest {
             id: format!("{}-{}", safe_id(&job.task_id), job.attempt),
@@ -225,13 +243,19 @@ impl ExecDriver {
             policy: policy.clone(),
         };
         let sb = Arc::clone(sandbox);
-        let prepared = tokio::task::spawn_blocking(move || sb.prepare(request))
-            .await
-            .map_err(|e| io::Error::other(format!("workspace preparation panicked: {e}")))?
-            .map_err(|e| DriverError::Sandbox {
-                message: e.to_string(),
-                retryable: matches!(e, PrepareError::Io(_) | PrepareError::Cgroup(_)),
-            })?;
+        let prepared = tokio::task::spawn_blocking(move || {
+            let mut prepared = sb.prepare(request)?;
+            if let Some(sub) = subdir {
+                prepared.spec.cwd = prepared.spec.cwd.join(sub);
+            }
+            Ok::<_, PrepareError>(prepared)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("workspace preparation panicked: {e}")))?
+        .map_err(|e| DriverError::Sandbox {
+            message: e.to_string(),
+            retryable: matches!(e, PrepareError::Io(_) | PrepareError::Cgroup(_)),
+        })?;
         let mut command = Command::new(&prepared.launcher);
         command
             .args(prepared.args())

@@ -112,7 +112,17 @@ pub struct TaskDef {
     /// Extra environment variables for the command.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A directory inside the workspace (relative), or the working directory of an
+    /// unsandboxed command (absolute).
     pub cwd: Option<String>,
+    /// Where the sandboxed workspace comes from: `{ kind = "copy", path = "/abs" }`,
+    /// `{ kind = "git", repo = "…", ref = "main" }` (default: empty). Checked by the server.
+    pub workspace: Option<toml::Value>,
+    /// Globs of workspace files kept as artifacts.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// `off`, `loopback` or `full` (at most what the policy grants).
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,6 +398,21 @@ impl TaskDef {
         spec.insert("command".into(), json!(self.command));
         spec.insert("env".into(), json!(env));
         put(&mut spec, "cwd", self.cwd.as_ref().map(|v| json!(v)));
+        put(
+            &mut spec,
+            "workspace",
+            self.workspace
+                .as_ref()
+                .and_then(|w| serde_json::to_value(w).ok()),
+        );
+        if !self.artifacts.is_empty() {
+            spec.insert("artifacts".into(), json!(self.artifacts));
+        }
+        put(
+            &mut spec,
+            "network",
+            self.network.as_ref().map(|v| json!(v)),
+        );
         let mut t = Map::new();
         t.insert("local_id".into(), json!(id));
         t.insert("swarm".into(), json!(swarm_id));
