@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cflow's build and tests need on a fresh Debian machine, and nothing when it is
-# already there: PostgreSQL server binaries for the throwaway test cluster.
+# already there: PostgreSQL server binaries for the throwaway test cluster, and the system
+# `python3` and `git` the sandbox tests run inside the sandbox (which hides /root, so a Python
+# under ~/.pyenv does not count).
 set -euo pipefail
 
 have_initdb() {
@@ -22,4 +24,19 @@ fi
 # The throwaway cluster runs as an unprivileged user, since PostgreSQL refuses to run as root.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+# The sandbox's hostile tests run /usr/bin/python3 and git inside the sandbox.
+missing=()
+[ -x /usr/bin/python3 ] || missing+=(python3)
+[ -x /usr/bin/git ] || missing+=(git)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: ${missing[*]} missing under /usr/bin; install Debian's ${missing[*]} packages" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]} (Debian packages) for the sandbox tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

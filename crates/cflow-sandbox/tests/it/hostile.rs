@@ -4,6 +4,7 @@
 use crate::{Harness, denied, hit, live_with_marker, marker, report, shell, survivors};
 use cflow_agents::{ExecSpec, JobEnd};
 use cflow_sandbox::{Layer, LayerState};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -340,4 +341,49 @@ async fn every_layer_is_active_and_the_command_is_unprivileged() {
         pid <= 3,
         "the command should be near pid 1 of its namespace: {pid}"
     );
+}
+
+/// The supervisor dies (its end of the launcher's stdin pipe closes, as it does when a server or
+/// worker is killed with SIGKILL): the launcher kills the sandbox, daemons included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_supervisor_takes_the_sandbox_with_it() {
+    use std::process::Stdio;
+    let h = Harness::new(|_| {});
+    let mark = marker("lifeline");
+    let line = format!("{}; sleep 600; : {mark}", daemon_line(&mark));
+    let sb = Arc::clone(&h.sandbox);
+    let prepared = sb
+        .prepare(cflow_sandbox::host::RunRequest {
+            id: "lifeline-1".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), line],
+            env: vec![("PATH".into(), crate::PATH.into())],
+            workspace: Default::default(),
+            policy: sb.config().policy.clone(),
+        })
+        .expect("prepared");
+    let mut launcher = std::process::Command::new(&prepared.launcher)
+        .args(prepared.args())
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the launcher starts");
+    // Wait until the daemon is up (the command prints once it has forked it).
+    let mut out = launcher.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("daemonised"));
+    assert!(
+        !live_with_marker(&mark).is_empty(),
+        "the daemon should be running"
+    );
+    // The supervisor "dies": its end of the lifeline closes.
+    drop(launcher.stdin.take());
+    let status = launcher.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9), "init was SIGKILLed: {status}");
+    let left = survivors(&mark, Duration::from_secs(2)).await;
+    assert!(left.is_empty(), "survived its supervisor: {left:?}");
+    let finished = sb.finish(prepared, false, &Default::default());
+    assert!(finished.setup_error.is_none());
 }
