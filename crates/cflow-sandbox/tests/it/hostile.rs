@@ -92,7 +92,7 @@ async fn writes_outside_the_workspace_fail_and_inside_succeed() {
 async fn writes_into_a_hidden_data_dir_outside_tmp_fail() {
     // A data directory outside /tmp (as a real server's is): its path exists in the sandbox's
     // view, covered by an empty read-only tmpfs.
-    let h = Harness::new_in(env!("CARGO_TARGET_TMPDIR"), |_| {});
+    let h = Harness::new_in(crate::OUTSIDE_TMP, |_| {});
     let mark = marker("write-data");
     let data_file = h.data().join(format!("{mark}.pwned"));
     let line = format!(
@@ -117,7 +117,7 @@ async fn writes_into_a_hidden_data_dir_outside_tmp_fail() {
 async fn secrets_are_not_readable() {
     for (base, task) in [
         (None, "secrets-tmp"),
-        (Some(env!("CARGO_TARGET_TMPDIR")), "secrets-target"),
+        (Some(crate::OUTSIDE_TMP), "secrets-target"),
     ] {
         let h = match base {
             None => Harness::new(|_| {}),

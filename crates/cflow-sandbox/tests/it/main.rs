@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 pub use cflow_sandbox::host::Sandbox;
 pub use cflow_sandbox::policy::MIB;
 
+/// A base directory outside `/tmp`, `/root` and `/home` (all hidden or replaced in the sandbox),
+/// as a real server's data directory is: `/var/tmp` (the checkout itself may live under `/tmp`).
+pub const OUTSIDE_TMP: &str = "/var/tmp/cflow-sandbox-tests";
+
 /// The PATH every sandboxed command gets: the system's, not this test process's (whose first
 /// entries live under `/root`, which the sandbox hides).
 pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";

@@ -149,8 +149,12 @@ async fn git_workspace_round_trip(h: &Harness, src: &tempfile::TempDir, task: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_git_workspace_yields_its_patch_outside_tmp() {
-    let h = Harness::new_in(env!("CARGO_TARGET_TMPDIR"), |_| {});
-    let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let h = Harness::new_in(crate::OUTSIDE_TMP, |_| {});
+    let src = {
+        std::fs::create_dir_all(crate::OUTSIDE_TMP).unwrap();
+        tempfile::tempdir_in(crate::OUTSIDE_TMP)
+    }
+    .unwrap();
     git_workspace_round_trip(&h, &src, "git-target").await;
 }
 
@@ -164,8 +168,12 @@ async fn a_git_workspace_yields_its_patch_under_tmp() {
 /// An agent works with git in its checkout: status, diff and commit must work there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_can_use_git_in_its_git_workspace() {
-    let h = Harness::new_in(env!("CARGO_TARGET_TMPDIR"), |_| {});
-    let src = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let h = Harness::new_in(crate::OUTSIDE_TMP, |_| {});
+    let src = {
+        std::fs::create_dir_all(crate::OUTSIDE_TMP).unwrap();
+        tempfile::tempdir_in(crate::OUTSIDE_TMP)
+    }
+    .unwrap();
     let repo = repo(src.path());
     let mut spec = shell(
         "git rev-parse HEAD && echo two >> a.txt && git status --porcelain && \
