@@ -368,6 +368,16 @@ impl ExecDriver {
             outcome.sandbox = Some(finished.report);
         }
         outcome.artifacts = finished.artifacts;
+        // The logs are artifacts too (as captured: the first `output_cap` bytes of each).
+        for (name, captured) in [("stdout.log", &run.out), ("stderr.log", &run.err)] {
+            if !captured.bytes.is_empty() {
+                outcome.artifacts.push(cflow_sandbox::artifacts::artifact(
+                    name,
+                    cflow_sandbox::artifacts::Kind::Log,
+                    captured.bytes.clone(),
+                ));
+            }
+        }
         outcome.wall_time = started.elapsed();
         finish_output(&mut outcome, run.out, run.err);
         Ok(outcome)

@@ -197,7 +197,14 @@ pub struct Finished {
 pub struct Sandbox {
     config: Config,
     cgroups: Result<CgroupHost, String>,
+    /// Workspace ids of the runs in progress (never swept).
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When kept workspaces were last swept.
+    last_sweep: std::sync::Mutex<std::time::Instant>,
 }
+
+/// How often [`Sandbox::finish`] also removes kept workspaces whose time is up.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Numbers every run, probe and report file of this process (several sandboxes may share a
 /// process, and cgroups and report names must never collide).
@@ -232,7 +239,12 @@ impl Sandbox {
         if swept > 0 {
             tracing::info!(swept, "removed expired workspaces");
         }
-        Ok(Self { config, cgroups })
+        Ok(Self {
+            config,
+            cgroups,
+            live: Default::default(),
+            last_sweep: std::sync::Mutex::new(std::time::Instant::now()),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -266,11 +278,17 @@ impl Sandbox {
             }
             Err(why) => return Err(PrepareError::NoCgroup(why.clone())),
         };
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(req.id.clone());
+        }
         let ws = match Workspace::create(&self.config.workspaces, &req.id, &req.workspace) {
             Ok(ws) => ws,
             Err(e) => {
                 if let Some(cg) = cgroup {
                     let _ = cg.remove();
+                }
+                if let Ok(mut live) = self.live.lock() {
+                    live.remove(&req.id);
                 }
                 return Err(e.into());
             }
@@ -397,16 +415,47 @@ impl Sandbox {
             artifacts = collected.artifacts;
             report.artifacts_skipped = collected.skipped;
         }
+        let id = workspace
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match workspace.finish(succeeded, &self.config.workspaces) {
             Ok(kept) => report.workspace_kept = kept,
             Err(e) => tracing::warn!(error = %e, "could not clean a workspace up"),
         }
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(&id);
+        }
+        self.sweep_now_and_then();
         Finished {
             report,
             artifacts,
             setup_error: parsed.error.map(|(_, m)| m),
             exit: parsed.exit,
             oom_killed,
+        }
+    }
+
+    /// Removes kept workspaces whose time is up, at most every [`SWEEP_EVERY`].
+    fn sweep_now_and_then(&self) {
+        {
+            let Ok(mut last) = self.last_sweep.lock() else {
+                return;
+            };
+            if last.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *last = std::time::Instant::now();
+        }
+        let live = self.live.lock().map(|l| l.clone()).unwrap_or_default();
+        let removed = workspace::sweep(
+            &self.config.workspaces,
+            std::time::SystemTime::now(),
+            &|id| live.contains(id),
+        );
+        if removed > 0 {
+            tracing::info!(removed, "removed kept workspaces whose time was up");
         }
     }
 

@@ -93,21 +93,42 @@ async fn tasks_run_in_the_sandbox_and_their_attempts_say_what_it_saw() {
         .collect();
     assert!(denied.contains(&"socket(AF_INET)"), "{denied:?}");
 
-    // The artifact is listed and served, byte for byte.
+    // The artifacts (the file matching the glob, and the log) are listed and served, byte for
+    // byte.
     let list = expect_json(api.get(&format!("/api/v1/tasks/{id}/artifacts")).await, 200).await;
     let arts = list["artifacts"].as_array().unwrap();
-    assert_eq!(arts.len(), 1, "{list:#}");
-    assert_eq!(arts[0]["name"], "out/report.json");
-    let body = api
-        .get(&format!(
-            "/api/v1/tasks/{id}/artifacts/{}",
-            arts[0]["sha256"].as_str().unwrap()
-        ))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let names: Vec<(&str, &str)> = arts
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["kind"].as_str().unwrap()))
+        .collect();
+    assert!(names.contains(&("out/report.json", "file")), "{list:#}");
+    assert!(names.contains(&("stdout.log", "log")), "{list:#}");
+    assert!(
+        names.iter().all(|(n, _)| *n != "changes.patch"),
+        "an empty workspace has no patch"
+    );
+    let sha_of = |name: &str| {
+        arts.iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["sha256"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let fetch = |sha: String| {
+        let api = &api;
+        let id = &id;
+        async move {
+            api.get(&format!("/api/v1/tasks/{id}/artifacts/{sha}"))
+                .await
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let body = fetch(sha_of("out/report.json")).await;
     assert_eq!(&body[..], b"{\"ok\":true}\n");
+    let log = fetch(sha_of("stdout.log")).await;
+    assert_eq!(&log[..], stdout.as_bytes());
 
     let m = metrics(&server).await;
     assert!(counter(&m, "cflow_sandbox_denied_total") >= 1, "{m}");
