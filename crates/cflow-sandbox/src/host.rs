@@ -7,6 +7,7 @@
 
 use crate::artifacts::{self, Artifact};
 use crate::cgroup::{Cgroup, CgroupHost};
+use crate::egress::EgressProxy;
 use crate::policy::{Layer, LayerState, Layers, Network, Policy};
 use crate::spec::{LAUNCHER_ARG, LaunchSpec, MAX_DENIALS_KEPT, ReportLine, RunReport};
 use crate::workspace::{self, Source, Workspace};
@@ -129,6 +130,8 @@ pub struct Prepared {
     pub workspace: Workspace,
     pub cgroup: Option<Cgroup>,
     cgroup_state: LayerState,
+    /// The run's egress proxy, when its policy allows endpoints.
+    pub egress: Option<EgressProxy>,
 }
 
 impl Prepared {
@@ -305,6 +308,26 @@ impl Sandbox {
             .collect();
         env.push(("HOME".into(), "/tmp".into()));
         env.push(("TMPDIR".into(), "/tmp".into()));
+        let egress = if !policy.egress.is_empty() && policy.network != Network::Full {
+            let path = self
+                .config
+                .run_dir
+                .join(format!("{}-{}.egress", req.id, next_seq()));
+            let proxy = EgressProxy::start(&path, policy.egress.clone())?;
+            let url = format!("http://127.0.0.1:{}", crate::egress::PORT);
+            env.retain(|(k, _)| {
+                !matches!(
+                    k.to_ascii_uppercase().as_str(),
+                    "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
+                )
+            });
+            for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+                env.push((var.into(), url.clone()));
+            }
+            Some(proxy)
+        } else {
+            None
+        };
         let spec = LaunchSpec {
             argv: req.argv,
             env,
@@ -318,6 +341,7 @@ impl Sandbox {
             host_gid: self.config.host_gid,
             allow_degraded: policy.allow_degraded,
             report,
+            egress_socket: egress.as_ref().map(|e| e.path().to_path_buf()),
         };
         Ok(Prepared {
             launcher: self.config.launcher.clone(),
@@ -325,6 +349,7 @@ impl Sandbox {
             workspace: ws,
             cgroup,
             cgroup_state,
+            egress,
         })
     }
 
@@ -341,9 +366,18 @@ impl Sandbox {
             workspace,
             cgroup,
             cgroup_state,
+            egress,
             ..
         } = prepared;
-        let parsed = ParsedReport::read(&spec.report);
+        let mut parsed = ParsedReport::read(&spec.report);
+        if let Some(proxy) = egress {
+            for what in proxy.denied() {
+                parsed.denied_total += 1;
+                if parsed.denied.len() < MAX_DENIALS_KEPT {
+                    parsed.denied.push(what);
+                }
+            }
+        }
         let _ = std::fs::remove_file(&spec.report);
         let mut report = RunReport {
             layers: parsed.layers.clone().unwrap_or_default(),
@@ -511,6 +545,7 @@ impl Sandbox {
             host_gid: self.config.host_gid,
             allow_degraded: true,
             report: report.clone(),
+            egress_socket: None,
         };
         let out = std::process::Command::new(&self.config.launcher)
             .arg(LAUNCHER_ARG)
@@ -563,6 +598,7 @@ impl Sandbox {
             host_gid: self.config.host_gid,
             allow_degraded: true,
             report: report_path.clone(),
+            egress_socket: None,
         };
         let out = std::process::Command::new(&self.config.launcher)
             .arg(LAUNCHER_ARG)
@@ -630,6 +666,9 @@ pub struct Settings {
     pub allow_degraded: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsPatch>,
+    /// `host:port` endpoints reachable through the egress proxy (replaces the default list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -657,6 +696,9 @@ impl Settings {
     pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let s: Settings = serde_json::from_value(value.clone())
             .map_err(|e| format!("invalid sandbox settings: {e}"))?;
+        for e in s.egress.iter().flatten() {
+            crate::policy::check_egress(e).map_err(|m| format!("invalid sandbox settings: {m}"))?;
+        }
         if let Some(l) = &s.limits {
             for (name, v) in [
                 ("cpu_seconds", l.cpu_seconds),
@@ -684,6 +726,9 @@ impl Settings {
         }
         if let Some(d) = self.allow_degraded {
             policy.allow_degraded = d;
+        }
+        if let Some(e) = &self.egress {
+            policy.egress = e.clone();
         }
         if let Some(l) = &self.limits {
             let t = &mut policy.limits;
@@ -724,6 +769,9 @@ pub struct Options {
     /// More host paths to hide from commands (the data directory, `/root`, `/home` and the
     /// config file are always hidden).
     pub hidden: Vec<PathBuf>,
+    /// `host:port` endpoints commands may reach through the egress proxy although the network
+    /// is off (a model API such as `api.anthropic.com:443`). Empty: none.
+    pub egress: Vec<String>,
 }
 
 impl Default for Options {
@@ -736,6 +784,7 @@ impl Default for Options {
             limits: crate::policy::Limits::default(),
             keep_failed_secs: 3600,
             hidden: Vec::new(),
+            egress: Vec::new(),
         }
     }
 }
@@ -754,10 +803,14 @@ impl Options {
         let data_dir = std::path::absolute(data_dir)
             .map_err(|e| format!("data directory {}: {e}", data_dir.display()))?;
         let mut config = Config::under(&data_dir, launcher);
+        for e in &self.egress {
+            crate::policy::check_egress(e).map_err(|m| format!("sandbox.egress: {m}"))?;
+        }
         config.policy = Policy {
             network: self.network,
             limits: self.limits,
             allow_degraded: self.allow_degraded,
+            egress: self.egress.clone(),
         };
         config.workspaces.keep_failed_for = std::time::Duration::from_secs(self.keep_failed_secs);
         for p in self.hidden.iter().chain(hidden) {

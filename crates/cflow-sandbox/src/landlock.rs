@@ -103,7 +103,14 @@ fn fs_rights(abi: u32) -> u64 {
 /// Restricts the calling process (and everything it starts) to: read and execute anywhere,
 /// everything beneath `writable`, writes to device files under `/dev` (`/dev/null`, ttys), and
 /// with `network_off` no TCP at all. Requires `no_new_privs`. Returns the ABI version used.
-pub fn restrict(writable: &[&Path], network_off: bool) -> Result<u32, String> {
+///
+/// `connect_ports`: with the network restricted, TCP connections are allowed to these ports
+/// only (the egress proxy's port on the sandbox's own loopback).
+pub fn restrict(
+    writable: &[&Path],
+    network_off: bool,
+    connect_ports: &[u16],
+) -> Result<u32, String> {
     let abi = abi()?;
     let handled = fs_rights(abi);
     let read = READ_FILE | READ_DIR | EXECUTE;
@@ -141,6 +148,11 @@ pub fn restrict(writable: &[&Path], network_off: bool) -> Result<u32, String> {
         add_path(ruleset, Path::new("/dev"), dev_rights)?;
         for dir in writable {
             add_path(ruleset, dir, handled)?;
+        }
+        if abi >= 4 && network_off {
+            for port in connect_ports {
+                add_port(ruleset, *port)?;
+            }
         }
         // SAFETY: plain syscall on a ruleset fd we own.
         if unsafe { libc::syscall(SYS_RESTRICT_SELF, ruleset, 0u32) } < 0 {
@@ -197,6 +209,38 @@ fn add_path(ruleset: i32, path: &Path, access: u64) -> Result<(), String> {
     unsafe { libc::close(fd) };
     if rc < 0 {
         return Err(format!("landlock_add_rule {}: {err}", path.display()));
+    }
+    Ok(())
+}
+
+const RULE_NET_PORT: u32 = 2;
+
+#[repr(C, packed)]
+struct NetPortAttr {
+    allowed_access: u64,
+    port: u64,
+}
+
+fn add_port(ruleset: i32, port: u16) -> Result<(), String> {
+    let attr = NetPortAttr {
+        allowed_access: NET_CONNECT_TCP,
+        port: u64::from(port),
+    };
+    // SAFETY: `attr` is a valid packed struct; the ruleset fd is open.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_ADD_RULE,
+            ruleset,
+            RULE_NET_PORT,
+            &attr as *const NetPortAttr,
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(format!(
+            "landlock_add_rule (connect to port {port}): {}",
+            io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

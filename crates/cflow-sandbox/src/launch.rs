@@ -356,11 +356,11 @@ fn init_main(
         }
     }
     match setup_init(spec, &mut layers, in_ns) {
-        Ok(listener) => {
+        Ok((listener, egress)) => {
             report.line(&ReportLine::Layers {
                 layers: layers.clone(),
             });
-            supervise_command(spec, report, listener, in_ns)
+            supervise_command(spec, report, listener, in_ns, egress)
         }
         Err(Fatal { layer, message }) => {
             report.line(&ReportLine::Error {
@@ -392,12 +392,74 @@ impl ReadExactOrEof for &File {
     }
 }
 
+/// Init's end of the egress path: the listener on the sandbox's loopback, and the supervisor's
+/// proxy socket (opened while the host's tree was visible).
+struct Egress {
+    listener: std::net::TcpListener,
+    socket: OwnedFd,
+}
+
+fn setup_egress(spec: &LaunchSpec) -> Result<Option<Egress>, String> {
+    let Some(path) = &spec.egress_socket else {
+        return Ok(None);
+    };
+    if spec.network != Network::Loopback {
+        loopback_up()?;
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", crate::egress::PORT))
+        .map_err(|e| format!("egress listener on 127.0.0.1:{}: {e}", crate::egress::PORT))?;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "egress path with NUL")?;
+    // SAFETY: valid path; the fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("egress socket {}: {}", path.display(), errno()));
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Some(Egress { listener, socket }))
+}
+
+/// Relays every connection to the sandbox's egress port to the supervisor's proxy. Runs in
+/// init, on threads started after the command was forked.
+fn relay_egress(egress: Egress) {
+    let target = format!("/proc/self/fd/{}", egress.socket.as_raw_fd());
+    let _ = std::thread::Builder::new()
+        .name("egress-accept".into())
+        .spawn(move || {
+            let _keep = egress.socket;
+            for conn in egress.listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let target = target.clone();
+                let _ = std::thread::Builder::new()
+                    .name("egress-relay".into())
+                    .spawn(move || {
+                        let Ok(up) = std::os::unix::net::UnixStream::connect(&target) else {
+                            return;
+                        };
+                        let (Ok(mut up_r), Ok(mut client_w)) = (up.try_clone(), client.try_clone())
+                        else {
+                            return;
+                        };
+                        let back = std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut up_r, &mut client_w);
+                            let _ = client_w.shutdown(std::net::Shutdown::Write);
+                        });
+                        let (mut client_r, mut up_w) = (client, up);
+                        let _ = std::io::copy(&mut client_r, &mut up_w);
+                        let _ = up_w.shutdown(std::net::Shutdown::Write);
+                        let _ = back.join();
+                    });
+            }
+        });
+}
+
 fn setup_init(
     spec: &LaunchSpec,
     layers: &mut Layers,
     in_ns: bool,
-) -> Result<Option<OwnedFd>, Fatal> {
+) -> Result<(Option<OwnedFd>, Option<Egress>), Fatal> {
     let degraded = spec.allow_degraded;
+    let mut egress = None;
     if in_ns {
         for layer in [
             Layer::UserNs,
@@ -424,6 +486,16 @@ fn setup_init(
         if spec.network == Network::Loopback {
             layer_result(layers, degraded, Layer::NetNs, loopback_up())?;
         }
+        // Before the view hides the host: the proxy socket lives in the supervisor's directory.
+        egress = match setup_egress(spec) {
+            Ok(e) => e,
+            Err(why) => {
+                return Err(Fatal {
+                    layer: Some(Layer::NetNs),
+                    message: format!("the egress proxy could not be set up: {why}"),
+                });
+            }
+        };
         let fs = mounts::open_sources(&spec.writable)
             .and_then(|sources| mounts::build(&sources, &spec.hidden, spec.limits.tmp_bytes));
         if let Err(why) = &fs
@@ -455,7 +527,12 @@ fn setup_init(
     writable.push(std::path::Path::new("/tmp"));
     writable.push(std::path::Path::new("/dev/shm"));
     let off = spec.network == Network::Off;
-    let ll = crate::landlock::restrict(&writable, off).map(|_| ());
+    let ports: &[u16] = if egress.is_some() {
+        &[crate::egress::PORT]
+    } else {
+        &[]
+    };
+    let ll = crate::landlock::restrict(&writable, off, ports).map(|_| ());
     layer_result(layers, degraded, Layer::Landlock, ll)?;
 
     // Signals init handles: a handler (not SIG_DFL) is what lets a PID namespace's init
@@ -474,7 +551,9 @@ fn setup_init(
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 
-    let filter = crate::seccomp::build(off, true);
+    // With an egress proxy the command needs an AF_INET socket to reach it; the network
+    // namespace (loopback only) and landlock (that one port) keep it there.
+    let filter = crate::seccomp::build(off && egress.is_none(), true);
     let listener = match crate::seccomp::install(&filter, true) {
         Ok(listener) => {
             layers.insert(Layer::Seccomp, LayerState::Active);
@@ -486,7 +565,7 @@ fn setup_init(
         }
     };
     layers.insert(Layer::Session, LayerState::Active);
-    Ok(listener)
+    Ok((listener, egress))
 }
 
 fn loopback_up() -> Result<(), String> {
@@ -518,6 +597,7 @@ fn supervise_command(
     report: &mut Report,
     listener: Option<OwnedFd>,
     in_ns: bool,
+    egress: Option<Egress>,
 ) -> i32 {
     let argv: Vec<CString> = match spec
         .argv
@@ -581,6 +661,9 @@ fn supervise_command(
             libc::write(2, msg.as_ptr().cast(), msg.len());
             libc::_exit(if e == libc::ENOENT { 127 } else { 126 });
         }
+    }
+    if let Some(egress) = egress {
+        relay_egress(egress);
     }
     init_loop(child, report, listener, in_ns)
 }

@@ -17,6 +17,7 @@
 
 pub mod artifacts;
 pub mod cgroup;
+pub mod egress;
 pub mod host;
 pub mod landlock;
 pub mod launch;

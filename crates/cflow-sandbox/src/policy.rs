@@ -224,6 +224,9 @@ pub struct Policy {
     /// Run even when a layer is unavailable on the host, recording which were active. When
     /// `false` (the default) such a task is refused with an error naming the layer and the fix.
     pub allow_degraded: bool,
+    /// `host:port` endpoints reachable through the egress proxy when the network is `off` or
+    /// `loopback` (a model API, e.g. `api.anthropic.com:443`); everything else stays out of reach.
+    pub egress: Vec<String>,
 }
 
 impl Default for Policy {
@@ -232,6 +235,25 @@ impl Default for Policy {
             network: Network::Off,
             limits: Limits::default(),
             allow_degraded: false,
+            egress: Vec::new(),
         }
     }
+}
+
+/// Checks an egress entry: `host:port`, a port from 1 to 65535, no scheme, no path.
+pub fn check_egress(entry: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "egress entry '{entry}' is not host:port (e.g. api.anthropic.com:443 or 127.0.0.1:11434)"
+        )
+    };
+    let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || host.contains('/')
+        || host.contains(char::is_whitespace)
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad());
+    }
+    Ok(())
 }

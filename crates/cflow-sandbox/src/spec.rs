@@ -39,6 +39,10 @@ pub struct LaunchSpec {
     pub allow_degraded: bool,
     /// The file the launcher appends [`ReportLine`]s to (JSON lines).
     pub report: PathBuf,
+    /// The supervisor's egress proxy socket: init relays connections to 127.0.0.1:3128 inside
+    /// the sandbox to it (see [`crate::egress`]).
+    #[serde(default)]
+    pub egress_socket: Option<PathBuf>,
 }
 
 /// One line of the launcher's report file.

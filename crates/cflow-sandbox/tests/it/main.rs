@@ -85,6 +85,7 @@ impl Harness {
             network: Network::Off,
             limits: small_limits(),
             allow_degraded: false,
+            egress: Vec::new(),
         };
         tweak(&mut policy);
         config.policy = policy;

@@ -144,3 +144,73 @@ async fn a_task_asking_for_more_network_than_its_policy_is_refused() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A tiny HTTP server on the host's loopback answering every request with `body`; returns its
+/// port and a counter of the requests it served.
+fn http_server(body: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&served);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, served)
+}
+
+/// With the network off and an egress allow-list, the command reaches the allowed endpoint
+/// through the proxy, and nothing else: another host port is refused by the proxy (recorded),
+/// a TLS tunnel to an unlisted host is refused, and a direct connection (no proxy) fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_proxy_reaches_the_allowed_endpoint_and_nothing_else() {
+    let (allowed, served) = http_server("model-endpoint");
+    let (other, other_served) = http_server("secret-service");
+    let h = Harness::new(|p| {
+        p.network = Network::Off;
+        p.egress = vec![format!("127.0.0.1:{allowed}")];
+    });
+    let line = format!(
+        "curl -s --max-time 5 http://127.0.0.1:{allowed}/v1/messages; echo; \
+         curl -s -o /dev/null -w 'other=%{{http_code}}' --max-time 5 http://127.0.0.1:{other}/; echo; \
+         curl -s -o /dev/null -w 'tunnel=%{{http_connect}}' --max-time 5 https://example.com/; echo; \
+         curl -s --max-time 3 --noproxy '*' http://127.0.0.1:{allowed}/ || echo direct-fails"
+    );
+    let out = h.sh("egress", &line, SHORT).await;
+    let stdout = out.stdout.text();
+    assert!(
+        stdout.contains("model-endpoint"),
+        "{stdout}\n{}",
+        out.stderr.text()
+    );
+    assert!(stdout.contains("other=403"), "{stdout}");
+    assert!(stdout.contains("tunnel=403"), "{stdout}");
+    assert!(stdout.contains("direct-fails"), "{stdout}");
+    assert!(!stdout.contains("secret-service"), "{stdout}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(other_served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let d = &report(&out).denied;
+    assert!(
+        d.iter()
+            .any(|w| w.contains(&format!("GET http://127.0.0.1:{other}"))),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().any(|w| w.contains("CONNECT example.com:443")),
+        "{d:?}"
+    );
+    assert!(out.end.is_success(), "{:?}", out.end);
+    h.assert_cleaned_up("egress");
+}

@@ -217,7 +217,7 @@ async fn get_quota(
 }
 
 /// The keys a sandbox override may have.
-const SANDBOX_KEYS: &[&str] = &["mode", "network", "allow_degraded", "limits"];
+const SANDBOX_KEYS: &[&str] = &["mode", "network", "allow_degraded", "limits", "egress"];
 /// The limits a sandbox override may set (each a whole number above 0).
 const SANDBOX_LIMITS: &[&str] = &[
     "cpu_seconds",
@@ -260,6 +260,22 @@ fn check_sandbox(v: &serde_json::Value) -> Result<(), ValidationError> {
                     "allow_degraded",
                     format!("must be true or false (got {value})"),
                 ));
+            }
+            "egress" => {
+                let entries = value.as_array().ok_or_else(|| {
+                    ValidationError::new(
+                        "egress",
+                        "must be an array of \"host:port\" strings".to_string(),
+                    )
+                })?;
+                for (i, e) in entries.iter().enumerate() {
+                    let field = format!("egress[{i}]");
+                    let e = e.as_str().ok_or_else(|| {
+                        ValidationError::new(field.clone(), "must be a \"host:port\" string")
+                    })?;
+                    cflow_sandbox::policy::check_egress(e)
+                        .map_err(|m| ValidationError::new(field, m))?;
+                }
             }
             "limits" => {
                 let Some(limits) = value.as_object() else {

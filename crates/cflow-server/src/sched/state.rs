@@ -363,6 +363,7 @@ impl State {
                 mode: a.mode.or(t.mode),
                 network: a.network.or(t.network),
                 allow_degraded: a.allow_degraded.or(t.allow_degraded),
+                egress: a.egress.or(t.egress),
                 limits: match (t.limits, a.limits) {
                     (None, l) | (l, None) => l,
                     (Some(t), Some(a)) => Some(LimitsPatch {
