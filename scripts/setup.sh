@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cflow's build and tests need on a fresh Debian machine, and nothing when it is
-# already there: PostgreSQL server binaries for the throwaway test cluster, and the system
+# already there: PostgreSQL server binaries for the throwaway test cluster, the Claude Code CLI
+# (npm) for the claude-code driver tests, and the system
 # `python3` and `git` the sandbox tests run inside the sandbox (which hides /root, so a Python
 # under ~/.pyenv does not count).
 set -euo pipefail
@@ -39,4 +40,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The claude-code driver's tests run the real Claude Code CLI (offline, against a local server
+# speaking the Anthropic API). npm puts it in /usr/bin, inside the sandbox's read-only view.
+if ! [ -x /usr/bin/claude ] && ! [ -x /usr/local/bin/claude ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: the Claude Code CLI is missing; install it with 'npm install -g @anthropic-ai/claude-code'" >&2
+    exit 1
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing Node.js and npm (Debian packages) for the Claude Code CLI"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "setup: installing the Claude Code CLI (npm @anthropic-ai/claude-code)"
+  npm install -g --no-audit --no-fund @anthropic-ai/claude-code >/dev/null
 fi

@@ -58,6 +58,9 @@ pub struct Job {
     /// The admin's sandbox settings for this job's tenant and agent (from the server), applied
     /// over the worker's default policy. `None`: the defaults.
     pub sandbox: Option<cflow_sandbox::host::Settings>,
+    /// The agent running the attempt: drivers that keep state per agent (a model session to
+    /// resume) key it by this. Empty when there is none (tests, benchmarks).
+    pub agent_id: String,
 }
 
 /// The driver-specific part of a [`Job`]. It grows with the drivers (issue 5 adds model work).
@@ -68,6 +71,8 @@ pub enum JobSpec {
     Exec(ExecSpec),
     /// Nothing at all, for the `noop` benchmark driver (which also ignores any other spec).
     Noop,
+    /// A prompt for the Claude Code CLI, for the `claude-code` driver.
+    Claude(crate::claude::ClaudeSpec),
 }
 
 /// A command for the `exec` driver.
@@ -162,7 +167,7 @@ impl OutputStream {
 
 /// Something a running job reports before it ends, in the order it happened per stream.
 /// Issue 5 adds model and tool events; match with a wildcard arm.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum JobEvent {
     /// Bytes the command wrote to stdout (only bytes within the output cap are sent).
@@ -171,6 +176,12 @@ pub enum JobEvent {
     Stderr(Vec<u8>),
     /// The stream reached the output cap; later bytes are discarded. Sent at most once per stream.
     Truncated { stream: OutputStream },
+    /// A model agent's step, parsed by its driver: `kind` is `assistant_text`, `tool_use` or
+    /// `tool_result`; `data` the step's content (tool results capped).
+    Agent {
+        kind: String,
+        data: serde_json::Value,
+    },
 }
 
 /// How an attempt ended.
@@ -237,7 +248,13 @@ pub struct Captured {
     pub truncated: bool,
     /// How many bytes the stream produced in all (kept or discarded), as far as it was read.
     pub total_bytes: u64,
+    /// The stream's last bytes (up to [`TAIL_BYTES`]), kept even past the cap: where a final
+    /// result line is (the `claude-code` driver's `result` event).
+    pub tail: Vec<u8>,
 }
+
+/// How many of a stream's last bytes [`Captured::tail`] keeps.
+pub const TAIL_BYTES: usize = 256 * 1024;
 
 impl Captured {
     /// The kept bytes as text, with invalid UTF-8 replaced.
@@ -312,6 +329,24 @@ pub struct JobOutcome {
     pub sandbox: Option<cflow_sandbox::spec::RunReport>,
     /// What the job produced: the workspace's patch, files matching the task's globs.
     pub artifacts: Vec<cflow_sandbox::artifacts::Artifact>,
+    /// The model calls the job made, by model (model drivers only): what cost and budgets are
+    /// computed from.
+    pub model_usage: Vec<ModelUsage>,
+}
+
+/// Tokens one job spent on one model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    /// `anthropic`, `openai`, … (the API spoken).
+    pub provider: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// What the tool itself reported it cost, when it did (Claude Code does); cflow's own
+    /// figure comes from its price table.
+    pub reported_cost_usd: Option<f64>,
 }
 
 impl JobOutcome {
@@ -328,6 +363,7 @@ impl JobOutcome {
             isolation,
             sandbox: None,
             artifacts: Vec::new(),
+            model_usage: Vec::new(),
         }
     }
 }
@@ -384,6 +420,7 @@ impl JobSpec {
         match self {
             JobSpec::Exec(_) => "exec",
             JobSpec::Noop => "noop",
+            JobSpec::Claude(_) => "claude-code",
         }
     }
 }

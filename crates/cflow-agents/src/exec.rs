@@ -115,17 +115,36 @@ impl ExecDriver {
                 });
             }
         };
+        self.run_spec(job, spec, Extras::default(), events, cancel)
+            .await
+    }
+
+    /// Runs `spec` as `job`'s command: in the sandbox (with `extras`) unless the driver has
+    /// none or an admin exempted the job. Other drivers (`claude-code`) run their CLI this way.
+    pub(crate) async fn run_spec(
+        &self,
+        job: Job,
+        spec: ExecSpec,
+        extras: Extras,
+        events: mpsc::Sender<JobEvent>,
+        cancel: CancellationToken,
+    ) -> Result<JobOutcome, DriverError> {
         let mut policy = None;
         if let Some(sandbox) = &self.sandbox {
             let mut p = sandbox.config().policy.clone();
             let off = job.sandbox.as_ref().is_some_and(|s| s.apply(&mut p));
             if !off {
+                for e in &extras.egress {
+                    if !p.egress.contains(e) {
+                        p.egress.push(e.clone());
+                    }
+                }
                 policy = Some(p);
             }
         }
         match (&self.sandbox, policy) {
             (Some(sandbox), Some(policy)) => {
-                self.run_sandboxed(sandbox, policy, job, spec, events, cancel)
+                self.run_sandboxed(sandbox, policy, job, spec, extras, events, cancel)
                     .await
             }
             (Some(_), None) => {
@@ -186,12 +205,14 @@ impl ExecDriver {
         Ok(outcome)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_sandboxed(
         &self,
         sandbox: &Arc<Sandbox>,
         mut policy: Policy,
         job: Job,
         spec: ExecSpec,
+        extras: Extras,
         events: mpsc::Sender<JobEvent>,
         cancel: CancellationToken,
     ) -> Result<JobOutcome, DriverError> {
@@ -241,12 +262,17 @@ impl ExecDriver {
             env,
             workspace: spec.workspace.clone().unwrap_or_default(),
             policy: policy.clone(),
+            home: extras.home.clone(),
         };
         let sb = Arc::clone(sandbox);
+        let (home, session) = (extras.home.clone(), extras.session.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             let mut prepared = sb.prepare(request)?;
             if let Some(sub) = subdir {
                 prepared.spec.cwd = prepared.spec.cwd.join(sub);
+            }
+            if let (Some(home), Some(session)) = (&home, &session) {
+                session.install(home, &prepared.spec.cwd, sb.config().workspaces.owner);
             }
             Ok::<_, PrepareError>(prepared)
         })
@@ -537,6 +563,17 @@ impl Driver for ExecDriver {
     ) -> BoxFuture<'_, Result<JobOutcome, DriverError>> {
         Box::pin(self.run_job(job, events, cancel))
     }
+}
+
+/// What a driver built on `exec` adds to a sandboxed run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extras {
+    /// A persistent `HOME` (see `RunRequest::home`).
+    pub home: Option<std::path::PathBuf>,
+    /// Endpoints the command must reach through the egress proxy (a model API).
+    pub egress: Vec<String>,
+    /// A model session to put in place in the new workspace (`claude-code --resume`).
+    pub session: Option<crate::claude::SessionHook>,
 }
 
 /// A finished supervision: how it ended, whether cflow stopped it, and the output.

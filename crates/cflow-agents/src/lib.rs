@@ -30,6 +30,7 @@
 //! - `group` (private): signalling, watching and emptying one job's process group.
 //! - `output` (private): capped output capture and the [`RESULT_MARKER`] line.
 
+pub mod claude;
 pub mod driver;
 pub mod exec;
 mod group;
@@ -38,14 +39,19 @@ mod output;
 pub mod proto;
 pub mod registry;
 
+pub use claude::{ClaudeCodeDriver, ClaudeConfig, ClaudeSpec};
 pub use driver::{
     BoxFuture, Captured, Driver, DriverError, ExecCommand, ExecSpec, Isolation, Job, JobEnd,
-    JobEvent, JobOutcome, JobSpec, KilledBy, OutputStream,
+    JobEvent, JobOutcome, JobSpec, KilledBy, ModelUsage, OutputStream,
 };
 pub use exec::{ExecConfig, ExecDriver};
 pub use noop::NoopDriver;
 pub use output::RESULT_MARKER;
 pub use registry::Drivers;
+
+/// Every driver kind an agent may name (the drivers a worker actually offers are in its
+/// [`Drivers`]).
+pub const DRIVER_KINDS: [&str; 3] = ["exec", "noop", "claude-code"];
 
 /// The result type of this crate.
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;

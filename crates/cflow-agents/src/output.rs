@@ -50,6 +50,11 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
             }
         };
         capture.total_bytes += n as u64;
+        capture.tail.extend_from_slice(&buf[..n]);
+        if capture.tail.len() > 2 * crate::driver::TAIL_BYTES {
+            let cut = capture.tail.len() - crate::driver::TAIL_BYTES;
+            capture.tail.drain(..cut);
+        }
         let keep = n.min(cap.saturating_sub(capture.bytes.len()));
         if keep > 0 {
             capture.bytes.extend_from_slice(&buf[..keep]);
@@ -103,6 +108,7 @@ mod tests {
             bytes: text.as_bytes().to_vec(),
             truncated: false,
             total_bytes: text.len() as u64,
+            tail: text.as_bytes().to_vec(),
         }
     }
 

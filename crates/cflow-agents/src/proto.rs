@@ -120,6 +120,14 @@ pub enum Report {
         stream: crate::OutputStream,
         text: String,
     },
+    /// Something a model agent did (assistant text, a tool call, a tool's result), parsed by
+    /// its driver; published as `task.agent` events.
+    Agent {
+        task_id: String,
+        epoch: i64,
+        kind: String,
+        data: serde_json::Value,
+    },
     /// The attempt ended.
     Finished {
         task_id: String,
@@ -133,6 +141,7 @@ impl Report {
         let (task_id, epoch) = match self {
             Report::Started { task_id, epoch }
             | Report::Log { task_id, epoch, .. }
+            | Report::Agent { task_id, epoch, .. }
             | Report::Finished { task_id, epoch, .. } => (task_id, epoch),
         };
         Held {
@@ -225,9 +234,110 @@ pub struct ReportAcks {
 pub fn job_spec(driver: &str, spec: &serde_json::Value) -> Result<JobSpec, String> {
     match driver {
         "noop" => Ok(JobSpec::Noop),
-        "exec" => exec_spec(spec).map(JobSpec::Exec),
+        "exec" => {
+            if spec.get("prompt").is_some() && spec.get("command").is_none() {
+                return Err(
+                    "this task is a prompt for a model agent (claude-code), and this \
+                            agent runs commands (exec): give the task to a claude-code agent"
+                        .into(),
+                );
+            }
+            exec_spec(spec).map(JobSpec::Exec)
+        }
+        "claude-code" => claude_spec(spec).map(JobSpec::Claude),
         other => Err(format!("driver '{other}' is not built yet")),
     }
+}
+
+/// Checks a task's spec when it is submitted (before any agent is chosen): a `prompt` makes it
+/// a model task (`claude-code`), anything else an `exec` command.
+pub fn check_task_spec(spec: &serde_json::Value) -> Result<(), String> {
+    if spec.get("prompt").is_some() {
+        claude_spec(spec).map(|_| ())
+    } else {
+        exec_spec(spec).map(|_| ())
+    }
+}
+
+/// `{"prompt": "...", "model"?, "max_turns"?, "permission_mode"?, "allowed_tools"?: [..],
+/// "env"?: {..}, "workspace"?, "artifacts"?}` for the `claude-code` driver.
+fn claude_spec(spec: &serde_json::Value) -> Result<crate::claude::ClaudeSpec, String> {
+    const KNOWN: &str =
+        "prompt, model, max_turns, permission_mode, allowed_tools, env, workspace, artifacts";
+    let obj = spec
+        .as_object()
+        .ok_or("a claude-code task's spec must be an object with \"prompt\"")?;
+    for key in obj.keys() {
+        if !KNOWN.split(", ").any(|k| k == key) {
+            return Err(format!(
+                "unknown field '{key}' in a claude-code spec (known: {KNOWN})"
+            ));
+        }
+    }
+    let prompt = obj
+        .get("prompt")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.trim().is_empty())
+        .ok_or("\"prompt\" must be a non-empty string")?
+        .to_string();
+    let string = |k: &str| -> Result<Option<String>, String> {
+        match obj.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .filter(|s| !s.is_empty() && !s.starts_with('-'))
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| format!("\"{k}\" must be a non-empty string not starting with '-'")),
+        }
+    };
+    let model = string("model")?;
+    let permission_mode = string("permission_mode")?;
+    if let Some(m) = &permission_mode
+        && !crate::claude::PERMISSION_MODES.contains(&m.as_str())
+    {
+        return Err(format!(
+            "\"permission_mode\" must be one of {} (bypassing permissions is not offered)",
+            crate::claude::PERMISSION_MODES.join(", ")
+        ));
+    }
+    let max_turns = match obj.get("max_turns") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or("\"max_turns\" must be a whole number from 1 to 1000")? as u32,
+        ),
+    };
+    let allowed_tools = match obj.get("allowed_tools") {
+        None => Vec::new(),
+        Some(a) => a
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_str().filter(|s| !s.starts_with('-')).map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or("\"allowed_tools\" must be an array of tool names, e.g. [\"Edit\", \"Bash(cargo test:*)\"]")?,
+    };
+    // The rest is what an exec spec has: reuse its parser on a command stand-in.
+    let mut rest = serde_json::Map::new();
+    rest.insert("command".into(), serde_json::Value::String("true".into()));
+    for k in ["env", "workspace", "artifacts"] {
+        if let Some(v) = obj.get(k) {
+            rest.insert(k.into(), v.clone());
+        }
+    }
+    let exec = exec_spec(&serde_json::Value::Object(rest))?;
+    Ok(crate::claude::ClaudeSpec {
+        prompt,
+        model,
+        max_turns,
+        permission_mode,
+        allowed_tools,
+        env: exec.env,
+        workspace: exec.workspace,
+        artifacts: exec.artifacts,
+    })
 }
 
 fn exec_spec(spec: &serde_json::Value) -> Result<ExecSpec, String> {

@@ -30,14 +30,26 @@ impl Drivers {
 
     /// The built-in drivers with `exec` running in `sandbox` (`None`: the operator turned the
     /// sandbox off, and every exec attempt says so).
+    ///
+    /// `claude`: the `claude-code` driver's settings; it runs the CLI through the same exec
+    /// path (in the sandbox when there is one).
     pub fn with_sandbox(
         exec_config: ExecConfig,
         sandbox: Option<Arc<cflow_sandbox::host::Sandbox>>,
+        claude: Option<crate::claude::ClaudeConfig>,
     ) -> Self {
         let mut drivers = Self::builtin(exec_config.clone());
-        if let Some(sandbox) = sandbox {
-            drivers.register(Arc::new(ExecDriver::sandboxed(exec_config, sandbox)));
+        let exec = match sandbox {
+            Some(sandbox) => ExecDriver::sandboxed(exec_config, sandbox),
+            None => ExecDriver::new(exec_config),
+        };
+        if let Some(claude) = claude {
+            drivers.register(Arc::new(crate::claude::ClaudeCodeDriver::new(
+                exec.clone(),
+                claude,
+            )));
         }
+        drivers.register(Arc::new(exec));
         drivers
     }
 

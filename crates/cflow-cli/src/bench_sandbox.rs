@@ -133,6 +133,7 @@ fn full_run(sandbox: &Sandbox, n: u64) -> Result<()> {
             env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
             workspace: Default::default(),
             policy: sandbox.config().policy.clone(),
+            home: None,
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut child = std::process::Command::new(&prepared.launcher)

@@ -104,6 +104,14 @@ pub enum Command {
     Run(crate::commands::run::RunArgs),
     /// Check the server, the token, the database and the drivers' isolation.
     Doctor,
+    /// What model calls cost: a report grouped by tenant, project, swarm, agent, task or model.
+    Cost(crate::commands::cost::CostArgs),
+    /// Spend budgets per tenant or project and period (day, week, month).
+    #[command(subcommand)]
+    Budget(crate::commands::cost::BudgetCmd),
+    /// The tenant's secrets (admins): set, list names, delete. Values are never shown.
+    #[command(subcommand)]
+    Secret(crate::commands::secret::SecretCmd),
 }
 
 #[derive(Debug, Args)]

@@ -80,6 +80,13 @@ pub const VARS: &[EnvVar] = &[
         secret: true,
     },
     EnvVar {
+        name: "CFLOW_MASTER_KEY",
+        key: "server.master_key",
+        flag: None,
+        description: "key that seals tenants' secrets: 64 hex digits or base64 of 32 bytes (unset: <data_dir>/master.key, created at first start)",
+        secret: true,
+    },
+    EnvVar {
         name: "CFLOW_TLS_CERT",
         key: "server.tls_cert",
         flag: Some("tls_cert"),

@@ -192,7 +192,6 @@ pub fn check_swarm(s: &SwarmDef) -> Result<BTreeSet<String>> {
         st.parse::<cflow_core::balance::Strategy>()
             .map_err(|e| anyhow!("[swarm] strategy: {e}"))?;
     }
-    let drivers = cflow_agents::Drivers::builtin(cflow_agents::ExecConfig::default());
     let mut types = BTreeSet::new();
     let mut capabilities = BTreeSet::new();
     for p in &s.agents {
@@ -201,8 +200,12 @@ pub fn check_swarm(s: &SwarmDef) -> Result<BTreeSet<String>> {
         if !types.insert(t.clone()) {
             bail!("agent pool type '{t}' appears twice: one pool per type");
         }
-        if let Err(e) = drivers.get(&p.driver) {
-            bail!("agent pool '{t}': {e}");
+        if !cflow_agents::DRIVER_KINDS.contains(&p.driver.as_str()) {
+            bail!(
+                "agent pool '{t}': unknown driver '{}': expected one of {}",
+                p.driver,
+                cflow_agents::DRIVER_KINDS.join(", ")
+            );
         }
         if let (Some(min), Some(max)) = (p.min, p.max)
             && min > max

@@ -105,10 +105,18 @@ pub enum Action {
     MessageSend,
     /// Change a tenant's scheduler weight and quotas (platform administration).
     TenantUpdate,
+    /// Read model-call cost reports and the tenant's budgets.
+    CostRead,
+    /// Set or delete the tenant's spend budgets.
+    BudgetWrite,
+    /// List the names (never the values) of the tenant's secrets.
+    SecretRead,
+    /// Set or delete the tenant's secrets.
+    SecretWrite,
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 22] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::KeyCreate,
@@ -127,6 +135,10 @@ impl Action {
         Action::WorkerConnect,
         Action::MessageSend,
         Action::TenantUpdate,
+        Action::CostRead,
+        Action::BudgetWrite,
+        Action::SecretRead,
+        Action::SecretWrite,
     ];
 
     /// Whether the action changes state (and so is refused to read-only roles and audited).
@@ -143,6 +155,8 @@ impl Action {
                 | Action::WorkerConnect
                 | Action::MessageSend
                 | Action::TenantUpdate
+                | Action::BudgetWrite
+                | Action::SecretWrite
         )
     }
 
@@ -180,6 +194,10 @@ pub fn allows(role: Role, action: Action) -> bool {
         }
         SwarmWrite => matches!(role, Admin | Operator),
         WorkerConnect => false,
+        CostRead => matches!(role, Admin | Operator | Auditor),
+        BudgetWrite => role == Admin,
+        // Secrets hold credentials: only the tenant's admins manage them, even their names.
+        SecretRead | SecretWrite => role == Admin,
         TenantCreate | TenantList | TenantUpdate | MetricsRead => false,
     }
 }
@@ -259,6 +277,22 @@ mod tests {
         (
             Action::TenantUpdate,
             [true, false, false, false, false, false, false],
+        ),
+        (
+            Action::CostRead,
+            [true, true, true, false, false, true, false],
+        ),
+        (
+            Action::BudgetWrite,
+            [true, true, false, false, false, false, false],
+        ),
+        (
+            Action::SecretRead,
+            [true, true, false, false, false, false, false],
+        ),
+        (
+            Action::SecretWrite,
+            [true, true, false, false, false, false, false],
         ),
     ];
 

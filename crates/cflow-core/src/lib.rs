@@ -21,6 +21,10 @@
 //! - [`balance`]: choosing an agent by smooth weighted round robin or least load.
 //! - [`breaker`]: the circuit breaker for failing agents and providers.
 //! - [`quorum`]: output normalisation, digests and the replica vote.
+//! - [`secrets`]: the master key and AES-256-GCM sealing of tenants' secrets.
+//! - [`mask`]: masking secret values and credential patterns out of text.
+//! - [`pricing`]: model prices and the cost of a call in micro-dollars.
+//! - [`budget`]: budget periods (UTC day, ISO week, calendar month) and the spent message.
 
 pub mod agent_type;
 pub mod apikey;
@@ -28,10 +32,14 @@ pub mod audit;
 pub mod authz;
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod dag;
 pub mod fairshare;
+pub mod mask;
+pub mod pricing;
 pub mod quorum;
 pub mod search;
+pub mod secrets;
 pub mod task;
 pub mod timefmt;
 pub mod topology;

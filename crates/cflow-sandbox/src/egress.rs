@@ -178,7 +178,15 @@ fn serve(conn: UnixStream, allow: &[String], denied: &Mutex<Vec<String>>) -> io:
     }
     let upstream = match TcpStream::connect(&dest) {
         Ok(s) => s,
-        Err(e) => return refuse(&conn, 502, &format!("cannot reach {dest}: {e}"), None, denied),
+        Err(e) => {
+            return refuse(
+                &conn,
+                502,
+                &format!("cannot reach {dest}: {e}"),
+                None,
+                denied,
+            );
+        }
     };
     let mut up_w = upstream.try_clone()?;
     match forward {

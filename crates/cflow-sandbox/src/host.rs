@@ -119,6 +119,10 @@ pub struct RunRequest {
     pub env: Vec<(String, String)>,
     pub workspace: Source,
     pub policy: Policy,
+    /// A host directory that persists across runs (an agent's own state, such as its model
+    /// sessions), mounted writable at its own path and used as the command's `HOME`. `None`:
+    /// `HOME` is the private `/tmp`.
+    pub home: Option<PathBuf>,
 }
 
 /// A prepared run: start [`Prepared::launcher`] with [`Prepared::args`], stdin a pipe the
@@ -306,8 +310,20 @@ impl Sandbox {
             .into_iter()
             .filter(|(k, _)| k != "HOME" && k != "TMPDIR")
             .collect();
-        env.push(("HOME".into(), "/tmp".into()));
+        let home = req
+            .home
+            .as_ref()
+            .map_or_else(|| "/tmp".to_string(), |h| h.display().to_string());
+        env.push(("HOME".into(), home));
         env.push(("TMPDIR".into(), "/tmp".into()));
+        let mut writable = vec![ws.path.clone()];
+        if let Some(h) = &req.home {
+            std::fs::create_dir_all(h)?;
+            if let Some((uid, gid)) = self.config.workspaces.owner {
+                std::os::unix::fs::lchown(h, Some(uid), Some(gid))?;
+            }
+            writable.push(h.clone());
+        }
         let egress = if !policy.egress.is_empty() && policy.network != Network::Full {
             let path = self
                 .config
@@ -321,7 +337,14 @@ impl Sandbox {
                     "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" | "NO_PROXY"
                 )
             });
-            for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+            for var in [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+            ] {
                 env.push((var.into(), url.clone()));
             }
             Some(proxy)
@@ -332,7 +355,7 @@ impl Sandbox {
             argv: req.argv,
             env,
             cwd: ws.path.clone(),
-            writable: vec![ws.path.clone()],
+            writable,
             hidden: self.config.hidden.clone(),
             network: policy.network,
             limits: policy.limits,

@@ -113,6 +113,15 @@ pub mod op {
         WorkerArtifact => WorkerConnect, "worker.artifact";
         /// Artifacts are part of a task's record: reading them needs `TaskRead`.
         TaskArtifacts => TaskRead, "task.artifacts";
+        /// Names and times only: no route returns a secret's value.
+        SecretList => SecretRead, "secret.list";
+        SecretPut => SecretWrite, "secret.put";
+        SecretDelete => SecretWrite, "secret.delete";
+        CostRead => CostRead, "cost.read";
+        /// Budgets are read by whoever may read cost reports.
+        BudgetRead => CostRead, "budget.read";
+        BudgetSet => BudgetWrite, "budget.set";
+        BudgetDelete => BudgetWrite, "budget.delete";
     }
 }
 

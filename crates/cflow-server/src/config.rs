@@ -32,6 +32,12 @@ pub struct ServerConfig {
     pub event_buffer: usize,
     /// The sandbox every command of the local pool runs in.
     pub sandbox: cflow_sandbox::host::Options,
+    /// Model prices that override or extend the built-in table (`[server.pricing.models."m"]`).
+    pub pricing: PricingConfig,
+    /// The master key that seals tenants' secrets (`CFLOW_MASTER_KEY`): 64 hex digits or the
+    /// base64 of 32 bytes. Unset means `<data_dir>/master.key`, created (mode 0600) at the first
+    /// start. Never shown by `Debug`.
+    pub master_key: Option<crate::secrets::MasterKeyText>,
     /// Host files commands must never see besides the data directory (the CLI adds the config
     /// file it read). Not a config key.
     #[serde(skip)]
@@ -82,7 +88,67 @@ impl Default for ServerConfig {
             sched: crate::sched::SchedConfig::default(),
             event_buffer: 65_536,
             sandbox: cflow_sandbox::host::Options::default(),
+            pricing: PricingConfig::default(),
+            master_key: None,
             secret_files: Vec::new(),
         }
+    }
+}
+
+/// Prices per model, in US dollars per million tokens, on top of the built-in table of
+/// `cflow_core::pricing` (a model named here replaces its built-in price; any other is added).
+/// Names match like built-in ones: exactly, or as the longest name a dated snapshot extends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    pub models: std::collections::BTreeMap<String, ModelPriceConfig>,
+}
+
+/// One model's price. Cache prices default to the input price: no discount is assumed that the
+/// operator did not state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPriceConfig {
+    pub input_per_mtok: UsdPerMtok,
+    pub output_per_mtok: UsdPerMtok,
+    pub cache_read_per_mtok: Option<UsdPerMtok>,
+    pub cache_write_per_mtok: Option<UsdPerMtok>,
+}
+
+/// Dollars per million tokens: a finite number, not negative (checked when the file is read).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct UsdPerMtok(f64);
+
+impl TryFrom<f64> for UsdPerMtok {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        cflow_core::pricing::check_usd("price", v)
+            .map(|_| UsdPerMtok(v))
+            .map_err(|e| e.rule)
+    }
+}
+
+impl From<UsdPerMtok> for f64 {
+    fn from(v: UsdPerMtok) -> f64 {
+        v.0
+    }
+}
+
+impl PricingConfig {
+    /// The built-in table with these prices applied.
+    pub fn table(&self) -> cflow_core::pricing::PriceTable {
+        let mut table = cflow_core::pricing::PriceTable::default();
+        for (model, p) in &self.models {
+            let input = p.input_per_mtok.0;
+            let price = cflow_core::pricing::ModelPrice::usd(
+                input,
+                p.output_per_mtok.0,
+                p.cache_read_per_mtok.map_or(input, |v| v.0),
+                p.cache_write_per_mtok.map_or(input, |v| v.0),
+            );
+            table.set(model, price);
+        }
+        table
     }
 }

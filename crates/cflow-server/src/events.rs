@@ -39,6 +39,8 @@ pub struct Event {
 pub struct EventBus(Arc<Inner>);
 
 struct Inner {
+    /// Every payload is masked with its tenant's masker before it is kept or sent.
+    masks: crate::secrets::Masks,
     boot: String,
     capacity: usize,
     ring: Mutex<Ring>,
@@ -71,10 +73,16 @@ pub struct Subscription {
 impl EventBus {
     /// A bus keeping the newest `capacity` events (at least 16).
     pub fn new(capacity: usize) -> Self {
+        Self::with_masks(capacity, crate::secrets::Masks::default())
+    }
+
+    /// A bus that masks every payload with `masks` (the server's tenants' secrets).
+    pub fn with_masks(capacity: usize, masks: crate::secrets::Masks) -> Self {
         let capacity = capacity.max(16);
         let (live, _) = broadcast::channel(4096);
         let boot = format!("{:x}", crate::state::now_ms());
         EventBus(Arc::new(Inner {
+            masks,
             boot,
             capacity,
             ring: Mutex::new(Ring {
@@ -83,6 +91,11 @@ impl EventBus {
             }),
             live,
         }))
+    }
+
+    /// The maskers every payload goes through (shared with the scheduler and the routes).
+    pub fn masks(&self) -> &crate::secrets::Masks {
+        &self.0.masks
     }
 
     pub fn boot(&self) -> &str {
@@ -94,7 +107,9 @@ impl EventBus {
     }
 
     /// Publishes one event (after its change was committed).
-    pub fn publish(&self, tenant_id: &str, kind: &str, subject: &str, data: Value) {
+    pub fn publish(&self, tenant_id: &str, kind: &str, subject: &str, mut data: Value) {
+        // Outside the ring lock: masking a large log chunk must not hold up other publishers.
+        self.0.masks.json(tenant_id, &mut data);
         let mut ring = self.0.ring.lock().unwrap_or_else(|e| e.into_inner());
         let seq = ring.next_seq;
         ring.next_seq += 1;

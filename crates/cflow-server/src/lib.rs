@@ -22,11 +22,15 @@
 //! - [`error`]: [`error::ApiError`] and the one mapping from store errors to statuses.
 //! - [`extract`]: JSON body, query and path extractors whose errors name the field.
 //! - [`authcache`]: successful authentications reused for up to a second.
+//! - [`cost`]: the budget check and usage recording that model drivers call.
+//! - [`secrets`]: the master key, sealed secrets and the per-tenant maskers applied to task
+//!   output, logs, events and memory values.
 //! - [`ratelimit`], [`metrics`], [`state`], [`tls`], [`config`].
 
 pub mod auth;
 pub mod authcache;
 pub mod config;
+pub mod cost;
 pub mod edge;
 pub mod error;
 pub mod events;
@@ -35,6 +39,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod sched;
+pub mod secrets;
 pub mod serve;
 pub mod state;
 pub mod tls;
@@ -72,6 +77,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 49, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 56, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }

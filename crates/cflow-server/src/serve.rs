@@ -51,6 +51,10 @@ pub enum ServerError {
         key: PathBuf,
         source: io::Error,
     },
+    #[error("cannot load the master key: {0}")]
+    MasterKey(#[from] crate::secrets::KeyError),
+    #[error("cannot load the tenants' secrets: {0}")]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("the server stopped with an error: {0}")]
     Serve(io::Error),
 }
@@ -87,6 +91,9 @@ pub struct Running {
     /// Where the admin token was saved, when it was.
     pub admin_token_path: Option<PathBuf>,
     pub store: Store,
+    /// What every handler shares; in-process hooks (the model drivers' budget check and usage
+    /// recording) go through it.
+    pub state: AppState,
     /// Whether the server speaks HTTPS.
     pub tls: bool,
     stop: watch::Sender<bool>,
@@ -190,7 +197,7 @@ async fn open_store(
 /// Writes a secret to a file that is created with mode 0600, so it is never readable by others,
 /// not even for a moment. A stale file from an earlier database is replaced, not reused, since
 /// its mode could be wider.
-fn write_secret_file(path: &Path, secret: &str) -> io::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, secret: &str) -> io::Result<()> {
     use std::io::Write;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -225,7 +232,15 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         Some((cert, key)) => Some(crate::tls::load(cert, key).await?),
         None => None,
     };
+    // Checked before the store opens, so a bad key changes nothing.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let master_key = crate::secrets::load_master_key(config.master_key.as_ref(), &config.data_dir)?;
     let (store, admin) = open_store(&config).await?;
+    let masks = crate::secrets::Masks::default();
+    let secrets = crate::secrets::Secrets::load(master_key, store.clone(), masks.clone()).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
@@ -238,7 +253,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             addr: addr.to_string(),
             source,
         })?;
-    let events = crate::events::EventBus::new(config.event_buffer);
+    let events = crate::events::EventBus::with_masks(config.event_buffer, masks);
     let drivers = local_drivers(&config)?;
     let sched = crate::sched::Scheduler::start_with(
         store.clone(),
@@ -248,12 +263,12 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     )
     .await
     .map_err(|e| ServerError::Scheduler(e.to_string()))?;
-    let state = AppState::new(store.clone(), sched, events, &config);
+    let state = AppState::new(store.clone(), sched, events, secrets, &config);
     let make_service = app(state.clone(), config.max_body_bytes)
         .into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = watch::channel(false);
     let background = tokio::spawn(background(
-        state,
+        state.clone(),
         Duration::from_secs(config.memory_purge_interval_secs.max(1)),
         stopped.clone(),
     ));
@@ -308,6 +323,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         admin_token,
         admin_token_path,
         store,
+        state,
         tls: is_tls,
         stop,
         task,
@@ -411,5 +427,6 @@ fn local_drivers(config: &ServerConfig) -> Result<cflow_agents::Drivers, ServerE
     Ok(cflow_agents::Drivers::with_sandbox(
         exec,
         sandbox.map(std::sync::Arc::new),
+        Some(cflow_agents::ClaudeConfig::from_env(&config.data_dir)),
     ))
 }

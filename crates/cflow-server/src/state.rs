@@ -25,6 +25,10 @@ pub struct Inner {
     pub auth_cache: AuthCache,
     pub request_timeout: Duration,
     pub metrics_public: bool,
+    /// Model prices: the built-in table with the configuration's overrides.
+    pub prices: cflow_core::pricing::PriceTable,
+    /// Tenants' secrets (sealed under the master key) and their maskers.
+    pub secrets: crate::secrets::Secrets,
     /// The OpenAPI document, serialised once at start: it cannot change while the server runs.
     pub openapi_json: Bytes,
 }
@@ -37,7 +41,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, sched: Scheduler, events: EventBus, config: &ServerConfig) -> Self {
+    pub fn new(
+        store: Store,
+        sched: Scheduler,
+        events: EventBus,
+        secrets: crate::secrets::Secrets,
+        config: &ServerConfig,
+    ) -> Self {
         let doc = crate::openapi();
         let openapi_json = serde_json::to_vec(&doc).expect("the OpenAPI document serialises");
         AppState(Arc::new(Inner {
@@ -53,8 +63,23 @@ impl AppState {
                 s => Duration::from_secs(s),
             },
             metrics_public: config.metrics_public,
+            prices: config.pricing.table(),
+            secrets,
             openapi_json: Bytes::from(openapi_json),
         }))
+    }
+
+    /// A tenant's secret in the clear, for the server's own use (the model drivers); no route
+    /// returns a value. `None` when the tenant has no such secret or it does not open (logged,
+    /// by name only).
+    pub async fn secret_value(&self, tenant_id: &str, name: &str) -> Option<String> {
+        match self.secrets.value(tenant_id, name).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(tenant = tenant_id, error = %e, "cannot read a secret");
+                None
+            }
+        }
     }
 }
 

@@ -219,6 +219,16 @@ fn migrator(backend: Backend) -> Migrator {
                 "sandbox",
                 include_str!("../migrations/sqlite/0005_sandbox.sql"),
             ),
+            (
+                6,
+                "secrets",
+                include_str!("../migrations/sqlite/0006_secrets.sql"),
+            ),
+            (
+                7,
+                "cost",
+                include_str!("../migrations/sqlite/0007_cost.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -245,6 +255,16 @@ fn migrator(backend: Backend) -> Migrator {
                 5,
                 "sandbox",
                 include_str!("../migrations/postgres/0005_sandbox.sql"),
+            ),
+            (
+                6,
+                "secrets",
+                include_str!("../migrations/postgres/0006_secrets.sql"),
+            ),
+            (
+                7,
+                "cost",
+                include_str!("../migrations/postgres/0007_cost.sql"),
             ),
         ],
     };

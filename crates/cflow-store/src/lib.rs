@@ -20,7 +20,7 @@
 //! `key.revoke`, `memory.write`, `memory.delete`, `memory.purge` (one entry per tenant that lost
 //! expired entries, only when something was deleted), `bootstrap`, `swarm.create`,
 //! `swarm.pause`, `swarm.resume`, `swarm.stop`, `swarm.pools`, `agent.create`, `agent.state`,
-//! `tenant.quota`, `tenant.sandbox`, `artifact.put`, `message.send` (without the body), `task.submit`
+//! `tenant.quota`, `tenant.sandbox`, `budget.set`, `budget.delete`, `artifact.put`, `secret.put`, `secret.delete` (the name only), `message.send` (without the body), `task.submit`
 //! (one entry per submission, listing the created and the idempotently matched ids),
 //! `task.assign`, `task.start`, `task.complete`, `task.lease_lost`, `task.cancel`, `task.retry`
 //! (one entry per promotion that queued something); a batched attempt op writes one entry per
@@ -66,6 +66,10 @@
 //!   and the tenants' sandbox policy overrides.
 //! - `pools`, `quotas`, `messages`, `leases`, `rebuild`: swarm agent pools, tenant quotas, agent
 //!   messages, bulk lease extension, and the all-tenant reads the scheduler rebuilds from.
+//! - `cost`: model calls (one unaudited insert each), cost rollups, and budgets (audited) with
+//!   the spend of their current period.
+//! - `secrets`: tenants' secrets, sealed by the server (`secret.put`, `secret.delete` audited
+//!   with the name only; the store never sees a value in the clear).
 //! - [`page`]: opaque cursors and the limit rule.
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver (`$1…$n` placeholders, BIGINT
@@ -95,6 +99,7 @@ mod audit;
 mod batch;
 mod batch_fast;
 mod bulk;
+mod cost;
 mod db;
 pub mod error;
 mod keys;
@@ -109,6 +114,7 @@ mod rebuild;
 mod replicas;
 mod retries;
 mod search;
+mod secrets;
 mod settle;
 mod swarms;
 mod tasks;
@@ -118,12 +124,14 @@ mod writer;
 
 pub use artifacts::sha256_hex;
 pub use attempts::MAX_LEASE_MS;
+pub use cost::{Budget, CostBy, CostRow, NewBudget, NewModelCall};
 pub use db::sqlite_url;
 pub use error::{Error, Result};
 pub use keys::TOUCH_INTERVAL_MS;
 pub use messages::{MAX_MESSAGE_BYTES, MAX_TOPIC_LEN};
 pub use orch_types::*;
 pub use quotas::MAX_WEIGHT;
+pub use secrets::{SealedSecret, SecretMeta};
 pub use tasks::MAX_SUBMIT;
 pub use tenants::{BOOTSTRAP_PRINCIPAL, BOOTSTRAP_TENANT};
 pub use types::*;

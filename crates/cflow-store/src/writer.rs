@@ -123,6 +123,10 @@ pub(crate) enum Op {
         tenant_id: String,
         sandbox: Option<serde_json::Value>,
     },
+    /// Model calls (not audited) and budgets (audited).
+    Cost(crate::cost::CostOp),
+    /// Tenants' sealed secrets (audited without the value).
+    Secret(crate::secrets::SecretOp),
     /// Records a key's last use; bookkeeping, so it has no audit entry and no caller waiting.
     TouchKey {
         key_id: String,
@@ -153,6 +157,8 @@ pub(crate) enum Output {
     Stale(Vec<(String, i64)>),
     Artifact(crate::orch_types::ArtifactMeta),
     Batch(Vec<Result<Output>>),
+    Secret(crate::secrets::SecretMeta),
+    Cost(crate::cost::CostOutput),
 }
 
 /// The result of applying one op inside the batch transaction: its answer and the audit entry to
@@ -236,6 +242,8 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
             artifacts::set_sandbox(cx, tenant_id, sandbox.as_ref()).await
         }
         Op::SetQuota { tenant_id, quota } => quotas::set(cx, tenant_id, quota).await,
+        Op::Secret(op) => crate::secrets::apply(cx, op).await,
+        Op::Cost(op) => crate::cost::apply(cx, op).await,
         Op::SendMessage {
             tenant_id,
             new,

@@ -87,6 +87,15 @@ impl TestServer {
         }
     }
 
+    /// The running server's shared state, for calling its in-process hooks directly.
+    pub fn state(&self) -> &cflow_server::state::AppState {
+        &self
+            .running
+            .as_ref()
+            .expect("the server is running until shutdown")
+            .state
+    }
+
     /// A client for this server (plain HTTP; a TLS test builds its own that trusts its cert).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

@@ -127,6 +127,7 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
         timeout: Duration::from_millis(a.timeout_ms),
         output_cap: ctx.output_cap,
         sandbox: a.sandbox.clone(),
+        agent_id: a.agent_id.clone(),
     };
     let (tx, rx) = mpsc::channel(32);
     let (result, ()) = tokio::join!(
@@ -225,6 +226,15 @@ async fn forward_logs(mut rx: mpsc::Receiver<JobEvent>, ctx: &JobCtx, task_id: &
             Some(JobEvent::Stderr(bytes)) => {
                 err.extend_from_slice(&bytes);
                 (&mut err, OutputStream::Stderr)
+            }
+            Some(JobEvent::Agent { kind, data }) => {
+                ctx.send(Report::Agent {
+                    task_id: task_id.to_string(),
+                    epoch,
+                    kind,
+                    data,
+                });
+                continue;
             }
             Some(_) => continue,
         };
@@ -336,9 +346,13 @@ pub(crate) fn finished(o: JobOutcome) -> Finished {
         .as_ref()
         .and_then(|r| serde_json::to_value(r).ok())
         .unwrap_or(serde_json::Value::Null);
-    let detail = json!({ "end": o.end.describe(), "isolation": isolation, "sandbox": sandbox });
+    let mut detail = json!({ "end": o.end.describe(), "isolation": isolation, "sandbox": sandbox });
+    if !o.model_usage.is_empty() {
+        detail["model_usage"] = serde_json::to_value(&o.model_usage).unwrap_or_default();
+    }
     if let Some(why) = &o.result_error {
-        tracing::debug!(%why, "CFLOW_RESULT line ignored");
+        tracing::debug!(%why, "the job's result was not usable");
+        detail["result_error"] = json!(why);
     }
     Finished {
         status,
@@ -349,7 +363,11 @@ pub(crate) fn finished(o: JobOutcome) -> Finished {
         stdout: captured(o.stdout),
         stderr: captured(o.stderr),
         result: o.result,
-        error: None,
+        // Why a failed attempt failed, when the driver knows more than the exit code (a model
+        // tool's error result, an unusable CFLOW_RESULT line): shown after its stderr.
+        error: (status == FinishedStatus::Failed)
+            .then(|| o.result_error.clone())
+            .flatten(),
         wall_ms: u64::try_from(o.wall_time.as_millis()).unwrap_or(u64::MAX),
         isolation,
         detail: Some(detail),

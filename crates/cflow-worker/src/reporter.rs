@@ -151,7 +151,7 @@ impl Sent {
                 finished: false,
                 retry: Some(r.clone()),
             },
-            Report::Log { task_id, epoch, .. } => Sent {
+            Report::Log { task_id, epoch, .. } | Report::Agent { task_id, epoch, .. } => Sent {
                 task_id: task_id.clone(),
                 epoch: *epoch,
                 finished: false,
@@ -172,6 +172,7 @@ fn weight(r: &Report) -> usize {
     match r {
         Report::Started { .. } => 64,
         Report::Log { text, .. } => 96 + text.len(),
+        Report::Agent { data, .. } => 128 + data.to_string().len(),
         Report::Finished { outcome, .. } => {
             256 + outcome.stdout.len() + outcome.stderr.len() + outcome.isolation.len()
         }

@@ -29,6 +29,7 @@ pub fn job(spec: ExecSpec) -> Job {
         timeout: Duration::from_secs(60),
         output_cap: 1 << 20,
         sandbox: None,
+        agent_id: String::new(),
     }
 }
 

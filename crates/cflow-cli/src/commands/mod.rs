@@ -6,10 +6,12 @@ pub mod agent;
 pub mod artifacts;
 pub mod audit;
 pub mod config;
+pub mod cost;
 pub mod doctor;
 pub mod key;
 pub mod memory;
 pub mod run;
+pub mod secret;
 pub mod swarm;
 pub mod task;
 pub mod tenant;
@@ -77,6 +79,9 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         Command::Swarm(c) => swarm::run(&client, c, printer).await?,
         Command::Agent(c) => agent::run(&client, c, printer).await?,
         Command::Task(c) => task::run(&client, c, printer).await?,
+        Command::Secret(c) => secret::run(&client, c, printer).await?,
+        Command::Cost(a) => cost::cost(&client, a, printer).await?,
+        Command::Budget(c) => cost::budget(&client, c, printer).await?,
         Command::Up(_)
         | Command::Server(_)
         | Command::Config(_)

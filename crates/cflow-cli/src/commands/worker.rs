@@ -133,7 +133,9 @@ pub fn run(loaded: &Loaded, args: WorkerArgs) -> Result<ExitCode> {
                 )
             })?;
         let sandboxed = sandbox.is_some();
-        let drivers = Drivers::with_sandbox(ExecConfig::default(), sandbox.map(Arc::new));
+        let claude = cflow_agents::ClaudeConfig::from_env(&server.data_dir);
+        let drivers =
+            Drivers::with_sandbox(ExecConfig::default(), sandbox.map(Arc::new), Some(claude));
         let describe = format!(
             "with {} slots, labels {}",
             options.slots,

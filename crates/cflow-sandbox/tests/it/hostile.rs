@@ -359,6 +359,7 @@ async fn a_dead_supervisor_takes_the_sandbox_with_it() {
             env: vec![("PATH".into(), crate::PATH.into())],
             workspace: Default::default(),
             policy: sb.config().policy.clone(),
+            home: None,
         })
         .expect("prepared");
     let mut launcher = std::process::Command::new(&prepared.launcher)

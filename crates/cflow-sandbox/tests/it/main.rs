@@ -5,6 +5,7 @@
 //! These tests need what the CI machine has: root, user namespaces, landlock, seccomp and
 //! cgroup v1 (or v2) `memory` and `pids` hierarchies writable by cflow.
 
+mod claude;
 mod hostile;
 mod limits;
 mod network;
@@ -213,6 +214,7 @@ pub fn job(task_id: &str, spec: ExecSpec, timeout: Duration) -> Job {
         timeout,
         output_cap: 1 << 20,
         sandbox: None,
+        agent_id: String::new(),
     }
 }
 

@@ -173,9 +173,12 @@ async fn put_memory(
     caller: Caller<op::MemoryWrite>,
     PathParams((namespace, key)): PathParams<(String, String)>,
     headers: HeaderMap,
-    JsonBody(p): JsonBody<PutMemoryParams>,
+    JsonBody(mut p): JsonBody<PutMemoryParams>,
 ) -> ApiResult<Response> {
     check_address(&caller, &namespace, Some(&key))?;
+    // Memory is read by agents and people alike: the tenant's secrets and any credentials are
+    // masked out of the value before it is stored (the size limit applies to what is stored).
+    state.secrets.masks().json(caller.tenant_id(), &mut p.value);
     if namespace == RESERVED_NAMESPACE {
         return Err(ApiError::validation(ValidationError::new(
             "namespace",

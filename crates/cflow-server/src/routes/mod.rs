@@ -16,11 +16,13 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod agents;
 pub mod artifacts;
 pub mod audit;
+pub mod cost;
 pub mod events;
 pub mod keys;
 pub mod memory;
 pub mod messages;
 pub mod ops;
+pub mod secrets;
 pub mod swarms;
 pub mod tasks;
 pub mod tenants;
@@ -77,6 +79,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(workers::router())
         .merge(artifacts::router())
+        .merge(secrets::router())
+        .merge(cost::router())
 }
 
 /// Unknown routes get a problem, not axum's empty 404.

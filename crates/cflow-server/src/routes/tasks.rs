@@ -203,10 +203,39 @@ pub struct TaskDetailResponse {
     pub result: Option<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
+    /// The task's model calls, summed over every attempt; null when it made none.
+    pub cost: Option<TaskCost>,
+}
+
+/// What a task's model calls used and cost.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskCost {
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+    /// Calls of models without a price, counted as $0.
+    pub unpriced_calls: u64,
+}
+
+impl From<cflow_store::CostRow> for TaskCost {
+    fn from(r: cflow_store::CostRow) -> Self {
+        Self {
+            calls: r.calls,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cache_read_tokens: r.cache_read_tokens,
+            cache_write_tokens: r.cache_write_tokens,
+            cost_usd: cflow_core::pricing::micros_to_usd(r.cost_micros),
+            unpriced_calls: r.unpriced_calls,
+        }
+    }
 }
 
 impl TaskDetailResponse {
-    fn new(t: TaskResponse, attempts: Vec<AttemptResponse>) -> Self {
+    fn new(t: TaskResponse, attempts: Vec<AttemptResponse>, cost: Option<TaskCost>) -> Self {
         Self {
             id: t.id,
             swarm_id: t.swarm_id,
@@ -227,6 +256,7 @@ impl TaskDetailResponse {
             result: t.result,
             created_at: t.created_at,
             updated_at: t.updated_at,
+            cost,
         }
     }
 }
@@ -322,7 +352,7 @@ async fn new_task(
     let f = |name: &str| format!("tasks[{i}].{name}");
     // A check that names the field as `tasks[i].<field>`.
     let at = |e: ValidationError| invalid(f(&e.field), e.rule);
-    cflow_agents::proto::job_spec("exec", &t.spec).map_err(|why| invalid(f("spec"), why))?;
+    cflow_agents::proto::check_task_spec(&t.spec).map_err(|why| invalid(f("spec"), why))?;
     let priority = t.priority.unwrap_or(core_task::DEFAULT_PRIORITY);
     core_task::priority(priority).map_err(at)?;
     let timeout_seconds = t
@@ -525,9 +555,11 @@ async fn load_task(state: &AppState, tenant: &str, id: &str) -> ApiResult<Task> 
 async fn task_detail(state: &AppState, tenant: &str, id: &str) -> ApiResult<TaskDetailResponse> {
     let task = load_task(state, tenant, id).await?;
     let attempts = state.store.list_attempts(tenant, id).await?;
+    let cost = state.store.task_cost(tenant, id).await?;
     Ok(TaskDetailResponse::new(
         task_response(task, result_of(&attempts)),
         attempts.into_iter().map(Into::into).collect(),
+        cost.map(Into::into),
     ))
 }
 

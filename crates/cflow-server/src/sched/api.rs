@@ -17,14 +17,14 @@ use super::state::QTask;
 use super::{AgentLive, SchedError, SchedResult, Scheduler, SwarmLive};
 use crate::state::now_ms;
 
-/// Drivers an agent may name. `claude-code` and `llm` arrive with their issue.
-pub const DRIVERS: [&str; 2] = ["exec", "noop"];
+/// Drivers an agent may name. `llm` arrives with its issue.
+pub const DRIVERS: [&str; 3] = cflow_agents::DRIVER_KINDS;
 
 fn check_driver(field: &str, driver: &str) -> SchedResult<()> {
     if DRIVERS.contains(&driver) {
         return Ok(());
     }
-    let hint = if matches!(driver, "claude-code" | "llm") {
+    let hint = if driver == "llm" {
         " (it is not built yet)"
     } else {
         ""

@@ -1,7 +1,7 @@
 //! The worker side of the scheduler: registration, long-poll (which is also the heartbeat that
 //! extends leases), fenced reports, and what an ended attempt does to the in-memory state.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,22 @@ fn outcome_of(f: &Finished) -> Outcome {
         result: f.result.clone(),
         detail: f.detail.clone(),
     }
+}
+
+/// `outcome` with the tenant's secrets and any credentials masked out of everything a user
+/// can read back (output tails, result, detail).
+fn masked(masks: &crate::secrets::Masks, tenant: &str, mut outcome: Outcome) -> Outcome {
+    masks.with(tenant, |m| {
+        m.mask_string(&mut outcome.stdout_tail);
+        m.mask_string(&mut outcome.stderr_tail);
+        if let Some(r) = &mut outcome.result {
+            m.mask_json(r);
+        }
+        if let Some(d) = &mut outcome.detail {
+            m.mask_json(d);
+        }
+    });
+    outcome
 }
 
 impl Scheduler {
@@ -435,10 +451,47 @@ impl Scheduler {
                 );
                 acks[i] = Some(ReportAck::ok());
             }
+            if let Report::Agent {
+                task_id,
+                epoch,
+                kind,
+                data,
+            } = r
+            {
+                let tenant = self
+                    .lock()
+                    .running
+                    .get(task_id)
+                    .map(|r| r.task.tenant.clone())
+                    .unwrap_or_default();
+                self.publish(
+                    &tenant,
+                    "task.agent",
+                    task_id,
+                    json!({"epoch": epoch, "kind": kind, "data": data}),
+                );
+                acks[i] = Some(ReportAck::ok());
+            }
         }
         let finishes: Vec<usize> = (0..reports.len())
             .filter(|&i| acks[i].is_none() && matches!(reports[i], Report::Finished { .. }))
             .collect();
+        // The tenants of the finishing attempts, whose secrets are masked out of their output
+        // before it is stored.
+        let finish_tenants: HashMap<&str, String> = {
+            let st = self.lock();
+            finishes
+                .iter()
+                .filter_map(|&i| match &reports[i] {
+                    Report::Finished { task_id, .. } => st
+                        .running
+                        .get(task_id)
+                        .map(|r| (task_id.as_str(), r.task.tenant.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let masks = self.events.masks();
         let reqs = finishes
             .iter()
             .filter_map(|&i| match &reports[i] {
@@ -449,7 +502,13 @@ impl Scheduler {
                 } => Some(cflow_store::CompleteRequest {
                     task_id: task_id.clone(),
                     epoch: *epoch,
-                    outcome: outcome_of(outcome),
+                    outcome: masked(
+                        masks,
+                        finish_tenants
+                            .get(task_id.as_str())
+                            .map_or("", String::as_str),
+                        outcome_of(outcome),
+                    ),
                     now,
                     started: folded.contains(&Held {
                         task_id: task_id.clone(),

@@ -44,6 +44,12 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
             NotFound
         }
         ("delete", "/api/v1/keys/{id}") => NotFound,
+        ("delete", "/api/v1/budgets/{id}") => NotFound,
+        ("get", "/api/v1/cost") | ("get" | "put", "/api/v1/budgets") => OwnTenantOnly,
+        // Alpha's secret is not the caller's to delete; a put sets one in the caller's tenant
+        // (under another name: see `send`), and the listing shows only the caller's.
+        ("delete", "/api/v1/secrets/{name}") => NotFound,
+        ("put", "/api/v1/secrets/{name}") | ("get", "/api/v1/secrets") => OwnTenantOnly,
         ("get" | "delete", "/api/v1/memory/{namespace}/{key}") => NotFound,
         ("put", "/api/v1/memory/{namespace}/{key}") => StaleForCaller,
         ("get", "/api/v1/swarms/{id}")
@@ -101,6 +107,8 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         }
         ("put", "/api/v1/memory/{namespace}/{key}") => Some(json!({ "value": "walk-overwrite" })),
         ("put", "/api/v1/tenants/{tenant}/quota") => Some(json!({ "weight": 7 })),
+        ("put", "/api/v1/budgets") => Some(json!({ "period": "day", "limit_usd": 1 })),
+        ("put", "/api/v1/secrets/{name}") => Some(json!({ "value": "walk-secret-value" })),
         ("put", "/api/v1/tenants/{tenant}/sandbox") => Some(json!({ "network": "full" })),
         // Raw bytes: any body will do.
         ("put", "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts") => {
@@ -129,6 +137,10 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
     }
 }
 
+/// The name of tenant alpha's secret: the marker, so that a listing that leaked it would fail
+/// the marker check.
+const SECRET_NAME: &str = "alpha-private-marker";
+
 struct Fixture {
     tenant_a: String,
     key_a_id: String,
@@ -136,6 +148,8 @@ struct Fixture {
     agents: Vec<String>,
     task: String,
     worker: String,
+    /// Alpha's monthly budget of $5.
+    budget: String,
 }
 
 fn fill(path: &str, f: &Fixture) -> String {
@@ -147,6 +161,8 @@ fn fill(path: &str, f: &Fixture) -> String {
         &f.task
     } else if path.starts_with("/api/v1/workers/") {
         &f.worker
+    } else if path.starts_with("/api/v1/budgets/") {
+        &f.budget
     } else {
         &f.key_a_id
     };
@@ -158,7 +174,8 @@ fn fill(path: &str, f: &Fixture) -> String {
         .replace("{topic}", "news")
         .replace("{task_id}", &f.task)
         .replace("{epoch}", "1")
-        .replace("{sha256}", &"ab".repeat(32));
+        .replace("{sha256}", &"ab".repeat(32))
+        .replace("{name}", SECRET_NAME);
     assert!(!filled.contains('{'), "unfilled parameter in {path}");
     if filled == "/api/v1/memory/search" {
         return format!("{filled}?q=marker");
@@ -177,7 +194,13 @@ async fn send(
     token: Option<&str>,
 ) -> reqwest::Response {
     let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-    let mut req = server.client().request(m, server.at(&fill(path, f)));
+    let mut url = fill(path, f);
+    if method == "put" && path == "/api/v1/secrets/{name}" {
+        // A put succeeds in the caller's own tenant: under alpha's name it would make the later
+        // delete find the caller's copy, whichever order the walk takes.
+        url = url.replace(SECRET_NAME, "walk-put-secret");
+    }
+    let mut req = server.client().request(m, server.at(&url));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -226,6 +249,15 @@ async fn walk(server: TestServer) {
         .put(server.at("/api/v1/memory/notes/plan"))
         .bearer_auth(&admin_a)
         .json(&json!({ "value": marker, "tags": ["marker"] }))
+        .send()
+        .await
+        .unwrap();
+    expect_json(put, 200).await;
+    let put = server
+        .client()
+        .put(server.at(&format!("/api/v1/secrets/{SECRET_NAME}")))
+        .bearer_auth(&admin_a)
+        .json(&json!({ "value": "alpha-secret-value-123" }))
         .send()
         .await
         .unwrap();
@@ -325,7 +357,7 @@ async fn walk(server: TestServer) {
             }
         }
     }
-    assert_eq!(walked, 46, "every non-public operation was walked");
+    assert_eq!(walked, 53, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
@@ -351,6 +383,9 @@ async fn walk(server: TestServer) {
         "no key of alpha was revoked"
     );
     assert_eq!(keys.items.len(), 4, "no key was created in alpha");
+    let secrets = server.store.secret_list(&tenant_a).await.unwrap();
+    let names: Vec<&str> = secrets.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, [SECRET_NAME], "alpha's secrets are unchanged");
     assert_orchestration_unchanged(&server, &fixture, &admin_a).await;
     server.shutdown().await;
 }
@@ -420,7 +455,17 @@ async fn orchestration_fixture(
         201,
     )
     .await;
+    let budget = server
+        .client()
+        .put(server.at("/api/v1/budgets"))
+        .bearer_auth(admin_a)
+        .json(&json!({"period": "month", "limit_usd": 5}))
+        .send()
+        .await
+        .unwrap();
+    let budget = expect_json(budget, 200).await;
     Fixture {
+        budget: budget["id"].as_str().unwrap().to_string(),
         tenant_a: tenant_a.to_string(),
         key_a_id: String::new(),
         swarm,
@@ -465,6 +510,16 @@ async fn assert_orchestration_unchanged(server: &TestServer, f: &Fixture, admin_
         artifacts["artifacts"],
         json!([]),
         "no artifact was stored in alpha"
+    );
+    let budgets = server.store.list_budgets(&f.tenant_a).await.unwrap();
+    let budgets: Vec<_> = budgets
+        .iter()
+        .map(|b| (b.id.as_str(), b.limit_micros))
+        .collect();
+    assert_eq!(
+        budgets,
+        vec![(f.budget.as_str(), 5_000_000)],
+        "alpha's budgets are unchanged"
     );
     let workers = get("/api/v1/workers".to_string()).await;
     assert!(

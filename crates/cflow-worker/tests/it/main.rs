@@ -162,6 +162,7 @@ fn task_of(r: &Report) -> &str {
     match r {
         Report::Started { task_id, .. }
         | Report::Log { task_id, .. }
+        | Report::Agent { task_id, .. }
         | Report::Finished { task_id, .. } => task_id,
     }
 }
@@ -170,6 +171,7 @@ fn kind_of(r: &Report) -> &'static str {
     match r {
         Report::Started { .. } => "started",
         Report::Log { .. } => "log",
+        Report::Agent { .. } => "agent",
         Report::Finished { .. } => "finished",
     }
 }
