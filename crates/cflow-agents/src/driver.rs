@@ -61,6 +61,12 @@ pub struct Job {
     /// The agent running the attempt: drivers that keep state per agent (a model session to
     /// resume) key it by this. Empty when there is none (tests, benchmarks).
     pub agent_id: String,
+    /// The attempt's fencing epoch (0 outside a scheduler: tests, benchmarks).
+    pub epoch: i64,
+    /// The server as this attempt's model loop sees it (server-side tools, budgets, cost).
+    /// `None` outside a worker: model drivers then run without server-side tools and without
+    /// budget enforcement, and say so.
+    pub host: Option<crate::host::HostHandle>,
 }
 
 /// The driver-specific part of a [`Job`]. It grows with the drivers (issue 5 adds model work).
@@ -73,6 +79,8 @@ pub enum JobSpec {
     Noop,
     /// A prompt for the Claude Code CLI, for the `claude-code` driver.
     Claude(crate::claude::ClaudeSpec),
+    /// A prompt for cflow's own agent loop, for the `llm` driver.
+    Llm(Box<crate::model::LlmSpec>),
 }
 
 /// A command for the `exec` driver.
@@ -421,6 +429,7 @@ impl JobSpec {
             JobSpec::Exec(_) => "exec",
             JobSpec::Noop => "noop",
             JobSpec::Claude(_) => "claude-code",
+            JobSpec::Llm(_) => "llm",
         }
     }
 }

@@ -34,6 +34,8 @@ pub mod claude;
 pub mod driver;
 pub mod exec;
 mod group;
+pub mod host;
+pub mod model;
 pub mod noop;
 mod output;
 pub mod proto;

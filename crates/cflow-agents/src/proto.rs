@@ -101,6 +101,22 @@ pub struct Assignment {
     pub sandbox: Option<cflow_sandbox::host::Settings>,
 }
 
+/// `POST /api/v1/workers/{id}/attempts/{task_id}/{epoch}/calls`: what a model loop asks the
+/// server (see [`crate::host`]); the answer is a [`HostReply`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostCallRequest {
+    pub call: crate::host::HostCall,
+}
+
+/// The answer to a [`HostCallRequest`] (HTTP 200 either way; a stale epoch is a 409).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum HostReply {
+    Ok(serde_json::Value),
+    Err(crate::host::HostError),
+}
+
 /// `POST /api/v1/workers/{id}/reports`: a batch, answered one [`ReportAck`] per report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -244,33 +260,74 @@ pub fn job_spec(driver: &str, spec: &serde_json::Value) -> Result<JobSpec, Strin
             }
             exec_spec(spec).map(JobSpec::Exec)
         }
-        "claude-code" => claude_spec(spec).map(JobSpec::Claude),
+        "claude-code" => {
+            check_model_fields(spec, "claude-code")?;
+            claude_spec(spec).map(JobSpec::Claude)
+        }
+        "llm" => {
+            check_model_fields(spec, "llm")?;
+            llm_spec(spec).map(|s| JobSpec::Llm(Box::new(s)))
+        }
         other => Err(format!("driver '{other}' is not built yet")),
     }
 }
 
+/// Whether a task's spec is a prompt for a model agent (`claude-code` or `llm`) rather than a
+/// command.
+pub fn is_model_task(spec: &serde_json::Value) -> bool {
+    spec.get("prompt").is_some()
+}
+
 /// Checks a task's spec when it is submitted (before any agent is chosen): a `prompt` makes it
-/// a model task (`claude-code`), anything else an `exec` command.
+/// a model task (for a `claude-code` or an `llm` agent), anything else an `exec` command.
 pub fn check_task_spec(spec: &serde_json::Value) -> Result<(), String> {
-    if spec.get("prompt").is_some() {
-        claude_spec(spec).map(|_| ())
+    if is_model_task(spec) {
+        claude_spec(spec)?;
+        llm_spec(spec).map(|_| ())
     } else {
         exec_spec(spec).map(|_| ())
     }
 }
 
-/// `{"prompt": "...", "model"?, "max_turns"?, "permission_mode"?, "allowed_tools"?: [..],
-/// "env"?: {..}, "workspace"?, "artifacts"?}` for the `claude-code` driver.
-fn claude_spec(spec: &serde_json::Value) -> Result<crate::claude::ClaudeSpec, String> {
-    const KNOWN: &str =
-        "prompt, model, max_turns, permission_mode, allowed_tools, env, workspace, artifacts";
+/// Every field a model task's spec may have. One spec serves both model drivers; the fields
+/// one of them does not use are refused by that driver's agent (see [`check_model_fields`]).
+const MODEL_FIELDS: &str = "prompt, model, max_turns, max_tokens, permission_mode, \
+    allowed_tools, env, workspace, artifacts, network";
+
+/// Refuses the fields of a model spec that `driver` cannot honour, rather than ignoring them.
+fn check_model_fields(spec: &serde_json::Value, driver: &str) -> Result<(), String> {
+    let unsupported: &[&str] = match driver {
+        "claude-code" => &["max_tokens", "network"],
+        _ => &["permission_mode"],
+    };
+    for k in unsupported {
+        if spec.get(*k).is_some() {
+            return Err(format!(
+                "\"{k}\" is not supported by the {driver} driver: remove it, or give the task \
+                 to an agent whose driver supports it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of a model spec both drivers share.
+struct ModelCommon {
+    prompt: String,
+    model: Option<String>,
+    max_turns: Option<u32>,
+    allowed_tools: Vec<String>,
+    obj: serde_json::Map<String, serde_json::Value>,
+}
+
+fn model_common(spec: &serde_json::Value) -> Result<ModelCommon, String> {
     let obj = spec
         .as_object()
-        .ok_or("a claude-code task's spec must be an object with \"prompt\"")?;
+        .ok_or("a model task's spec must be an object with \"prompt\"")?;
     for key in obj.keys() {
-        if !KNOWN.split(", ").any(|k| k == key) {
+        if !MODEL_FIELDS.split(", ").any(|k| k == key) {
             return Err(format!(
-                "unknown field '{key}' in a claude-code spec (known: {KNOWN})"
+                "unknown field '{key}' in a model task's spec (known: {MODEL_FIELDS})"
             ));
         }
     }
@@ -280,26 +337,15 @@ fn claude_spec(spec: &serde_json::Value) -> Result<crate::claude::ClaudeSpec, St
         .filter(|p| !p.trim().is_empty())
         .ok_or("\"prompt\" must be a non-empty string")?
         .to_string();
-    let string = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
+    let model = match obj.get("model") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
                 .filter(|s| !s.is_empty() && !s.starts_with('-'))
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| format!("\"{k}\" must be a non-empty string not starting with '-'")),
-        }
+                .map(str::to_string)
+                .ok_or("\"model\" must be a non-empty string not starting with '-'")?,
+        ),
     };
-    let model = string("model")?;
-    let permission_mode = string("permission_mode")?;
-    if let Some(m) = &permission_mode
-        && !crate::claude::PERMISSION_MODES.contains(&m.as_str())
-    {
-        return Err(format!(
-            "\"permission_mode\" must be one of {} (bypassing permissions is not offered)",
-            crate::claude::PERMISSION_MODES.join(", ")
-        ));
-    }
     let max_turns = match obj.get("max_turns") {
         None => None,
         Some(v) => Some(
@@ -319,15 +365,84 @@ fn claude_spec(spec: &serde_json::Value) -> Result<crate::claude::ClaudeSpec, St
             })
             .ok_or("\"allowed_tools\" must be an array of tool names, e.g. [\"Edit\", \"Bash(cargo test:*)\"]")?,
     };
-    // The rest is what an exec spec has: reuse its parser on a command stand-in.
+    Ok(ModelCommon {
+        prompt,
+        model,
+        max_turns,
+        allowed_tools,
+        obj: obj.clone(),
+    })
+}
+
+/// The exec-like part of a model spec (`env`, `workspace`, `artifacts`, `network`), parsed by
+/// the exec parser on a command stand-in.
+fn model_exec_part(obj: &serde_json::Map<String, serde_json::Value>) -> Result<ExecSpec, String> {
     let mut rest = serde_json::Map::new();
     rest.insert("command".into(), serde_json::Value::String("true".into()));
-    for k in ["env", "workspace", "artifacts"] {
+    for k in ["env", "workspace", "artifacts", "network"] {
         if let Some(v) = obj.get(k) {
             rest.insert(k.into(), v.clone());
         }
     }
-    let exec = exec_spec(&serde_json::Value::Object(rest))?;
+    exec_spec(&serde_json::Value::Object(rest))
+}
+
+/// `{"prompt", "model"?, "max_turns"?, "max_tokens"?, "allowed_tools"?, "env"?, "workspace"?,
+/// "artifacts"?, "network"?}` for the `llm` driver; `allowed_tools` names cflow's built-in
+/// tools.
+fn llm_spec(spec: &serde_json::Value) -> Result<crate::model::LlmSpec, String> {
+    let c = model_common(spec)?;
+    let max_tokens = match c.obj.get("max_tokens") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or("\"max_tokens\" must be a positive whole number")?,
+        ),
+    };
+    let exec = model_exec_part(&c.obj)?;
+    Ok(crate::model::LlmSpec {
+        prompt: c.prompt,
+        model: c.model,
+        max_turns: c.max_turns,
+        max_tokens,
+        allowed_tools: c.allowed_tools,
+        env: exec.env,
+        workspace: exec.workspace,
+        artifacts: exec.artifacts,
+        network: exec.network,
+        inputs: BTreeMap::new(),
+        setup: crate::model::ModelSetup::default(),
+    })
+}
+
+/// `{"prompt": "...", "model"?, "max_turns"?, "permission_mode"?, "allowed_tools"?: [..],
+/// "env"?: {..}, "workspace"?, "artifacts"?}` for the `claude-code` driver.
+fn claude_spec(spec: &serde_json::Value) -> Result<crate::claude::ClaudeSpec, String> {
+    let ModelCommon {
+        prompt,
+        model,
+        max_turns,
+        allowed_tools,
+        obj,
+    } = model_common(spec)?;
+    let permission_mode = match obj.get("permission_mode") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .map(str::to_string)
+                .ok_or("\"permission_mode\" must be a string")?,
+        ),
+    };
+    if let Some(m) = &permission_mode
+        && !crate::claude::PERMISSION_MODES.contains(&m.as_str())
+    {
+        return Err(format!(
+            "\"permission_mode\" must be one of {} (bypassing permissions is not offered)",
+            crate::claude::PERMISSION_MODES.join(", ")
+        ));
+    }
+    let exec = model_exec_part(&obj)?;
     Ok(crate::claude::ClaudeSpec {
         prompt,
         model,
@@ -502,7 +617,7 @@ mod tests {
         }
         assert!(matches!(job_spec("noop", &json!(null)), Ok(JobSpec::Noop)));
         assert!(
-            job_spec("llm", &json!({}))
+            job_spec("gpt", &json!({}))
                 .unwrap_err()
                 .contains("not built yet")
         );

@@ -6,9 +6,12 @@ use crate::RetryPolicy;
 use crate::backoff::Backoff;
 use crate::link::{Artifact, Link, LinkError};
 use crate::table::Table;
+use cflow_agents::host::{Host, HostCall, HostError, HostHandle};
+use cflow_agents::proto::HostReply;
 use cflow_agents::proto::{self, Assignment, Finished, FinishedStatus, Report};
 use cflow_agents::{
-    Captured, DriverError, Drivers, Job, JobEnd, JobEvent, JobOutcome, JobSpec, OutputStream,
+    BoxFuture, Captured, DriverError, Drivers, Job, JobEnd, JobEvent, JobOutcome, JobSpec,
+    OutputStream,
 };
 use serde_json::json;
 use std::io::Write;
@@ -45,6 +48,35 @@ impl JobCtx {
     fn send(&self, report: Report) {
         // A closed queue means the reporter hit a fatal error; the runtime is already stopping.
         let _ = self.reports.send(report);
+    }
+}
+
+/// The server as one attempt's model loop sees it: calls go through the worker's link, fenced
+/// by the attempt's epoch.
+struct LinkHost {
+    link: Arc<dyn Link>,
+    worker_id: String,
+    task_id: String,
+    epoch: i64,
+}
+
+impl Host for LinkHost {
+    fn call(&self, call: HostCall) -> BoxFuture<'_, Result<serde_json::Value, HostError>> {
+        Box::pin(async move {
+            match self
+                .link
+                .host_call(&self.worker_id, &self.task_id, self.epoch, call)
+                .await
+            {
+                Ok(HostReply::Ok(v)) => Ok(v),
+                Ok(HostReply::Err(e)) => Err(e),
+                Err(LinkError::Rejected { status, detail }) if status == 404 || status == 409 => {
+                    Err(HostError::Lost(detail))
+                }
+                Err(e) if e.is_transient() => Err(HostError::Unavailable(e.to_string())),
+                Err(e) => Err(HostError::Refused(e.to_string())),
+            }
+        })
     }
 }
 
@@ -114,6 +146,10 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
             }
             JobSpec::Exec(exec)
         }
+        JobSpec::Llm(mut llm) => {
+            llm.inputs = a.inputs.clone();
+            JobSpec::Llm(llm)
+        }
         other => other,
     };
     ctx.send(Report::Started {
@@ -128,6 +164,13 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
         output_cap: ctx.output_cap,
         sandbox: a.sandbox.clone(),
         agent_id: a.agent_id.clone(),
+        epoch: a.epoch,
+        host: Some(HostHandle::new(LinkHost {
+            link: ctx.link.clone(),
+            worker_id: ctx.worker_id.clone(),
+            task_id: a.task_id.clone(),
+            epoch: a.epoch,
+        })),
     };
     let (tx, rx) = mpsc::channel(32);
     let (result, ()) = tokio::join!(

@@ -4,8 +4,10 @@
 
 use crate::link::{Artifact, Link, LinkError};
 use cflow_agents::BoxFuture;
+use cflow_agents::host::HostCall;
 use cflow_agents::proto::{
-    PollRequest, PollResponse, Register, Registered, Report, ReportAck, ReportAcks, ReportBatch,
+    HostCallRequest, HostReply, PollRequest, PollResponse, Register, Registered, Report, ReportAck,
+    ReportAcks, ReportBatch,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -150,6 +152,23 @@ impl Link for HttpLink {
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(artifact.bytes.clone());
             check(req.send().await.map_err(transport)?).await.map(drop)
+        })
+    }
+
+    fn host_call<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        call: HostCall,
+    ) -> BoxFuture<'a, Result<HostReply, LinkError>> {
+        Box::pin(async move {
+            let mut url = self.url(Some(worker_id), Some("attempts"));
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.extend([task_id, &epoch.to_string(), "calls"]);
+            }
+            let body = HostCallRequest { call };
+            self.call(self.request(Method::POST, url).json(&body)).await
         })
     }
 

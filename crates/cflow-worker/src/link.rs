@@ -1,7 +1,10 @@
 //! The worker's view of the scheduler: five calls and how they fail.
 
 use cflow_agents::BoxFuture;
-use cflow_agents::proto::{PollRequest, PollResponse, Register, Registered, Report, ReportAck};
+use cflow_agents::host::HostCall;
+use cflow_agents::proto::{
+    HostReply, PollRequest, PollResponse, Register, Registered, Report, ReportAck,
+};
 /// A file, patch or log an attempt produced, as the driver hands it over.
 pub use cflow_sandbox::artifacts::Artifact;
 
@@ -39,6 +42,16 @@ pub trait Link: Send + Sync + 'static {
         epoch: i64,
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<(), LinkError>>;
+
+    /// `POST /api/v1/workers/{id}/attempts/{task_id}/{epoch}/calls`: a model loop's request to
+    /// the server (a server-side tool, the budget check, usage accounting), fenced by the epoch.
+    fn host_call<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        call: HostCall,
+    ) -> BoxFuture<'a, Result<HostReply, LinkError>>;
 
     /// `DELETE /api/v1/workers/{id}`: the worker leaves.
     fn deregister<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<(), LinkError>>;

@@ -30,6 +30,8 @@ pub fn job(spec: ExecSpec) -> Job {
         output_cap: 1 << 20,
         sandbox: None,
         agent_id: String::new(),
+        epoch: 0,
+        host: None,
     }
 }
 

@@ -156,6 +156,8 @@ async fn run(
         output_cap: 1 << 20,
         sandbox: None,
         agent_id: agent.into(),
+        epoch: 0,
+        host: None,
     };
     let out = driver
         .run(job, tx, tokio_util::sync::CancellationToken::new())

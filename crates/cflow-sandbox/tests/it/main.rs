@@ -215,6 +215,8 @@ pub fn job(task_id: &str, spec: ExecSpec, timeout: Duration) -> Job {
         output_cap: 1 << 20,
         sandbox: None,
         agent_id: String::new(),
+        epoch: 0,
+        host: None,
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use cflow_agents::proto::{PollRequest, PollResponse, Register, Registered, Report, ReportAck};
+use cflow_agents::host::HostCall;
+use cflow_agents::proto::{
+    HostReply, PollRequest, PollResponse, Register, Registered, Report, ReportAck,
+};
 use cflow_agents::{BoxFuture, Drivers};
 use cflow_worker::link::Artifact;
 use cflow_worker::{Link, LinkError, WorkerOptions};
@@ -96,6 +99,33 @@ impl Link for LocalLink {
                 }
                 Err(e) => Err(link_error(e)),
             }
+        })
+    }
+
+    fn host_call<'a>(
+        &'a self,
+        worker_id: &'a str,
+        task_id: &'a str,
+        epoch: i64,
+        call: HostCall,
+    ) -> BoxFuture<'a, Result<HostReply, LinkError>> {
+        Box::pin(async move {
+            self.0
+                .host_call(None, worker_id, task_id, epoch, call)
+                .await
+                .map_err(|e| match e {
+                    SchedError::Store(
+                        e @ (cflow_store::Error::StaleEpoch { .. } | cflow_store::Error::State(_)),
+                    ) => LinkError::Rejected {
+                        status: 409,
+                        detail: e.to_string(),
+                    },
+                    SchedError::Store(e @ cflow_store::Error::NotFound(_)) => LinkError::Rejected {
+                        status: 404,
+                        detail: e.to_string(),
+                    },
+                    e => link_error(e),
+                })
         })
     }
 

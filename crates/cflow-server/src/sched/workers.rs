@@ -192,6 +192,27 @@ impl Scheduler {
         }
     }
 
+    /// A model loop's call to the server for the attempt `(task_id, epoch)` of `worker_id`.
+    pub async fn host_call(
+        &self,
+        tenant: Option<&str>,
+        worker_id: &str,
+        task_id: &str,
+        epoch: i64,
+        call: cflow_agents::host::HostCall,
+    ) -> SchedResult<cflow_agents::proto::HostReply> {
+        {
+            let mut st = self.lock();
+            Self::check_worker(&mut st, tenant, worker_id)?;
+        }
+        let _ = (task_id, epoch, call);
+        Ok(cflow_agents::proto::HostReply::Err(
+            cflow_agents::host::HostError::Refused(
+                "model-loop calls are not served by this server yet".into(),
+            ),
+        ))
+    }
+
     /// Stores an artifact of the attempt `(task_id, epoch)` for the worker that holds it (or
     /// held it: a worker uploads just before it reports the ending). The worker must be the
     /// caller's (`tenant`); the store refuses another worker's attempt or an older epoch (409).

@@ -177,6 +177,21 @@ fn kind_of(r: &Report) -> &'static str {
 }
 
 impl Link for FakeServer {
+    fn host_call<'a>(
+        &'a self,
+        _worker_id: &'a str,
+        _task_id: &'a str,
+        _epoch: i64,
+        _call: cflow_agents::host::HostCall,
+    ) -> BoxFuture<'a, Result<cflow_agents::proto::HostReply, LinkError>> {
+        Box::pin(async move {
+            Err(LinkError::Rejected {
+                status: 501,
+                detail: "the fake server serves no model-loop calls".into(),
+            })
+        })
+    }
+
     fn register(&self, req: Register) -> BoxFuture<'_, Result<Registered, LinkError>> {
         Box::pin(async move {
             self.with(|s| {
