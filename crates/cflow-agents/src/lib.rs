@@ -35,6 +35,7 @@ pub mod driver;
 pub mod exec;
 mod group;
 pub mod host;
+pub mod tools;
 pub mod model;
 pub mod noop;
 mod output;
@@ -53,7 +54,7 @@ pub use registry::Drivers;
 
 /// Every driver kind an agent may name (the drivers a worker actually offers are in its
 /// [`Drivers`]).
-pub const DRIVER_KINDS: [&str; 3] = ["exec", "noop", "claude-code"];
+pub const DRIVER_KINDS: [&str; 4] = ["exec", "noop", "claude-code", "llm"];
 
 /// The result type of this crate.
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;

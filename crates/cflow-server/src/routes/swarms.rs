@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The drivers an agent may use today.
-pub const DRIVERS: [&str; 3] = cflow_agents::DRIVER_KINDS;
+pub const DRIVERS: [&str; 4] = cflow_agents::DRIVER_KINDS;
 
 /// Agents a swarm holds unless told otherwise.
 const DEFAULT_MAX_AGENTS: i64 = 100;

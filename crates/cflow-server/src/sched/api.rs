@@ -18,7 +18,7 @@ use super::{AgentLive, SchedError, SchedResult, Scheduler, SwarmLive};
 use crate::state::now_ms;
 
 /// Drivers an agent may name. `llm` arrives with its issue.
-pub const DRIVERS: [&str; 3] = cflow_agents::DRIVER_KINDS;
+pub const DRIVERS: [&str; 4] = cflow_agents::DRIVER_KINDS;
 
 fn check_driver(field: &str, driver: &str) -> SchedResult<()> {
     if DRIVERS.contains(&driver) {
