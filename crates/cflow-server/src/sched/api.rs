@@ -426,6 +426,40 @@ impl Scheduler {
     /// Commits the tasks (durable when this returns) and queues the ready ones. With
     /// `delegated_by`, every task must name its target agent, which the topology must allow
     /// the delegating agent to delegate to.
+    /// Refuses a task pinned to a live agent whose driver cannot run it (a prompt for an `exec`
+    /// agent, a command for a model agent): it would wait in the queue forever.
+    fn check_pinned_drivers(&self, tenant: &str, tasks: &[NewTask]) -> SchedResult<()> {
+        let st = self.lock();
+        for (i, t) in tasks.iter().enumerate() {
+            let Some(a) = t
+                .agent_id
+                .as_ref()
+                .and_then(|id| st.agents.get(id))
+                .filter(|a| a.rec.tenant_id == tenant)
+            else {
+                continue;
+            };
+            let model = cflow_agents::proto::is_model_task(&t.spec);
+            if !super::state::driver_fits(&a.rec.driver, model) {
+                let (what, needs) = if model {
+                    ("a prompt", "a claude-code or llm agent")
+                } else {
+                    ("a command", "an exec agent")
+                };
+                return Err(ValidationError::new(
+                    format!("tasks[{i}].agent"),
+                    format!(
+                        "agent '{}' runs the {} driver, which cannot run {what}: pin the task to \
+                         {needs}, or leave the agent out",
+                        a.rec.id, a.rec.driver
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     pub async fn submit(
         &self,
         ctx: &AuditContext,
@@ -459,6 +493,7 @@ impl Scheduler {
                 t.swarm_id.get_or_insert_with(|| swarm.clone());
             }
         }
+        self.check_pinned_drivers(tenant, &tasks)?;
         let submitted = self.store.submit_tasks(ctx, tenant, tasks.clone()).await?;
         let now = now_ms();
         // Tasks without dependencies or replicas are queued from what was submitted; the others

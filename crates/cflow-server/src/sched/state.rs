@@ -37,8 +37,20 @@ pub(crate) struct QTask {
     pub attempts: i64,
     pub depends_on: Vec<String>,
     pub enqueued_at: i64,
+    /// A prompt for a model agent (`claude-code`, `llm`) rather than a command (`exec`).
+    pub model: bool,
     /// Tasks with the same class are interchangeable for eligibility (same swarm, needs, pins).
     pub class: u64,
+}
+
+/// Whether an agent with this driver can run a model task (`model`) or a command: prompts go to
+/// model drivers, commands to `exec`; `noop` (benchmarks) takes anything.
+pub(crate) fn driver_fits(driver: &str, model: bool) -> bool {
+    match driver {
+        "noop" => true,
+        "claude-code" | "llm" => model,
+        _ => !model,
+    }
 }
 
 impl QTask {
@@ -57,6 +69,7 @@ impl QTask {
             attempts: t.attempts,
             depends_on: t.depends_on.clone(),
             enqueued_at: now,
+            model: cflow_agents::proto::is_model_task(&t.spec),
             class: 0,
         };
         q.class = q.class_of();
@@ -74,6 +87,7 @@ impl QTask {
             labels: t.labels,
             agent_id: t.agent_id,
             replica_of: None,
+            model: cflow_agents::proto::is_model_task(&t.spec),
             spec: Arc::new(t.spec),
             timeout_ms: t.timeout_seconds.saturating_mul(1000),
             attempts: 0,
@@ -87,7 +101,14 @@ impl QTask {
 
     fn class_of(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.swarm, &self.requires, &self.labels, &self.agent_id).hash(&mut h);
+        (
+            &self.swarm,
+            &self.requires,
+            &self.labels,
+            &self.agent_id,
+            self.model,
+        )
+            .hash(&mut h);
         // Replicas of one task must land on distinct agents, which makes them unlike others.
         self.replica_of.hash(&mut h);
         h.finish()
@@ -291,6 +312,7 @@ impl View<'_> {
         a.rec.tenant_id == t.tenant
             && a.rec.state == AgentState::Idle
             && a.running.is_none()
+            && driver_fits(&a.rec.driver, t.model)
             && t.swarm.as_ref().is_none_or(|s| *s == a.rec.swarm_id)
             && self
                 .swarms
