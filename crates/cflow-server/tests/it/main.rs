@@ -11,6 +11,7 @@ mod cost;
 mod events;
 mod limits;
 mod memory;
+mod model_routing;
 mod ops;
 mod orchestration;
 mod route_walk;
