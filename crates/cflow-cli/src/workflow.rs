@@ -21,6 +21,12 @@
 //! command = "make"
 //! depends_on = ["plan"]
 //! requires = ["code"]
+//!
+//! [[tasks]]
+//! id = "review"          # a prompt instead of a command: for a model agent (claude-code, llm)
+//! prompt = "Review the build's output and list the three riskiest changes."
+//! depends_on = ["build"]
+//! max_turns = 10
 //! ```
 
 use anyhow::{Result, anyhow, bail};
@@ -95,8 +101,22 @@ fn default_driver() -> String {
 pub struct TaskDef {
     /// The task's id within the workflow (the `local_id` of the submission).
     pub id: Spanned<String>,
-    /// A shell line (`sh -c`).
-    pub command: String,
+    /// A shell line (`sh -c`), for an `exec` agent. Give this or `prompt`.
+    pub command: Option<String>,
+    /// A prompt, for a model agent (`claude-code` or `llm`). Give this or `command`.
+    pub prompt: Option<String>,
+    /// Model tasks: the model (default: the provider's configured model).
+    pub model: Option<String>,
+    /// Model tasks: model calls (turns) at most.
+    pub max_turns: Option<u64>,
+    /// `llm` tasks: output tokens at most over the whole loop.
+    pub max_tokens: Option<u64>,
+    /// Model tasks: the tools the model may use (`llm`: cflow's built-in tool names;
+    /// `claude-code`: Claude Code's tool rules, e.g. `"Bash(cargo test:*)"`). Empty: all.
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
+    /// `claude-code` tasks: Claude Code's permission mode (`default`, `acceptEdits`, `plan`).
+    pub permission_mode: Option<String>,
     #[serde(default)]
     pub depends_on: Vec<Spanned<String>>,
     #[serde(default)]
@@ -262,8 +282,44 @@ fn validate(w: &Workflow, text: &str) -> Result<Vec<String>> {
         if !seen.insert(id.clone()) {
             return Err(at("this id is used by an earlier task".into()));
         }
-        if t.command.trim().is_empty() {
-            return Err(at("command must not be empty".into()));
+        match (&t.command, &t.prompt) {
+            (Some(c), None) if c.trim().is_empty() => {
+                return Err(at("command must not be empty".into()));
+            }
+            (None, Some(p)) if p.trim().is_empty() => {
+                return Err(at("prompt must not be empty".into()));
+            }
+            (Some(_), Some(_)) => {
+                return Err(at(
+                    "give command (for an exec agent) or prompt (for a model agent), not both"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    "needs command (a shell line, for an exec agent) or prompt (for a model \
+                     agent: claude-code or llm)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        let model_only = [
+            ("model", t.model.is_some()),
+            ("max_turns", t.max_turns.is_some()),
+            ("max_tokens", t.max_tokens.is_some()),
+            ("allowed_tools", !t.allowed_tools.is_empty()),
+            ("permission_mode", t.permission_mode.is_some()),
+        ];
+        if t.command.is_some()
+            && let Some((k, _)) = model_only.iter().find(|(_, set)| *set)
+        {
+            return Err(at(format!("{k} is for model tasks (prompt), not commands")));
+        }
+        if t.prompt.is_some() && t.cwd.is_some() {
+            return Err(at(
+                "cwd is for commands; a model task works at its workspace's root".into(),
+            ));
         }
         let rule = |r: std::result::Result<(), cflow_core::ValidationError>| {
             r.map_err(|e| at(format!("{}: {}", e.field, e.rule)))
@@ -398,7 +454,23 @@ impl TaskDef {
         let mut env = self.env.clone();
         env.insert(WORKFLOW_ID_ENV.into(), id.clone());
         let mut spec = Map::new();
-        spec.insert("command".into(), json!(self.command));
+        put(
+            &mut spec,
+            "command",
+            self.command.as_ref().map(|v| json!(v)),
+        );
+        put(&mut spec, "prompt", self.prompt.as_ref().map(|v| json!(v)));
+        put(&mut spec, "model", self.model.as_ref().map(|v| json!(v)));
+        put(&mut spec, "max_turns", self.max_turns.map(|v| json!(v)));
+        put(&mut spec, "max_tokens", self.max_tokens.map(|v| json!(v)));
+        if !self.allowed_tools.is_empty() {
+            spec.insert("allowed_tools".into(), json!(self.allowed_tools));
+        }
+        put(
+            &mut spec,
+            "permission_mode",
+            self.permission_mode.as_ref().map(|v| json!(v)),
+        );
         spec.insert("env".into(), json!(env));
         put(&mut spec, "cwd", self.cwd.as_ref().map(|v| json!(v)));
         put(
@@ -517,5 +589,53 @@ timeout = "2m"
         let bad = OK.replace("requires = [\"code\"]", "requires = [\"deploy\"]");
         let e = parse(&bad, "wf.toml").unwrap_err().to_string();
         assert!(e.contains("requires 'deploy'"), "{e}");
+    }
+
+    #[test]
+    fn a_prompt_task_becomes_a_model_spec() {
+        let wf = OK.replace(
+            "id = \"b\"\ncommand = \"true\"",
+            "id = \"b\"\nprompt = \"review a\"\nmodel = \"m\"\nmax_turns = 5\n\
+             allowed_tools = [\"read_file\"]",
+        );
+        let c = parse(&wf, "wf.toml").unwrap();
+        let spec = &c.workflow.tasks_body("s")["tasks"][1]["spec"];
+        assert_eq!(spec["prompt"], "review a");
+        assert_eq!(spec["model"], "m");
+        assert_eq!(spec["max_turns"], 5);
+        assert_eq!(spec["allowed_tools"], json!(["read_file"]));
+        assert!(spec.get("command").is_none(), "{spec}");
+        cflow_agents::proto::check_task_spec(spec).expect("the server accepts it");
+    }
+
+    #[test]
+    fn a_task_needs_exactly_one_of_command_and_prompt() {
+        for (from, to, why) in [
+            (
+                "command = \"true\"\ndepends_on",
+                "depends_on",
+                "needs command",
+            ),
+            (
+                "command = \"true\"\ndepends_on",
+                "command = \"true\"\nprompt = \"x\"\ndepends_on",
+                "not both",
+            ),
+            (
+                "command = \"true\"\ndepends_on",
+                "command = \"true\"\nmax_turns = 3\ndepends_on",
+                "max_turns is for model tasks",
+            ),
+            (
+                "command = \"true\"\ndepends_on",
+                "prompt = \"x\"\ncwd = \"sub\"\ndepends_on",
+                "cwd is for commands",
+            ),
+        ] {
+            let bad = OK.replace(from, to);
+            assert_ne!(bad, OK);
+            let e = parse(&bad, "wf.toml").unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
-    /// Submit one task running a shell command: cflow task submit --swarm S -- make test
+    /// Submit one task: a shell command for an exec agent (cflow task submit --swarm S -- make
+    /// test), or a prompt for a model agent (cflow task submit --swarm S --prompt "fix the
+    /// failing test")
     Submit(Box<SubmitArgs>),
     /// List tasks (every page).
     List {
@@ -83,8 +85,27 @@ pub struct SubmitArgs {
     /// The command's working directory.
     #[arg(long)]
     pub cwd: Option<String>,
+    /// A prompt for a model agent (claude-code or llm) instead of a command.
+    #[arg(long, conflicts_with_all = ["command", "cwd"])]
+    pub prompt: Option<String>,
+    /// Model tasks: the model to ask (default: the provider's configured model).
+    #[arg(long, requires = "prompt")]
+    pub model: Option<String>,
+    /// Model tasks: model calls (turns) at most.
+    #[arg(long, requires = "prompt")]
+    pub max_turns: Option<u64>,
+    /// llm tasks: output tokens at most over the whole loop.
+    #[arg(long, requires = "prompt")]
+    pub max_tokens: Option<u64>,
+    /// Model tasks: a tool the model may use (repeatable, or comma-separated; default all).
+    #[arg(long = "allowed-tool", value_delimiter = ',', requires = "prompt")]
+    pub allowed_tools: Vec<String>,
     /// The command: a shell line (`sh -c`); several words are joined with spaces.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        last = true,
+        required_unless_present = "prompt",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
@@ -144,7 +165,26 @@ pub async fn run(client: &Client, cmd: TaskCmd, out: Printer) -> Result<()> {
 
 async fn submit(client: &Client, a: SubmitArgs, out: Printer) -> Result<()> {
     let mut spec = Map::new();
-    spec.insert("command".into(), json!(a.command.join(" ")));
+    match &a.prompt {
+        Some(p) => {
+            spec.insert("prompt".into(), json!(p));
+            if let Some(m) = &a.model {
+                spec.insert("model".into(), json!(m));
+            }
+            if let Some(n) = a.max_turns {
+                spec.insert("max_turns".into(), json!(n));
+            }
+            if let Some(n) = a.max_tokens {
+                spec.insert("max_tokens".into(), json!(n));
+            }
+            if !a.allowed_tools.is_empty() {
+                spec.insert("allowed_tools".into(), json!(a.allowed_tools));
+            }
+        }
+        None => {
+            spec.insert("command".into(), json!(a.command.join(" ")));
+        }
+    }
     if !a.env.is_empty() {
         let env: BTreeMap<_, _> = a.env.into_iter().collect();
         spec.insert("env".into(), json!(env));
@@ -227,13 +267,26 @@ fn task_row(t: &Value) -> Value {
                 json!(words.join(" "))
             })
         })
+        // A model task shows its prompt, marked as one.
+        .or_else(|| {
+            spec.get("prompt")
+                .and_then(Value::as_str)
+                .map(|p| json!(format!("prompt: {p}")))
+        })
         .unwrap_or(Value::Null);
-    // A multi-line script shows its first line in a table.
-    if let Some(c) = r["command"].as_str()
-        && c.trim().contains('\n')
-    {
-        let first = c.trim().lines().next().unwrap_or_default();
-        r["command"] = json!(format!("{first} …"));
+    // A multi-line script (or prompt) shows its first line in a table, a long one its start.
+    if let Some(c) = r["command"].as_str() {
+        let c = c.trim();
+        let first: String = c
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(80)
+            .collect();
+        if first.len() < c.len() {
+            r["command"] = json!(format!("{first} …"));
+        }
     }
     // `cflow run` names each task in its environment; tables show that name.
     r["name"] = spec["env"][crate::workflow::WORKFLOW_ID_ENV].clone();
