@@ -107,6 +107,43 @@ impl ClaudeCodeDriver {
         Self { exec, config }
     }
 
+    /// The configuration with the tenant's first Anthropic provider from the server's
+    /// [`HostCall::Setup`](crate::host::HostCall::Setup): `Ok(None)` when there is no host or the
+    /// tenant has no Anthropic provider (the worker's own configuration applies), `Err` when the
+    /// server refuses (a provider whose key secret is missing, say).
+    async fn tenant_config(&self, job: &Job) -> Result<Option<ClaudeConfig>, (String, bool)> {
+        let Some(host) = &job.host else {
+            return Ok(None);
+        };
+        let setup = match host.call(crate::host::HostCall::Setup).await {
+            Ok(v) => serde_json::from_value::<crate::model::ModelSetup>(v).map_err(|e| {
+                (
+                    format!("the server's model setup does not parse: {e}"),
+                    false,
+                )
+            })?,
+            Err(crate::host::HostError::Unavailable(e)) => {
+                return Err((
+                    format!(
+                        "cannot get the tenant's model provider from the server ({e}); the \
+                         attempt is retried"
+                    ),
+                    true,
+                ));
+            }
+            Err(e) => return Err((e.to_string(), false)),
+        };
+        let Some(p) = setup.providers.iter().find(|p| p.kind == "anthropic") else {
+            return Ok(None);
+        };
+        let base_url = p.base_url.trim_end_matches('/');
+        Ok(Some(ClaudeConfig {
+            base_url: (base_url != "https://api.anthropic.com").then(|| base_url.to_string()),
+            api_key: p.api_key.clone().or_else(|| self.config.api_key.clone()),
+            ..self.config.clone()
+        }))
+    }
+
     async fn run_job(
         &self,
         job: Job,
@@ -122,13 +159,19 @@ impl ClaudeCodeDriver {
                 });
             }
         };
-        let endpoint = self
-            .config
-            .endpoint()
-            .map_err(|message| DriverError::Sandbox {
-                message,
-                retryable: false,
-            })?;
+        // The tenant's Anthropic provider (its key from the tenant's secrets), when the server
+        // resolves one; else the worker's own configuration.
+        let config = match self.tenant_config(&job).await {
+            Ok(c) => c,
+            Err((message, retryable)) => {
+                return Err(DriverError::Sandbox { message, retryable });
+            }
+        };
+        let config = config.as_ref().unwrap_or(&self.config);
+        let endpoint = config.endpoint().map_err(|message| DriverError::Sandbox {
+            message,
+            retryable: false,
+        })?;
         let home = (!job.agent_id.is_empty()).then(|| self.config.homes.join(safe(&job.agent_id)));
         let mut argv = vec![
             self.config.binary.clone(),
@@ -177,10 +220,10 @@ impl ClaudeCodeDriver {
             ),
             ("DISABLE_AUTOUPDATER".into(), "1".into()),
         ];
-        if let Some(url) = &self.config.base_url {
+        if let Some(url) = &config.base_url {
             env.push(("ANTHROPIC_BASE_URL".into(), url.clone()));
         }
-        if let Some(key) = &self.config.api_key {
+        if let Some(key) = &config.api_key {
             env.push(("ANTHROPIC_API_KEY".into(), key.clone()));
         }
         if let Some(h) = &home {

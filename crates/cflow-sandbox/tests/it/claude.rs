@@ -5,7 +5,9 @@
 //! the task's result, and the agent's next task resumes the session.
 
 use crate::{Harness, PATH};
-use cflow_agents::{ClaudeCodeDriver, ClaudeConfig, ClaudeSpec, Driver, Job, JobSpec};
+use cflow_agents::host::{Host, HostCall, HostError, HostHandle};
+use cflow_agents::model::{ModelSetup, ProviderSetup};
+use cflow_agents::{BoxFuture, ClaudeCodeDriver, ClaudeConfig, ClaudeSpec, Driver, Job, JobSpec};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -129,6 +131,16 @@ async fn run(
     agent: &str,
     prompt: &str,
 ) -> (cflow_agents::JobOutcome, Vec<(String, Value)>) {
+    run_with(driver, task, agent, prompt, None).await
+}
+
+async fn run_with(
+    driver: &ClaudeCodeDriver,
+    task: &str,
+    agent: &str,
+    prompt: &str,
+    host: Option<HostHandle>,
+) -> (cflow_agents::JobOutcome, Vec<(String, Value)>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let drain = tokio::spawn(async move {
         let mut agent_events = Vec::new();
@@ -157,7 +169,7 @@ async fn run(
         sandbox: None,
         agent_id: agent.into(),
         epoch: 0,
-        host: None,
+        host,
     };
     let out = driver
         .run(job, tx, tokio_util::sync::CancellationToken::new())
@@ -288,6 +300,119 @@ async fn claude_code_works_in_the_sandbox_through_the_egress_proxy_and_resumes()
         "the second task did not resume the session: {first_of_second:#}"
     );
     assert!(out2.result.as_ref().unwrap()["session_id"].is_string());
+}
+
+/// The server's answer to `Setup`: the tenant's providers.
+struct SetupHost(Result<ModelSetup, HostError>);
+
+impl Host for SetupHost {
+    fn call(&self, call: HostCall) -> BoxFuture<'_, Result<Value, HostError>> {
+        Box::pin(async move {
+            assert_eq!(
+                call,
+                HostCall::Setup,
+                "the claude-code driver asks only for its setup"
+            );
+            self.0
+                .clone()
+                .map(|s| serde_json::to_value(s).expect("a setup serialises"))
+        })
+    }
+}
+
+/// The tenant's Anthropic provider (base URL and key from the server's setup) wins over the
+/// worker's own configuration; a setup the server refuses fails the attempt with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_uses_the_tenants_provider_from_the_server() {
+    let Some(bin) = claude_bin() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Claude Code CLI is not installed"
+        );
+        eprintln!("skipped: the Claude Code CLI is not installed");
+        return;
+    };
+    let h = Harness::new(|_| {});
+    let ws = h.data().join("workspaces").join("cc-t-1");
+    let m = mock(ws.join("t.txt").display().to_string(), "tenant\n");
+    // The worker's own configuration points nowhere useful.
+    let driver = ClaudeCodeDriver::new(
+        h.driver.clone(),
+        ClaudeConfig {
+            binary: bin,
+            base_url: Some("http://127.0.0.1:9".into()),
+            api_key: Some("sk-ant-worker-111111111111".into()),
+            homes: h.data().join("agents"),
+        },
+    );
+    let setup = ModelSetup {
+        providers: vec![ProviderSetup {
+            name: "anthropic".into(),
+            kind: "anthropic".into(),
+            base_url: format!("http://127.0.0.1:{}", m.port),
+            model: "claude-sonnet-4-5".into(),
+            api_key: Some("sk-ant-tenant-222222222222".into()),
+            extra_headers: Vec::new(),
+            azure_api_version: None,
+        }],
+        agent_type: "coder".into(),
+        ..ModelSetup::default()
+    };
+    let host = HostHandle::new(SetupHost(Ok(setup)));
+    let (out, _) = run_with(&driver, "cc-t", "agent-t", "Create t.txt", Some(host)).await;
+    assert!(
+        out.end.is_success(),
+        "{:?}\n{}\n{:?}",
+        out.end,
+        out.stderr.text(),
+        out.result_error
+    );
+    let reqs = m.requests.lock().unwrap().clone();
+    assert!(!reqs.is_empty());
+    for (headers, _) in &reqs {
+        let headers = headers.to_ascii_lowercase();
+        assert!(headers.contains("sk-ant-tenant-222222222222"), "{headers}");
+        assert!(!headers.contains("sk-ant-worker"), "{headers}");
+    }
+
+    let refused = HostHandle::new(SetupHost(Err(HostError::Refused(
+        "the provider 'anthropic' needs the secret ANTHROPIC_KEY: cflow secret set ANTHROPIC_KEY"
+            .into(),
+    ))));
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let job = Job {
+        task_id: "cc-r".into(),
+        attempt: 1,
+        spec: JobSpec::Claude(ClaudeSpec {
+            prompt: "x".into(),
+            model: None,
+            max_turns: None,
+            permission_mode: None,
+            allowed_tools: Vec::new(),
+            env: Vec::new(),
+            workspace: None,
+            artifacts: None,
+        }),
+        timeout: Duration::from_secs(30),
+        output_cap: 1 << 20,
+        sandbox: None,
+        agent_id: "agent-r".into(),
+        epoch: 0,
+        host: Some(refused),
+    };
+    let err = driver
+        .run(job, tx, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("a refused setup fails the attempt");
+    assert!(
+        err.to_string().contains("cflow secret set ANTHROPIC_KEY"),
+        "{err}"
+    );
+    assert_eq!(
+        m.requests.lock().unwrap().len(),
+        reqs.len(),
+        "nothing was sent"
+    );
 }
 
 /// No credentials: the CLI answers "Not logged in", and the attempt fails with that message.
