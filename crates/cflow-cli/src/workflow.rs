@@ -638,4 +638,26 @@ timeout = "2m"
             assert!(e.contains(why), "{why}: {e}");
         }
     }
+
+    /// Every file in `examples/` is a valid workflow whose task specs the server accepts.
+    #[test]
+    fn every_example_parses_and_its_specs_are_accepted() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = parse(&text, &path.display().to_string())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for t in c.workflow.tasks_body("s")["tasks"].as_array().unwrap() {
+                cflow_agents::proto::check_task_spec(&t["spec"])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            checked += 1;
+        }
+        assert!(checked >= 2, "the quickstart and the coordinator example");
+    }
 }
