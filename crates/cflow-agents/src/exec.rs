@@ -129,34 +129,53 @@ impl ExecDriver {
         events: mpsc::Sender<JobEvent>,
         cancel: CancellationToken,
     ) -> Result<JobOutcome, DriverError> {
-        let mut policy = None;
-        if let Some(sandbox) = &self.sandbox {
-            let mut p = sandbox.config().policy.clone();
-            let off = job.sandbox.as_ref().is_some_and(|s| s.apply(&mut p));
-            if !off {
-                for e in &extras.egress {
-                    if !p.egress.contains(e) {
-                        p.egress.push(e.clone());
-                    }
-                }
-                policy = Some(p);
-            }
-        }
-        match (&self.sandbox, policy) {
-            (Some(sandbox), Some(policy)) => {
-                self.run_sandboxed(sandbox, policy, job, spec, extras, events, cancel)
+        self.run_in(job, spec, extras, None, events, cancel).await
+    }
+
+    /// Like [`ExecDriver::run_spec`], and when sandboxed, in `shared_workspace` (a live
+    /// workspace of the sandbox, see `Sandbox::create_workspace`) instead of a workspace of its
+    /// own: the run then takes no artifacts and leaves the workspace in place. The model
+    /// loop's `run_command` runs this way, with exec's whole supervision.
+    pub(crate) async fn run_in(
+        &self,
+        job: Job,
+        spec: ExecSpec,
+        extras: Extras,
+        shared_workspace: Option<std::path::PathBuf>,
+        events: mpsc::Sender<JobEvent>,
+        cancel: CancellationToken,
+    ) -> Result<JobOutcome, DriverError> {
+        match self.placement(&job, &extras.egress) {
+            Placement::Sandboxed(sandbox, policy) => {
+                let run = Sandboxed {
+                    sandbox: &sandbox,
+                    policy,
+                    shared_workspace,
+                };
+                self.run_sandboxed(run, job, spec, extras, events, cancel)
                     .await
             }
-            (Some(_), None) => {
-                let reason = OPTED_OUT_REASON.to_string();
-                self.run_plain(job, spec, events, cancel, Isolation::None { reason })
-                    .await
-            }
-            (None, _) => {
-                let iso = self.isolation();
-                self.run_plain(job, spec, events, cancel, iso).await
+            Placement::Plain(iso) => self.run_plain(job, spec, events, cancel, iso).await,
+        }
+    }
+
+    /// Where `job`'s commands run: in the sandbox under the job's policy (the host's default,
+    /// the admin's settings applied, `egress` added), or without it and why.
+    pub(crate) fn placement(&self, job: &Job, egress: &[String]) -> Placement {
+        let Some(sandbox) = &self.sandbox else {
+            return Placement::Plain(self.isolation());
+        };
+        let mut p = sandbox.config().policy.clone();
+        if job.sandbox.as_ref().is_some_and(|s| s.apply(&mut p)) {
+            let reason = OPTED_OUT_REASON.to_string();
+            return Placement::Plain(Isolation::None { reason });
+        }
+        for e in egress {
+            if !p.egress.contains(e) {
+                p.egress.push(e.clone());
             }
         }
+        Placement::Sandboxed(Arc::clone(sandbox), p)
     }
 
     async fn run_plain(
@@ -205,32 +224,21 @@ impl ExecDriver {
         Ok(outcome)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_sandboxed(
         &self,
-        sandbox: &Arc<Sandbox>,
-        mut policy: Policy,
+        run: Sandboxed<'_>,
         job: Job,
         spec: ExecSpec,
         extras: Extras,
         events: mpsc::Sender<JobEvent>,
         cancel: CancellationToken,
     ) -> Result<JobOutcome, DriverError> {
-        if let Some(asked) = spec.network {
-            if asked > policy.network {
-                return Err(DriverError::Sandbox {
-                    message: format!(
-                        "the task asks for network '{}' but its policy allows '{}' — ask an \
-                         admin to grant it (PUT /api/v1/tenants/{{id}}/sandbox), or drop \
-                         the task's network field",
-                        asked.as_str(),
-                        policy.network.as_str()
-                    ),
-                    retryable: false,
-                });
-            }
-            policy.network = asked;
-        }
+        let Sandboxed {
+            sandbox,
+            mut policy,
+            shared_workspace,
+        } = run;
+        apply_network(&mut policy, spec.network)?;
         let started = std::time::Instant::now();
         if cancel.is_cancelled() {
             let mut outcome = JobOutcome::new(JobEnd::Cancelled, self.isolation());
@@ -266,8 +274,12 @@ impl ExecDriver {
         };
         let sb = Arc::clone(sandbox);
         let (home, session) = (extras.home.clone(), extras.session.clone());
+        let shared = shared_workspace.is_some();
         let prepared = tokio::task::spawn_blocking(move || {
-            let mut prepared = sb.prepare(request)?;
+            let mut prepared = match &shared_workspace {
+                Some(ws) => sb.prepare_in(request, ws)?,
+                None => sb.prepare(request)?,
+            };
             if let Some(sub) = subdir {
                 prepared.spec.cwd = prepared.spec.cwd.join(sub);
             }
@@ -394,9 +406,10 @@ impl ExecDriver {
             outcome.sandbox = Some(finished.report);
         }
         outcome.artifacts = finished.artifacts;
-        // The logs are artifacts too (as captured: the first `output_cap` bytes of each).
+        // The logs are artifacts too (as captured: the first `output_cap` bytes of each); a run
+        // in a shared workspace is one step of a job whose artifacts are taken at its end.
         for (name, captured) in [("stdout.log", &run.out), ("stderr.log", &run.err)] {
-            if !captured.bytes.is_empty() {
+            if !shared && !captured.bytes.is_empty() {
                 outcome.artifacts.push(cflow_sandbox::artifacts::artifact(
                     name,
                     cflow_sandbox::artifacts::Kind::Log,
@@ -576,6 +589,42 @@ pub(crate) struct Extras {
     pub session: Option<crate::claude::SessionHook>,
 }
 
+/// Where a job's commands run (see [`ExecDriver::placement`]).
+pub(crate) enum Placement {
+    /// In this sandbox, under this policy (before the task's network request is applied).
+    Sandboxed(Arc<Sandbox>, Policy),
+    /// Without the sandbox; the isolation says why.
+    Plain(Isolation),
+}
+
+/// A sandboxed run's setting: the sandbox, the job's policy, and the workspace it shares, if any.
+struct Sandboxed<'a> {
+    sandbox: &'a Arc<Sandbox>,
+    policy: Policy,
+    shared_workspace: Option<std::path::PathBuf>,
+}
+
+/// Applies the network a task asks for to its policy: at most what the policy allows.
+pub(crate) fn apply_network(
+    policy: &mut Policy,
+    asked: Option<cflow_sandbox::Network>,
+) -> Result<(), DriverError> {
+    let Some(asked) = asked else { return Ok(()) };
+    if asked > policy.network {
+        return Err(DriverError::Sandbox {
+            message: format!(
+                "the task asks for network '{}' but its policy allows '{}' — ask an admin to \
+                 grant it (PUT /api/v1/tenants/{{id}}/sandbox), or drop the task's network field",
+                asked.as_str(),
+                policy.network.as_str()
+            ),
+            retryable: false,
+        });
+    }
+    policy.network = asked;
+    Ok(())
+}
+
 /// A finished supervision: how it ended, whether cflow stopped it, and the output.
 struct Run {
     end: JobEnd,
@@ -676,7 +725,7 @@ fn finish_output(outcome: &mut JobOutcome, out: Captured, err: Captured) {
 }
 
 /// A task id as a file name: anything but `[A-Za-z0-9_-]` becomes `_`.
-fn safe_id(id: &str) -> String {
+pub(crate) fn safe_id(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {

@@ -26,6 +26,8 @@
 //!   [`JobOutcome`], [`JobEnd`], [`Isolation`], [`DriverError`].
 //! - [`exec`]: the `exec` driver: process group, output capping, the kill sequence.
 //! - [`noop`]: the `noop` benchmark driver.
+//! - [`llm`]: the `llm` driver, cflow's own agent loop over `cflow-llm` providers, the job's
+//!   [`tools::Workbench`] and the server's [`host::Host`]; [`prompts`]: its system prompts.
 //! - [`registry`]: [`Drivers`], the drivers on offer by kind.
 //! - `group` (private): signalling, watching and emptying one job's process group.
 //! - `output` (private): capped output capture and the [`RESULT_MARKER`] line.
@@ -35,12 +37,14 @@ pub mod driver;
 pub mod exec;
 mod group;
 pub mod host;
-pub mod tools;
+pub mod llm;
 pub mod model;
 pub mod noop;
 mod output;
+pub mod prompts;
 pub mod proto;
 pub mod registry;
+pub mod tools;
 
 pub use claude::{ClaudeCodeDriver, ClaudeConfig, ClaudeSpec};
 pub use driver::{
@@ -48,6 +52,7 @@ pub use driver::{
     JobEvent, JobOutcome, JobSpec, KilledBy, ModelUsage, OutputStream,
 };
 pub use exec::{ExecConfig, ExecDriver};
+pub use llm::{LlmConfig, LlmDriver};
 pub use noop::NoopDriver;
 pub use output::RESULT_MARKER;
 pub use registry::Drivers;

@@ -294,8 +294,15 @@ pub fn check_task_spec(spec: &serde_json::Value) -> Result<(), String> {
 const MODEL_FIELDS: &str = "prompt, model, max_turns, max_tokens, permission_mode, \
     allowed_tools, env, workspace, artifacts, network";
 
-/// Refuses the fields of a model spec that `driver` cannot honour, rather than ignoring them.
+/// Refuses the fields of a model spec that `driver` cannot honour, rather than ignoring them,
+/// and a command given to a model agent.
 fn check_model_fields(spec: &serde_json::Value, driver: &str) -> Result<(), String> {
+    if !is_model_task(spec) && (spec.get("command").is_some() || spec.get("program").is_some()) {
+        return Err(format!(
+            "this task is a command for an exec agent, and this agent runs a model ({driver}): \
+             give the task to an exec agent, or give this one a \"prompt\""
+        ));
+    }
     let unsupported: &[&str] = match driver {
         "claude-code" => &["max_tokens", "network"],
         _ => &["permission_mode"],

@@ -32,11 +32,13 @@ impl Drivers {
     /// sandbox off, and every exec attempt says so).
     ///
     /// `claude`: the `claude-code` driver's settings; it runs the CLI through the same exec
-    /// path (in the sandbox when there is one).
+    /// path (in the sandbox when there is one). `llm`: the `llm` driver's settings; its
+    /// workbench runs commands through that exec path too.
     pub fn with_sandbox(
         exec_config: ExecConfig,
         sandbox: Option<Arc<cflow_sandbox::host::Sandbox>>,
         claude: Option<crate::claude::ClaudeConfig>,
+        llm: Option<crate::llm::LlmConfig>,
     ) -> Self {
         let mut drivers = Self::builtin(exec_config.clone());
         let exec = match sandbox {
@@ -48,6 +50,9 @@ impl Drivers {
                 exec.clone(),
                 claude,
             )));
+        }
+        if let Some(llm) = llm {
+            drivers.register(Arc::new(crate::llm::LlmDriver::new(exec.clone(), llm)));
         }
         drivers.register(Arc::new(exec));
         drivers

@@ -169,6 +169,48 @@ pub enum TenantCmd {
         #[arg(long)]
         clear: bool,
     },
+    /// A tenant's model providers (the tenant's admins, or the superadmin for any tenant).
+    #[command(subcommand)]
+    Llm(TenantLlmCmd),
+}
+
+/// Model providers per tenant. A tenant with its own list uses it for its model tasks (first =
+/// primary, the others failovers); otherwise the operator's `[[server.llm.providers]]`.
+///
+/// Each provider: name (unique), kind ("anthropic" or "openai"; Ollama, vLLM, OpenRouter, Azure
+/// are "openai" with their base_url), base_url (default https://api.anthropic.com or
+/// https://api.openai.com/v1), model (default for anthropic: a current Claude Sonnet; required
+/// for openai), api_key_secret (the NAME of a secret of the tenant: store the key first with
+/// `cflow secret set NAME`), extra_headers, azure_api_version. Raw keys are refused.
+#[derive(Debug, Subcommand)]
+pub enum TenantLlmCmd {
+    /// Show the tenant's own providers and the ones its model tasks use now.
+    Show {
+        /// Tenant id or name (default: the caller's tenant).
+        tenant: Option<String>,
+    },
+    /// Replace the tenant's providers (or --clear them: back to the operator's).
+    ///
+    /// Examples:
+    ///   cflow secret set ANTHROPIC_KEY < key.txt          # or --from-env VAR
+    ///   cflow tenant llm set --provider name=main,kind=anthropic,model=claude-sonnet-4-5,key_secret=ANTHROPIC_KEY
+    ///   cflow tenant llm set acme --provider name=local,kind=openai,base_url=http://localhost:11434/v1,model=llama3.1
+    ///   cflow tenant llm set acme --file providers.json   # {"providers": [{...}, ...]} or [{...}]
+    #[command(verbatim_doc_comment)]
+    Set {
+        /// Tenant id or name (default: the caller's tenant).
+        tenant: Option<String>,
+        /// A JSON file: {"providers": [...]} or a bare array of provider objects.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["provider", "clear"])]
+        file: Option<std::path::PathBuf>,
+        /// One provider as key=value pairs separated by commas (name, kind, base_url, model,
+        /// key_secret, azure_api_version); repeat it for failovers, in order of preference.
+        #[arg(long, value_name = "K=V,...", conflicts_with = "clear")]
+        provider: Vec<String>,
+        /// Remove the tenant's providers: its model tasks use the operator's again.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

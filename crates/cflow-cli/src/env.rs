@@ -229,6 +229,28 @@ pub const VARS: &[EnvVar] = &[
     },
 ];
 
+/// Variables of model providers that the server reads (not configuration keys): when
+/// `[[server.llm.providers]]` is empty, a default provider is derived from them at start, and a
+/// provider's `api_key_env` names one like them.
+pub const MODEL_VARS: &[(&str, &str)] = &[
+    (
+        "ANTHROPIC_API_KEY",
+        "with no [[server.llm.providers]]: an \"anthropic\" provider with this key",
+    ),
+    (
+        "ANTHROPIC_BASE_URL",
+        "that provider's base URL (default https://api.anthropic.com)",
+    ),
+    (
+        "OPENAI_API_KEY",
+        "else: an \"openai\" provider with this key",
+    ),
+    (
+        "OPENAI_BASE_URL",
+        "that provider's base URL (default https://api.openai.com/v1)",
+    ),
+];
+
 /// The registry entry for a configuration key.
 pub fn by_key(key: &str) -> Option<&'static EnvVar> {
     VARS.iter().find(|v| v.key == key)
@@ -261,6 +283,14 @@ pub fn help_section() -> String {
             "  {:width$}  {}  [{}]\n",
             v.name, v.description, v.key
         ));
+    }
+    s.push_str(
+        "\nModel providers (server; configure them under [[server.llm.providers]] with name, kind, \
+         base_url, model, api_key_secret or api_key_env, extra_headers, azure_api_version; a \
+         tenant sets its own with 'cflow tenant llm set'):\n",
+    );
+    for (name, description) in MODEL_VARS {
+        s.push_str(&format!("  {name:width$}  {description}\n"));
     }
     s
 }

@@ -4,6 +4,13 @@
 //! prepares a workspace, a cgroup and a [`LaunchSpec`] ([`Sandbox::prepare`]); after the run it
 //! reads the launcher's report and the cgroup's counters, collects artifacts and cleans up
 //! ([`Sandbox::finish`]).
+//!
+//! # Several runs in one workspace
+//! A model agent's loop runs many commands in one workspace. [`Sandbox::create_workspace`] makes
+//! it (marked live, so the sweeper never takes it), [`Sandbox::prepare_in`] prepares each run
+//! attached to it (its own cgroup, report and launch spec; [`Sandbox::finish`] then neither
+//! collects artifacts from the workspace nor ends it), and [`Sandbox::finish_workspace`]
+//! collects the artifacts and removes or keeps it once, at the end.
 
 use crate::artifacts::{self, Artifact};
 use crate::cgroup::{Cgroup, CgroupHost};
@@ -136,6 +143,9 @@ pub struct Prepared {
     cgroup_state: LayerState,
     /// The run's egress proxy, when its policy allows endpoints.
     pub egress: Option<EgressProxy>,
+    /// The run works in a workspace it does not own ([`Sandbox::prepare_in`]): `finish` leaves
+    /// the workspace alone.
+    attached: bool,
 }
 
 impl Prepared {
@@ -265,26 +275,7 @@ impl Sandbox {
 
     /// Prepares a run (blocking: it may copy a directory or check out a repository).
     pub fn prepare(&self, req: RunRequest) -> Result<Prepared, PrepareError> {
-        let policy = req.policy;
-        let (cgroup, cgroup_state) = match &self.cgroups {
-            Ok(host) => match host.create(
-                &format!("{}-{}-{}", std::process::id(), req.id, next_seq()),
-                &policy.limits,
-            ) {
-                Ok(cg) => (Some(cg), LayerState::Active),
-                Err(e) if policy.allow_degraded => (
-                    None,
-                    LayerState::Unavailable {
-                        why: format!("creating the run's cgroup failed: {e}"),
-                    },
-                ),
-                Err(e) => return Err(PrepareError::Cgroup(e)),
-            },
-            Err(why) if policy.allow_degraded => {
-                (None, LayerState::Unavailable { why: why.clone() })
-            }
-            Err(why) => return Err(PrepareError::NoCgroup(why.clone())),
-        };
+        let (cgroup, cgroup_state) = self.run_cgroup(&req.id, &req.policy)?;
         if let Ok(mut live) = self.live.lock() {
             live.insert(req.id.clone());
         }
@@ -300,6 +291,86 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
+        self.assemble(req, ws, cgroup, cgroup_state, false)
+    }
+
+    /// Creates a workspace that several runs share (blocking: it may copy a directory or check
+    /// out a repository). It is live until [`Sandbox::finish_workspace`] (or
+    /// [`Sandbox::abandon_workspace`]) ends it, so no sweep removes it meanwhile.
+    pub fn create_workspace(&self, id: &str, source: &Source) -> Result<Workspace, PrepareError> {
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(id.to_string());
+        }
+        Workspace::create(&self.config.workspaces, id, source).map_err(|e| {
+            if let Ok(mut live) = self.live.lock() {
+                live.remove(id);
+            }
+            e.into()
+        })
+    }
+
+    /// Prepares a run in `workspace`, the path of a live workspace of this sandbox (from
+    /// [`Sandbox::create_workspace`]): `req.workspace` is ignored, and [`Sandbox::finish`]
+    /// neither collects artifacts from the workspace nor removes it.
+    pub fn prepare_in(&self, req: RunRequest, workspace: &Path) -> Result<Prepared, PrepareError> {
+        let root = &self.config.workspaces.root;
+        let id = workspace
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|_| workspace.parent() == Some(root.as_path()))
+            .filter(|id| self.live.lock().is_ok_and(|live| live.contains(*id)));
+        let Some(id) = id else {
+            return Err(PrepareError::Workspace(workspace::Error::Io {
+                context: format!("workspace '{}'", workspace.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a live workspace of this sandbox (make it with create_workspace)",
+                ),
+            }));
+        };
+        let ws = Workspace::attached(root, id)?;
+        let (cgroup, cgroup_state) = self.run_cgroup(&req.id, &req.policy)?;
+        self.assemble(req, ws, cgroup, cgroup_state, true)
+    }
+
+    /// The run's cgroup, or why it has none (an error unless the policy allows degrading).
+    fn run_cgroup(
+        &self,
+        id: &str,
+        policy: &Policy,
+    ) -> Result<(Option<Cgroup>, LayerState), PrepareError> {
+        Ok(match &self.cgroups {
+            Ok(host) => match host.create(
+                &format!("{}-{}-{}", std::process::id(), id, next_seq()),
+                &policy.limits,
+            ) {
+                Ok(cg) => (Some(cg), LayerState::Active),
+                Err(e) if policy.allow_degraded => (
+                    None,
+                    LayerState::Unavailable {
+                        why: format!("creating the run's cgroup failed: {e}"),
+                    },
+                ),
+                Err(e) => return Err(PrepareError::Cgroup(e)),
+            },
+            Err(why) if policy.allow_degraded => {
+                (None, LayerState::Unavailable { why: why.clone() })
+            }
+            Err(why) => return Err(PrepareError::NoCgroup(why.clone())),
+        })
+    }
+
+    /// The rest of a run's preparation, once it has its workspace and cgroup: the report file,
+    /// the environment, the writable paths, the egress proxy and the launch spec.
+    fn assemble(
+        &self,
+        req: RunRequest,
+        ws: Workspace,
+        cgroup: Option<Cgroup>,
+        cgroup_state: LayerState,
+        attached: bool,
+    ) -> Result<Prepared, PrepareError> {
+        let policy = req.policy;
         let report = self
             .config
             .run_dir
@@ -373,6 +444,7 @@ impl Sandbox {
             cgroup,
             cgroup_state,
             egress,
+            attached,
         })
     }
 
@@ -390,6 +462,7 @@ impl Sandbox {
             cgroup,
             cgroup_state,
             egress,
+            attached,
             ..
         } = prepared;
         let mut parsed = ParsedReport::read(&spec.report);
@@ -461,7 +534,52 @@ impl Sandbox {
             }
         }
         let mut artifacts = Vec::new();
-        if parsed.error.is_none() {
+        if !attached {
+            let collect = parsed.error.is_none().then_some(artifact_spec);
+            let (collected, skipped, kept) = self.end_workspace(workspace, succeeded, collect);
+            artifacts = collected;
+            report.artifacts_skipped = skipped;
+            report.workspace_kept = kept;
+        }
+        Finished {
+            report,
+            artifacts,
+            setup_error: parsed.error.map(|(_, m)| m),
+            exit: parsed.exit,
+            oom_killed,
+        }
+    }
+
+    /// Ends a workspace made by [`Sandbox::create_workspace`] (blocking): collects its artifacts
+    /// like [`Sandbox::finish`] does for a run's own workspace (the patch against the starting
+    /// commit taken by `git` in a sandbox, files matching the globs), then removes it
+    /// (`succeeded`) or keeps it for `keep_failed_for`. Returns the artifacts, what was left
+    /// out and why, and the kept path.
+    pub fn finish_workspace(
+        &self,
+        workspace: Workspace,
+        succeeded: bool,
+        artifact_spec: &artifacts::Spec,
+    ) -> (Vec<Artifact>, Vec<String>, Option<PathBuf>) {
+        self.end_workspace(workspace, succeeded, Some(artifact_spec))
+    }
+
+    /// Ends a workspace made by [`Sandbox::create_workspace`] without collecting anything, kept
+    /// like a failed run's (its owner went away without finishing it). Returns the kept path.
+    pub fn abandon_workspace(&self, workspace: Workspace) -> Option<PathBuf> {
+        self.end_workspace(workspace, false, None).2
+    }
+
+    /// Collects artifacts (when `collect` is given), removes or keeps the workspace, and drops
+    /// it from the live set.
+    fn end_workspace(
+        &self,
+        workspace: Workspace,
+        succeeded: bool,
+        collect: Option<&artifacts::Spec>,
+    ) -> (Vec<Artifact>, Vec<String>, Option<PathBuf>) {
+        let (mut artifacts, mut skipped, mut kept) = (Vec::new(), Vec::new(), None);
+        if let Some(artifact_spec) = collect {
             let runner = |args: &[&str]| self.run_git(&workspace.path, args);
             let collected = artifacts::collect(
                 &workspace.path,
@@ -470,7 +588,7 @@ impl Sandbox {
                 &runner,
             );
             artifacts = collected.artifacts;
-            report.artifacts_skipped = collected.skipped;
+            skipped = collected.skipped;
         }
         let id = workspace
             .path
@@ -478,20 +596,14 @@ impl Sandbox {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         match workspace.finish(succeeded, &self.config.workspaces) {
-            Ok(kept) => report.workspace_kept = kept,
+            Ok(k) => kept = k,
             Err(e) => tracing::warn!(error = %e, "could not clean a workspace up"),
         }
         if let Ok(mut live) = self.live.lock() {
             live.remove(&id);
         }
         self.sweep_now_and_then();
-        Finished {
-            report,
-            artifacts,
-            setup_error: parsed.error.map(|(_, m)| m),
-            exit: parsed.exit,
-            oom_killed,
-        }
+        (artifacts, skipped, kept)
     }
 
     /// Removes kept workspaces whose time is up, at most every [`SWEEP_EVERY`].

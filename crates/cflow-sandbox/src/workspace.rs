@@ -471,6 +471,38 @@ impl Workspace {
         Ok(())
     }
 
+    /// Another handle on the existing workspace `<root>/<id>`, for a run that works in it without
+    /// owning it (see `Sandbox::prepare_in`): it measures and uses the directory but must never
+    /// [`finish`](Workspace::finish) it. The source and base commit are not known to it.
+    pub(crate) fn attached(root: &Path, id: &str) -> Result<Workspace, Error> {
+        if !safe_id(id) {
+            return Err(Error::UnsafeId(id.to_string()));
+        }
+        let path = root.join(id);
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Io {
+                    context: format!("workspace '{}'", path.display()),
+                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                });
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("workspace '{}'", path.display()),
+                    source,
+                });
+            }
+        }
+        Ok(Workspace {
+            path,
+            source: Source::Empty,
+            base_commit: None,
+            root: root.to_path_buf(),
+            id: id.to_string(),
+        })
+    }
+
     /// Disk use in bytes: the sum of `st_blocks * 512` over everything under the workspace
     /// (lstat, no symlink following, each hard-linked inode counted once). Entries that vanish
     /// or cannot be read during the walk are left out.

@@ -110,6 +110,10 @@ pub mod op {
         TenantSandboxSet => TenantUpdate, "tenant.sandbox.set";
         /// Like quotas: the superadmin and the tenant's own admins (the handler checks the role).
         TenantSandboxRead => SwarmRead, "tenant.sandbox.read";
+        /// A tenant's model providers reference its secrets by name: managed by whoever
+        /// manages those (the tenant's admins; the superadmin for any tenant).
+        TenantLlmSet => SecretWrite, "tenant.llm.set";
+        TenantLlmRead => SecretRead, "tenant.llm.read";
         WorkerArtifact => WorkerConnect, "worker.artifact";
         /// Artifacts are part of a task's record: reading them needs `TaskRead`.
         TaskArtifacts => TaskRead, "task.artifacts";

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub sandbox: cflow_sandbox::host::Options,
     /// Model prices that override or extend the built-in table (`[server.pricing.models."m"]`).
     pub pricing: PricingConfig,
+    /// Model providers (`[[server.llm.providers]]`): the operator's defaults, which a tenant may
+    /// replace with its own (see [`crate::llmconfig`]). Empty: derived from `ANTHROPIC_API_KEY`
+    /// or `OPENAI_API_KEY` at start.
+    pub llm: crate::llmconfig::LlmConfig,
     /// The master key that seals tenants' secrets (`CFLOW_MASTER_KEY`): 64 hex digits or the
     /// base64 of 32 bytes. Unset means `<data_dir>/master.key`, created (mode 0600) at the first
     /// start. Never shown by `Debug`.
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             event_buffer: 65_536,
             sandbox: cflow_sandbox::host::Options::default(),
             pricing: PricingConfig::default(),
+            llm: crate::llmconfig::LlmConfig::default(),
             master_key: None,
             secret_files: Vec::new(),
         }

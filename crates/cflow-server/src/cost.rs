@@ -45,10 +45,26 @@ impl AppState {
         project: Option<&str>,
         now: i64,
     ) -> ApiResult<()> {
-        match self.store.budget_status(tenant_id, project, now).await? {
-            Ok(()) => Ok(()),
-            Err(e) => Err(budget_error(&e, now)),
+        match self.budget_exceeded(tenant_id, project, now).await? {
+            None => Ok(()),
+            Some(e) => Err(budget_error(&e, now)),
         }
+    }
+
+    /// The spent budget that refuses more model work for the tenant (or `project`) at `now`,
+    /// if any: what [`AppState::check_budget_at`] refuses with, for callers that need its parts
+    /// (the model host publishes `budget.exceeded` with them).
+    pub async fn budget_exceeded(
+        &self,
+        tenant_id: &str,
+        project: Option<&str>,
+        now: i64,
+    ) -> ApiResult<Option<BudgetExceeded>> {
+        Ok(self
+            .store
+            .budget_status(tenant_id, project, now)
+            .await?
+            .err())
     }
 
     /// Prices a model call with the configured table, records it (one commit, not audited) and
@@ -88,6 +104,9 @@ impl AppState {
             })
             .await?;
         self.metrics.record_model_call(usage, &cost);
+        // A call that spent the budget holds the tenant's queued model tasks from now on,
+        // rather than at the scheduler's next periodic read.
+        self.sched.refresh_budgets(&scope.tenant_id).await;
         Ok(cost)
     }
 }

@@ -319,6 +319,7 @@ impl From<crate::sched::SchedError> for ApiError {
             E::NotFound(what) => ApiError::not_found(what),
             E::Invalid(v) => ApiError::validation(v),
             E::Conflict(why) => ApiError::new(ProblemKind::Conflict, why),
+            E::Budget(b) => crate::cost::budget_error(&b, crate::state::now_ms()),
             E::ShuttingDown => ApiError::new(
                 ProblemKind::Unavailable,
                 "the scheduler is shutting down; retry on another node or later",

@@ -23,6 +23,8 @@
 //! - [`extract`]: JSON body, query and path extractors whose errors name the field.
 //! - [`authcache`]: successful authentications reused for up to a second.
 //! - [`cost`]: the budget check and usage recording that model drivers call.
+//! - [`modelhost`]: the server side of a model loop's calls (setup, memory, messages,
+//!   delegation, budget check, usage), fenced by the scheduler and served as the task's agent.
 //! - [`secrets`]: the master key, sealed secrets and the per-tenant maskers applied to task
 //!   output, logs, events and memory values.
 //! - [`ratelimit`], [`metrics`], [`state`], [`tls`], [`config`].
@@ -35,7 +37,9 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod llmconfig;
 pub mod metrics;
+pub mod modelhost;
 pub mod ratelimit;
 pub mod routes;
 pub mod sched;
@@ -77,6 +81,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 56, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 59, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }

@@ -264,6 +264,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     .await
     .map_err(|e| ServerError::Scheduler(e.to_string()))?;
     let state = AppState::new(store.clone(), sched, events, secrets, &config);
+    crate::modelhost::install(&state);
     let make_service = app(state.clone(), config.max_body_bytes)
         .into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = watch::channel(false);
@@ -428,5 +429,6 @@ fn local_drivers(config: &ServerConfig) -> Result<cflow_agents::Drivers, ServerE
         exec,
         sandbox.map(std::sync::Arc::new),
         Some(cflow_agents::ClaudeConfig::from_env(&config.data_dir)),
+        Some(cflow_agents::LlmConfig::from_env()),
     ))
 }

@@ -8,7 +8,7 @@ use crate::ratelimit::RateLimits;
 use crate::sched::Scheduler;
 use axum::body::Bytes;
 use cflow_store::Store;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Cheap to clone: one `Arc`.
@@ -27,10 +27,25 @@ pub struct Inner {
     pub metrics_public: bool,
     /// Model prices: the built-in table with the configuration's overrides.
     pub prices: cflow_core::pricing::PriceTable,
+    /// The operator's model providers in effect (`[server.llm]`, else derived from the
+    /// environment at start); a tenant's own list replaces them for its tasks.
+    pub llm_providers: Vec<crate::llmconfig::ProviderConfig>,
     /// Tenants' secrets (sealed under the master key) and their maskers.
     pub secrets: crate::secrets::Secrets,
     /// The OpenAPI document, serialised once at start: it cannot change while the server runs.
     pub openapi_json: Bytes,
+}
+
+/// An [`AppState`] that does not keep the server alive: for what the state itself holds (the
+/// scheduler's model host), where a strong handle would be a reference cycle.
+#[derive(Clone)]
+pub struct WeakState(Weak<Inner>);
+
+impl WeakState {
+    /// The state, unless the server has been dropped.
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -50,7 +65,7 @@ impl AppState {
     ) -> Self {
         let doc = crate::openapi();
         let openapi_json = serde_json::to_vec(&doc).expect("the OpenAPI document serialises");
-        AppState(Arc::new(Inner {
+        let state = AppState(Arc::new(Inner {
             store,
             sched,
             events,
@@ -64,9 +79,16 @@ impl AppState {
             },
             metrics_public: config.metrics_public,
             prices: config.pricing.table(),
+            llm_providers: config.llm.effective(|k| std::env::var(k).ok()),
             secrets,
             openapi_json: Bytes::from(openapi_json),
-        }))
+        }));
+        crate::llmconfig::install_usage_recorder(&state);
+        state
+    }
+
+    pub fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.0))
     }
 
     /// A tenant's secret in the clear, for the server's own use (the model drivers); no route

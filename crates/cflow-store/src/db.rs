@@ -229,6 +229,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "cost",
                 include_str!("../migrations/sqlite/0007_cost.sql"),
             ),
+            (
+                8,
+                "tenant llm",
+                include_str!("../migrations/sqlite/0008_tenant_llm.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -265,6 +270,11 @@ fn migrator(backend: Backend) -> Migrator {
                 7,
                 "cost",
                 include_str!("../migrations/postgres/0007_cost.sql"),
+            ),
+            (
+                8,
+                "tenant llm",
+                include_str!("../migrations/postgres/0008_tenant_llm.sql"),
             ),
         ],
     };

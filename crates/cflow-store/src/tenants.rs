@@ -141,3 +141,68 @@ pub(crate) async fn list(pool: &AnyPool, req: &PageRequest) -> Result<Page<Tenan
     let tenants = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
     Ok(page::finish(tenants, limit, CURSOR_TAG, |t| t.name.clone()))
 }
+
+/// Writer op: sets a tenant's model providers (a JSON array), or clears them with `None`
+/// (audited as `tenant.llm`, the list included: it holds names of secrets, never values).
+pub(crate) async fn set_llm(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    providers: Option<&serde_json::Value>,
+) -> Result<Step> {
+    let draft = Draft::success(
+        Some(tenant_id),
+        "tenant.llm",
+        format!("tenant/{tenant_id}"),
+        json!({ "providers": providers }),
+    );
+    let done = sqlx::query("UPDATE tenants SET llm = $1 WHERE id = $2")
+        .bind(providers.map(|v| v.to_string()))
+        .bind(tenant_id.to_string())
+        .execute(&mut *cx.conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        // No write happened, so there is nothing to roll back.
+        let e = Error::NotFound(format!("tenant {tenant_id}"));
+        return Ok(Step::failed(
+            e,
+            Draft {
+                tenant_id: None,
+                ..draft
+            },
+        ));
+    }
+    Ok(Step::done(Output::Unit, draft))
+}
+
+impl crate::Store {
+    /// A tenant's model providers as stored (a JSON array); `None` when it uses the operator's,
+    /// `NotFound` for an unknown tenant.
+    pub async fn tenant_llm(&self, tenant_id: &str) -> Result<Option<serde_json::Value>> {
+        let row = sqlx::query("SELECT llm FROM tenants WHERE id = $1")
+            .bind(tenant_id.to_string())
+            .fetch_optional(self.pool()?)
+            .await?;
+        let Some(r) = row else {
+            return Err(Error::NotFound(format!("tenant {tenant_id}")));
+        };
+        r.try_get::<Option<String>, _>(0)?
+            .map(|s| crate::swarms::json_col("tenants.llm", &s))
+            .transpose()
+    }
+
+    /// Sets a tenant's model providers, or clears them with `None` (audited as `tenant.llm`).
+    /// The value is stored as given: the caller validates its shape.
+    pub async fn set_tenant_llm(
+        &self,
+        ctx: &crate::AuditContext,
+        tenant_id: &str,
+        providers: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let op = crate::writer::Op::SetTenantLlm {
+            tenant_id: tenant_id.to_string(),
+            providers,
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Unit => ())
+    }
+}

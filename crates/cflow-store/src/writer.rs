@@ -123,6 +123,11 @@ pub(crate) enum Op {
         tenant_id: String,
         sandbox: Option<serde_json::Value>,
     },
+    /// A tenant's model providers (`None`: the operator's).
+    SetTenantLlm {
+        tenant_id: String,
+        providers: Option<serde_json::Value>,
+    },
     /// Model calls (not audited) and budgets (audited).
     Cost(crate::cost::CostOp),
     /// Tenants' sealed secrets (audited without the value).
@@ -241,6 +246,10 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
         Op::SetTenantSandbox { tenant_id, sandbox } => {
             artifacts::set_sandbox(cx, tenant_id, sandbox.as_ref()).await
         }
+        Op::SetTenantLlm {
+            tenant_id,
+            providers,
+        } => tenants::set_llm(cx, tenant_id, providers.as_ref()).await,
         Op::SetQuota { tenant_id, quota } => quotas::set(cx, tenant_id, quota).await,
         Op::Secret(op) => crate::secrets::apply(cx, op).await,
         Op::Cost(op) => crate::cost::apply(cx, op).await,

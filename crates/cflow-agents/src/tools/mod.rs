@@ -1,6 +1,17 @@
 //! The built-in tools of cflow's agent loop that run on the worker: file tools confined to the
 //! job's workspace and `run_command` in the sandbox. (The server-side tools — memory, messages,
 //! delegation — go through the job's [`Host`](crate::host::Host).)
+//!
+//! - [`workbench`]: [`Workbench`], the job's workspace and the tools on it (see its docs for
+//!   the confinement invariant).
+//! - [`fs`]: the workspace-confined file operations behind the file tools.
+//! - `file_tools` (private): the file tools' input parsing and output, on top of [`fs`].
+
+mod file_tools;
+pub mod fs;
+pub mod workbench;
+
+pub use workbench::{Workbench, WorkbenchEnd};
 
 use crate::driver::BoxFuture;
 use serde_json::Value;

@@ -2,7 +2,9 @@
 
 mod exec;
 mod kill;
+mod llm;
 mod noop;
+mod workbench;
 
 use cflow_agents::{
     Driver, DriverError, ExecConfig, ExecDriver, ExecSpec, Job, JobEvent, JobOutcome, JobSpec,

@@ -134,8 +134,13 @@ pub fn run(loaded: &Loaded, args: WorkerArgs) -> Result<ExitCode> {
             })?;
         let sandboxed = sandbox.is_some();
         let claude = cflow_agents::ClaudeConfig::from_env(&server.data_dir);
-        let drivers =
-            Drivers::with_sandbox(ExecConfig::default(), sandbox.map(Arc::new), Some(claude));
+        let llm = cflow_agents::LlmConfig::from_env();
+        let drivers = Drivers::with_sandbox(
+            ExecConfig::default(),
+            sandbox.map(Arc::new),
+            Some(claude),
+            Some(llm),
+        );
         let describe = format!(
             "with {} slots, labels {}",
             options.slots,

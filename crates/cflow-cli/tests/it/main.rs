@@ -12,6 +12,7 @@ mod crash_orch;
 mod errors;
 mod harness;
 mod keys;
+mod llm;
 mod memory;
 mod orchestration;
 mod secrets;

@@ -9,6 +9,7 @@ mod claude;
 mod hostile;
 mod limits;
 mod network;
+mod workbench;
 mod workspace;
 
 use cflow_agents::{

@@ -27,7 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The namespace that cannot be used because `/api/v1/memory/search` is the search route.
-const RESERVED_NAMESPACE: &str = "search";
+pub(crate) const RESERVED_NAMESPACE: &str = "search";
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +133,7 @@ impl std::io::Write for Counter {
     }
 }
 
-fn serialised_len(v: &serde_json::Value) -> usize {
+pub(crate) fn serialised_len(v: &serde_json::Value) -> usize {
     let mut c = Counter(0);
     serde_json::to_writer(&mut c, v).expect("writing JSON to a counter cannot fail");
     c.0

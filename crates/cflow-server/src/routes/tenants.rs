@@ -1,6 +1,6 @@
 //! `POST /api/v1/tenants` and `GET /api/v1/tenants`: platform administration (superadmin), and
 //! a tenant's scheduler quota and sandbox overrides (`PUT` by the superadmin, `GET` also by the
-//! tenant's admins).
+//! tenant's admins), and its model providers (`/llm`: the tenant's admins, or the superadmin).
 
 use super::{PageParams, time};
 use crate::auth::{Caller, op};
@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(set_quota, get_quota))
         .routes(routes!(set_sandbox, get_sandbox))
+        .routes(routes!(set_llm, get_llm))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -380,6 +381,83 @@ async fn get_sandbox(
     let target = visible_tenant(&state, &caller, &tenant).await?;
     let sandbox = state.store.tenant_sandbox(&target.id).await?;
     Ok(Json(SandboxResponse { sandbox }))
+}
+
+/// A tenant's model providers: its own list, or `null` when it uses the operator's; and the
+/// providers its model tasks use now (`effective`, keys shown by where they come from only).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LlmResponse {
+    pub providers: Option<Vec<crate::llmconfig::ProviderConfig>>,
+    /// `tenant` (its own list) or `operator` (`[server.llm]` of the server).
+    pub source: String,
+    pub effective: Vec<crate::llmconfig::ProviderConfig>,
+}
+
+async fn llm_response(state: &AppState, tenant_id: &str) -> ApiResult<LlmResponse> {
+    let (effective, origin) = state.tenant_providers(tenant_id).await?;
+    let own = origin == crate::llmconfig::Origin::Tenant;
+    Ok(LlmResponse {
+        providers: own.then(|| effective.clone()),
+        source: if own { "tenant" } else { "operator" }.to_string(),
+        effective,
+    })
+}
+
+/// Set a tenant's model providers: `{"providers": [...]}`, in order of preference, each with
+/// `name`, `kind` ("anthropic" or "openai"), optional `base_url`, `model`, `api_key_secret`
+/// (the NAME of one of the tenant's secrets), `extra_headers` and `azure_api_version`. Raw keys
+/// and `api_key_env` are refused. An empty list returns the tenant to the operator's providers.
+#[utoipa::path(
+    put, path = "/api/v1/tenants/{tenant}/llm", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body(content = Object, description = "{\"providers\": [...]}"),
+    responses(
+        (status = 200, body = LlmResponse),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 422, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn set_llm(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantLlmSet>,
+    PathParams(tenant): PathParams<String>,
+    JsonBody(v): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<LlmResponse>> {
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    let list = crate::llmconfig::parse_tenant_providers(&v)?;
+    let stored = (!list.is_empty())
+        .then(|| serde_json::to_value(&list))
+        .transpose()
+        .map_err(|e| ApiError::internal(format!("providers: {e}")))?;
+    state
+        .store
+        .set_tenant_llm(&caller.ctx, &target.id, stored)
+        .await?;
+    Ok(Json(llm_response(&state, &target.id).await?))
+}
+
+/// A tenant's model providers (its admins, or the superadmin).
+#[utoipa::path(
+    get, path = "/api/v1/tenants/{tenant}/llm", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    responses(
+        (status = 200, body = LlmResponse),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get_llm(
+    State(state): State<AppState>,
+    caller: Caller<op::TenantLlmRead>,
+    PathParams(tenant): PathParams<String>,
+) -> ApiResult<Json<LlmResponse>> {
+    let target = visible_tenant(&state, &caller, &tenant).await?;
+    Ok(Json(llm_response(&state, &target.id).await?))
 }
 
 #[cfg(test)]

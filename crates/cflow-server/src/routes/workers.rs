@@ -1,7 +1,8 @@
 //! The worker protocol over HTTP (`cflow_agents::proto`): register, long-poll for assignments,
-//! report, leave. Only keys of role `worker` (serving their own tenant) or a superadmin key
-//! (serving every tenant, like the local pool) may connect. `GET /api/v1/workers` lists the
-//! workers a tenant can see.
+//! report, leave, and serve a model loop's calls for an attempt it holds (`…/calls`, fenced by
+//! the epoch; see `crate::modelhost`). Only keys of role `worker` (serving their own tenant) or a
+//! superadmin key (serving every tenant, like the local pool) may connect.
+//! `GET /api/v1/workers` lists the workers a tenant can see.
 
 use super::time;
 use crate::auth::{Caller, op};
@@ -14,7 +15,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cflow_agents::proto::{
-    PollRequest, PollResponse, Register, Registered, ReportAcks, ReportBatch,
+    HostCallRequest, HostReply, PollRequest, PollResponse, Register, Registered, ReportAcks,
+    ReportBatch,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register_worker, list_workers))
         .routes(routes!(poll))
         .routes(routes!(report))
+        .routes(routes!(host_call))
         .routes(routes!(deregister_worker))
 }
 
@@ -73,6 +76,20 @@ pub struct ReportBody(pub ReportBatch);
 #[serde(transparent)]
 #[schema(value_type = Object)]
 pub struct AcksBody(pub ReportAcks);
+
+/// `cflow_agents::proto::HostCallRequest`: `{call: {op, ...}}` with `op` one of `setup`,
+/// `tool` (`name`, `input`), `check_budget`, `usage` (`provider`, `model`, `tokens`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct HostCallBody(pub HostCallRequest);
+
+/// `cflow_agents::proto::HostReply`: `{"ok": <value>}`, or `{"err": {"kind": "refused" |
+/// "unavailable", "message": ...}}` when the call was served but refused or failed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct HostReplyBody(pub HostReply);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerResponse {
@@ -227,9 +244,43 @@ async fn report(
 ) -> ApiResult<Json<AcksBody>> {
     let acks = state
         .sched
-        .report(worker_tenant(&caller), &id, batch.reports)
+        .apply_reports(worker_tenant(&caller), &id, batch.reports)
         .await?;
     Ok(Json(AcksBody(ReportAcks { acks })))
+}
+
+/// A model loop's call (server-side tool, budget check, usage, setup) for an attempt the worker
+/// holds. Fenced like a report: 409 when the attempt is no longer running at this epoch on this
+/// worker, 404 for a task the worker's tenant does not have; the worker then stops the loop.
+#[utoipa::path(
+    post, path = "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/calls", tag = "workers",
+    params(
+        ("id" = String, Path, description = "Worker id"),
+        ("task_id" = String, Path, description = "Task id"),
+        ("epoch" = i64, Path, description = "The attempt's epoch"),
+    ),
+    request_body = HostCallBody,
+    responses(
+        (status = 200, body = HostReplyBody),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 409, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 422, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn host_call(
+    State(state): State<AppState>,
+    caller: Caller<op::WorkerReport>,
+    PathParams((id, task_id, epoch)): PathParams<(String, String, i64)>,
+    JsonBody(HostCallBody(req)): JsonBody<HostCallBody>,
+) -> ApiResult<Json<HostReplyBody>> {
+    let reply = state
+        .sched
+        .host_call(worker_tenant(&caller), &id, &task_id, epoch, req.call)
+        .await?;
+    Ok(Json(HostReplyBody(reply)))
 }
 
 /// Leave: the worker takes no more assignments; what it holds is re-queued when its leases end.

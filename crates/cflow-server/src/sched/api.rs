@@ -421,6 +421,41 @@ impl Scheduler {
         }
     }
 
+    /// The agents `agent_id` may message or delegate to under its swarm's topology, with their
+    /// types, in the swarm's member order; empty when the agent or swarm is not live.
+    pub fn peers_of(
+        &self,
+        tenant: &str,
+        swarm_id: &str,
+        agent_id: &str,
+    ) -> Vec<cflow_agents::model::Peer> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(swarm) = st
+            .swarms
+            .get_mut(swarm_id)
+            .filter(|s| s.rec.tenant_id == tenant)
+        else {
+            return Vec::new();
+        };
+        let graph = swarm.graph(&st.agents);
+        let mut ids: Vec<&str> = graph.peers(Interaction::Message, agent_id);
+        for id in graph.peers(Interaction::Delegate, agent_id) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids.into_iter()
+            .filter(|id| *id != agent_id)
+            .filter_map(|id| {
+                st.agents.get(id).map(|a| cflow_agents::model::Peer {
+                    agent_id: id.to_string(),
+                    agent_type: a.rec.agent_type.clone(),
+                })
+            })
+            .collect()
+    }
+
     // ---- tasks --------------------------------------------------------------------------
 
     /// Commits the tasks (durable when this returns) and queues the ready ones. With
@@ -494,6 +529,7 @@ impl Scheduler {
             }
         }
         self.check_pinned_drivers(tenant, &tasks)?;
+        self.check_submit_budget(tenant, &tasks).await?;
         let submitted = self.store.submit_tasks(ctx, tenant, tasks.clone()).await?;
         let now = now_ms();
         // Tasks without dependencies or replicas are queued from what was submitted; the others

@@ -53,7 +53,7 @@ impl Link for LocalLink {
     ) -> BoxFuture<'a, Result<Vec<ReportAck>, LinkError>> {
         Box::pin(async move {
             self.0
-                .report(None, worker_id, reports)
+                .apply_reports(None, worker_id, reports)
                 .await
                 .map_err(link_error)
         })
@@ -123,6 +123,11 @@ impl Link for LocalLink {
                     SchedError::Store(e @ cflow_store::Error::NotFound(_)) => LinkError::Rejected {
                         status: 404,
                         detail: e.to_string(),
+                    },
+                    // As over HTTP: an unknown worker is a 404, which stops the loop.
+                    SchedError::NotFound(what) => LinkError::Rejected {
+                        status: 404,
+                        detail: format!("{what} not found"),
                     },
                     e => link_error(e),
                 })

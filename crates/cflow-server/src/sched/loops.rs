@@ -158,8 +158,11 @@ impl Scheduler {
             stop: CancellationToken::new(),
             metrics: Default::default(),
             sys,
+            model_host: tokio::sync::SetOnce::new(),
+            usage_hook: std::sync::OnceLock::new(),
         }));
         tokio::spawn(sched.clone().dispatcher());
+        tokio::spawn(sched.clone().budget_loop());
         tokio::spawn(sched.clone().maintenance());
         if sched.config.local_slots > 0 {
             super::local::start_pool(&sched, drivers);

@@ -6,6 +6,8 @@
 //! [`EventBus`](crate::events::EventBus). See ARCHITECTURE.md "Scheduler".
 
 mod api;
+mod budget;
+mod host;
 mod local;
 mod loops;
 mod metrics;
@@ -13,7 +15,7 @@ mod state;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cflow_core::breaker::{BreakerConfig, BreakerSnapshot};
 use cflow_store::{AuditContext, Store};
@@ -22,6 +24,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
+
+pub use budget::{FinishedUsage, UsageHook};
+pub use host::{CallContext, DelegationTarget, ModelHost};
 
 /// Scheduler settings (part of the server configuration).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
@@ -119,6 +124,10 @@ pub enum SchedError {
     /// The scheduler is shutting down: 503.
     #[error("the scheduler is shutting down")]
     ShuttingDown,
+    /// A model task while its tenant's or project's budget is spent: 429 with the budget's
+    /// story (`crate::cost::budget_error`).
+    #[error("{0}")]
+    Budget(Box<cflow_core::budget::BudgetExceeded>),
 }
 
 pub type SchedResult<T> = Result<T, SchedError>;
@@ -185,6 +194,13 @@ pub struct Shared {
     metrics: metrics::SchedMetrics,
     /// The audit context of the scheduler's own changes (assignments, lease expiry, scaling).
     sys: AuditContext,
+    /// Serves model loops' calls once they passed the fence; installed by the server at start
+    /// (it is the server's state, which holds this scheduler, so it cannot be passed in). A call
+    /// that arrives before (the local pool starts first) waits for it.
+    model_host: tokio::sync::SetOnce<Arc<dyn ModelHost>>,
+    /// Records the model usage that `Finished` reports carry; installed by the server at start
+    /// (see `budget.rs`).
+    usage_hook: OnceLock<UsageHook>,
 }
 
 impl std::ops::Deref for Scheduler {

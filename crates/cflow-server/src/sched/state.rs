@@ -278,6 +278,10 @@ pub(crate) struct State {
     pub retries: BinaryHeap<Reverse<(i64, String, String)>>,
     /// Tenant-wide balancers for tasks without a swarm.
     pub tenant_balancers: HashMap<String, Balancer>,
+    /// The spent budgets of tenants that have one (`budget.rs`): their model tasks wait.
+    pub spent: HashMap<String, super::budget::Spent>,
+    /// Tenants with reported model usage not yet recorded: their model tasks wait for it.
+    pub usage_pending: HashMap<String, u32>,
 }
 
 /// Read-only views used while the queue is borrowed mutably.
@@ -448,6 +452,7 @@ impl State {
                 replica_agents: &self.replica_agents,
             };
             let tenants = &self.tenants;
+            let spent = (&self.spent, &self.usage_pending);
             let popped = self.queue.pop_eligible(
                 |tenant| {
                     tenants
@@ -456,6 +461,12 @@ impl State {
                 },
                 |t| {
                     if stuck.contains(&t.class) {
+                        return false;
+                    }
+                    // A model task waits while its budget is spent (see `budget.rs`); its class
+                    // (swarm, pins, model) decides its project, so the whole class waits.
+                    if super::budget::budget_holds(spent, view.agents, view.swarms, t) {
+                        stuck.insert(t.class);
                         return false;
                     }
                     let ok = view.any_pair(t, now);

@@ -179,7 +179,7 @@ impl Scheduler {
         })
     }
 
-    fn check_worker<'a>(
+    pub(super) fn check_worker<'a>(
         st: &'a mut super::state::State,
         tenant: Option<&str>,
         worker_id: &str,
@@ -190,27 +190,6 @@ impl Scheduler {
                 "worker {worker_id} (register it first with POST /api/v1/workers)"
             ))),
         }
-    }
-
-    /// A model loop's call to the server for the attempt `(task_id, epoch)` of `worker_id`.
-    pub async fn host_call(
-        &self,
-        tenant: Option<&str>,
-        worker_id: &str,
-        task_id: &str,
-        epoch: i64,
-        call: cflow_agents::host::HostCall,
-    ) -> SchedResult<cflow_agents::proto::HostReply> {
-        {
-            let mut st = self.lock();
-            Self::check_worker(&mut st, tenant, worker_id)?;
-        }
-        let _ = (task_id, epoch, call);
-        Ok(cflow_agents::proto::HostReply::Err(
-            cflow_agents::host::HostError::Refused(
-                "model-loop calls are not served by this server yet".into(),
-            ),
-        ))
     }
 
     /// Stores an artifact of the attempt `(task_id, epoch)` for the worker that holds it (or

@@ -43,6 +43,8 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         ("get", "/api/v1/tenants/{tenant}/quota") | ("get", "/api/v1/tenants/{tenant}/sandbox") => {
             NotFound
         }
+        // A tenant's admin manages its own model providers; another tenant's are not found.
+        ("get" | "put", "/api/v1/tenants/{tenant}/llm") => NotFound,
         ("delete", "/api/v1/keys/{id}") => NotFound,
         ("delete", "/api/v1/budgets/{id}") => NotFound,
         ("get", "/api/v1/cost") | ("get" | "put", "/api/v1/budgets") => OwnTenantOnly,
@@ -95,6 +97,10 @@ fn is_worker_route(method: &str, path: &str) -> bool {
                 "put",
                 "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts"
             )
+            | (
+                "post",
+                "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/calls"
+            )
     )
 }
 
@@ -110,6 +116,9 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         ("put", "/api/v1/budgets") => Some(json!({ "period": "day", "limit_usd": 1 })),
         ("put", "/api/v1/secrets/{name}") => Some(json!({ "value": "walk-secret-value" })),
         ("put", "/api/v1/tenants/{tenant}/sandbox") => Some(json!({ "network": "full" })),
+        ("put", "/api/v1/tenants/{tenant}/llm") => Some(json!({ "providers": [
+            { "name": "walk", "kind": "anthropic", "api_key_secret": "WALK_KEY" }
+        ] })),
         // Raw bytes: any body will do.
         ("put", "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/artifacts") => {
             Some(json!("walk-artifact"))
@@ -128,6 +137,9 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         }
         ("post", "/api/v1/workers/{id}/poll") => Some(json!({ "free_slots": 0 })),
         ("post", "/api/v1/workers/{id}/reports") => Some(json!({ "reports": [] })),
+        ("post", "/api/v1/workers/{id}/attempts/{task_id}/{epoch}/calls") => {
+            Some(json!({ "call": { "op": "check_budget" } }))
+        }
         ("get" | "delete", _) => None,
         ("post", p) if p.ends_with("/pause") || p.ends_with("/resume") || p.ends_with("/stop") => {
             None
@@ -357,7 +369,7 @@ async fn walk(server: TestServer) {
             }
         }
     }
-    assert_eq!(walked, 53, "every non-public operation was walked");
+    assert_eq!(walked, 56, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
@@ -505,6 +517,8 @@ async fn assert_orchestration_unchanged(server: &TestServer, f: &Fixture, admin_
     assert_eq!(quota, cflow_store::TenantQuota::default());
     let sandbox = server.store.tenant_sandbox(&f.tenant_a).await.unwrap();
     assert_eq!(sandbox, None, "alpha's sandbox overrides are unchanged");
+    let llm = server.store.tenant_llm(&f.tenant_a).await.unwrap();
+    assert_eq!(llm, None, "alpha's model providers are unchanged");
     let artifacts = get(format!("/api/v1/tasks/{}/artifacts", f.task)).await;
     assert_eq!(
         artifacts["artifacts"],

@@ -1,4 +1,4 @@
-//! Tenants: creation, name conflicts, lookup and pagination.
+//! Tenants: creation, name conflicts, lookup and pagination, and their model providers.
 
 use cflow_store::Error;
 
@@ -100,4 +100,53 @@ async fn list_pages_through_tenants_in_name_order() {
 
 fn hex_of(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn tenant_llm_providers_are_set_cleared_and_audited() {
+    use cflow_store::AuditQuery;
+    use serde_json::json;
+    crate::each_backend(|store, _| async move {
+        let t = crate::tenant(&store, "llm").await;
+        let other = crate::tenant(&store, "llm-other").await;
+        assert_eq!(store.tenant_llm(&t).await.unwrap(), None);
+        let v = json!([{"name": "main", "kind": "anthropic", "api_key_secret": "K"}]);
+        store
+            .set_tenant_llm(&crate::ctx(&t), &t, Some(v.clone()))
+            .await
+            .unwrap();
+        assert_eq!(store.tenant_llm(&t).await.unwrap(), Some(v));
+        assert_eq!(store.tenant_llm(&other).await.unwrap(), None);
+        store
+            .set_tenant_llm(&crate::ctx(&t), &t, None)
+            .await
+            .unwrap();
+        assert_eq!(store.tenant_llm(&t).await.unwrap(), None);
+        let err = store
+            .set_tenant_llm(&crate::ctx(&t), "no-such-tenant", Some(json!([])))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{err}");
+        let err = store.tenant_llm("no-such-tenant").await.unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{err}");
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            since: None,
+        };
+        let entries = store
+            .audit_list(&q, &crate::page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        let sets: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "tenant.llm" && e.outcome == "success")
+            .collect();
+        assert_eq!(sets.len(), 2);
+        assert!(
+            sets.iter()
+                .any(|e| e.detail.to_string().contains("api_key_secret"))
+        );
+    })
+    .await;
 }

@@ -60,7 +60,8 @@ async fn a_bad_spec_fails_for_good_without_running() {
     let worker = start(&fake, options(2));
     fake.assign([
         assignment("bad", "exec", json!({"shell": "echo hi"})),
-        assignment("llm", "llm", json!({})),
+        assignment("llm", "llm", json!({"command": "true"})),
+        assignment("gpt", "gpt", json!({})),
     ]);
     let bad = fake.wait_finished("bad").await;
     assert_eq!(bad.status, FinishedStatus::Failed);
@@ -73,9 +74,17 @@ async fn a_bad_spec_fails_for_good_without_running() {
         "{:?}",
         bad.error
     );
+    // A command for a model driver: the spec is refused for good.
     let llm = fake.wait_finished("llm").await;
     assert!(!llm.retryable);
-    assert!(llm.error.as_deref().unwrap().contains("not built yet"));
+    assert!(
+        llm.error.as_deref().unwrap().contains("exec agent"),
+        "{:?}",
+        llm.error
+    );
+    let gpt = fake.wait_finished("gpt").await;
+    assert!(!gpt.retryable);
+    assert!(gpt.error.as_deref().unwrap().contains("not built yet"));
     assert_eq!(fake.received("bad", "started"), 0, "nothing was started");
     worker.stop().await.unwrap();
 }
