@@ -168,6 +168,20 @@ async fn raw_client(base_url: &str, turns: usize) -> Duration {
     start.elapsed()
 }
 
+/// User + system CPU time of this process, from `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -212,7 +226,8 @@ async fn main() {
     }
     let turns = env_num("LLM_BENCH_TURNS", 200) as usize;
     let loops = env_num("LLM_BENCH_LOOPS", 1000) as usize;
-    let slow_ms = env_num("LLM_BENCH_SLOW_MS", 200);
+    // About 6 SSE chunks per turn: 170 ms apart is about 1 s of model latency per turn.
+    let slow_ms = env_num("LLM_BENCH_SLOW_MS", 170);
 
     concurrent(loops, slow_ms).await;
     per_turn(turns).await;
@@ -272,6 +287,7 @@ async fn concurrent(loops: usize, slow_ms: u64) {
         })
     };
     let d = Arc::new(driver());
+    let cpu_before = cpu_time();
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for n in 0..loops {
@@ -283,17 +299,22 @@ async fn concurrent(loops: usize, slow_ms: u64) {
         total_turns += u64::from(r.expect("a loop task"));
     }
     let took = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
     sampling.cancel();
     let _ = sampler.await;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     drop(child.stdin.take());
     let _ = child.wait();
     println!(
-        "{loops} concurrent loops ({total_turns} turns, each answer's chunks {slow_ms} ms apart): \
-         {:.1} s, peak RSS {:.0} MiB (before {:.0} MiB; {:.1} KiB per loop) (target < 1 GB)",
+        "{loops} concurrent loops ({total_turns} turns, each answer's ~6 chunks {slow_ms} ms \
+         apart): {:.1} s, peak RSS {:.0} MiB (before {:.0} MiB; {:.1} KiB per loop) (target < \
+         1 GB); CPU {:.2} s ({:.0}% of one core; {:.2} ms per turn)",
         took.as_secs_f64(),
         peak as f64 / 1024.0,
         before as f64 / 1024.0,
-        (peak.saturating_sub(before)) as f64 / loops as f64
+        (peak.saturating_sub(before)) as f64 / loops as f64,
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 100.0 / took.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / total_turns.max(1) as f64
     );
 }
