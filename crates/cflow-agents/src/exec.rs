@@ -8,7 +8,7 @@ use crate::driver::{
 use crate::group::ProcessGroup;
 use crate::output::{parse_result, pump};
 use cflow_sandbox::Policy;
-use cflow_sandbox::host::{PrepareError, Prepared, RunRequest, Sandbox};
+use cflow_sandbox::host::{PrepareError, RunRequest, Sandbox};
 use rustix::process::Signal;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -322,17 +322,16 @@ impl ExecDriver {
                 });
             }
         };
-        let prepared = Arc::new(prepared);
+        // The watcher measures the workspace by its path: a measurement still running when the
+        // job ends must not keep the run from being finished (and its report, cgroup and
+        // workspace from being cleaned up).
         let disk = DiskQuota {
-            prepared: Arc::clone(&prepared),
+            path: prepared.workspace.path.clone(),
             limit: policy.limits.disk_bytes,
         };
         let run = self
             .supervise_run(child, &job, &events, &cancel, Some(disk))
             .await;
-        let prepared = Arc::try_unwrap(prepared).map_err(|_| {
-            io::Error::other("the disk quota watcher still holds the run after it ended")
-        })?;
         // A command that filled the disk and exited between two checks is caught here.
         let (prepared, used) = tokio::task::spawn_blocking(move || {
             let used = prepared.disk_usage();
@@ -636,7 +635,7 @@ struct Run {
 
 /// The workspace quota of a sandboxed run, measured while it runs.
 struct DiskQuota {
-    prepared: Arc<Prepared>,
+    path: std::path::PathBuf,
     limit: u64,
 }
 
@@ -647,8 +646,10 @@ impl DiskQuota {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let prepared = Arc::clone(&self.prepared);
-            let used = tokio::task::spawn_blocking(move || prepared.disk_usage()).await;
+            let path = self.path.clone();
+            let used =
+                tokio::task::spawn_blocking(move || cflow_sandbox::workspace::disk_usage_of(&path))
+                    .await;
             if let Ok(Ok(used)) = used
                 && used > self.limit
             {

@@ -507,29 +507,7 @@ impl Workspace {
     /// (lstat, no symlink following, each hard-linked inode counted once). Entries that vanish
     /// or cannot be read during the walk are left out.
     pub fn disk_usage(&self) -> io::Result<u64> {
-        let top = fs::symlink_metadata(&self.path)?;
-        let mut total = top.blocks() * 512;
-        if !top.is_dir() {
-            return Ok(total);
-        }
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let mut stack = vec![self.path.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(md) = entry.metadata() else { continue }; // lstat semantics
-                if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
-                    continue;
-                }
-                total += md.blocks() * 512;
-                if md.is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        Ok(total)
+        disk_usage_of(&self.path)
     }
 
     /// Ends the workspace. `succeeded`: removed now, returns `None`. Failed: kept, with the expiry `<root>/<id>.keep-until` (unix seconds)
@@ -740,6 +718,34 @@ fn unshare_file(path: &Path, md: &fs::Metadata) -> Result<(), Error> {
         .map_err(io_err(format!("could not set mode of '{}'", tmp.display())))?;
     drop(output);
     fs::rename(&tmp, path).map_err(io_err(format!("could not replace '{}'", path.display())))
+}
+
+/// The disk use of the tree at `path`, as [`Workspace::disk_usage`] measures it (usable while
+/// the workspace itself is owned elsewhere, e.g. by a run being supervised).
+pub fn disk_usage_of(path: &Path) -> io::Result<u64> {
+    let top = fs::symlink_metadata(path)?;
+    let mut total = top.blocks() * 512;
+    if !top.is_dir() {
+        return Ok(total);
+    }
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(md) = entry.metadata() else { continue }; // lstat semantics
+            if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
