@@ -56,6 +56,34 @@ pub struct ModelSetup {
     pub peers: Vec<Peer>,
 }
 
+/// The most bytes of a swarm pool's `system_prompt` (the override of its type's role prompt).
+pub const MAX_SYSTEM_PROMPT_BYTES: usize = 32 * 1024;
+
+/// Checks a pool's `system_prompt` for a pool of `driver`: only `llm` pools have one (cflow's
+/// own loop is the only driver that sends a system prompt), and it is 1 to
+/// [`MAX_SYSTEM_PROMPT_BYTES`] bytes, not blank. The error says what to change; the caller
+/// names the field.
+pub fn check_system_prompt(driver: &str, prompt: &str) -> Result<(), String> {
+    if driver != "llm" {
+        return Err(format!(
+            "is only for pools of the llm driver (this pool's driver is '{driver}'): remove it, \
+             or use driver \"llm\""
+        ));
+    }
+    if prompt.trim().is_empty() {
+        return Err(
+            "must not be empty or blank: remove it to use the type's default prompt".into(),
+        );
+    }
+    if prompt.len() > MAX_SYSTEM_PROMPT_BYTES {
+        return Err(format!(
+            "is {} bytes, over the limit of {MAX_SYSTEM_PROMPT_BYTES} (32 KiB): shorten it",
+            prompt.len()
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub agent_id: String,

@@ -12,6 +12,11 @@
 //! type = "coder"
 //! min = 2
 //!
+//! [[swarm.agents]]
+//! type = "reviewer"
+//! driver = "llm"          # cflow's own agent loop; only llm pools take a system_prompt
+//! system_prompt = "You review Rust changes for correctness first, style last."
+//!
 //! [[tasks]]
 //! id = "plan"
 //! command = "echo 'CFLOW_RESULT {\"modules\": 3}'"
@@ -89,6 +94,8 @@ pub struct PoolDef {
     pub labels: BTreeMap<String, String>,
     pub recycle_after_tasks: Option<i64>,
     pub recycle_on_failure: Option<bool>,
+    /// `llm` pools only: replaces the type's default role prompt (1 to 32 KiB).
+    pub system_prompt: Option<String>,
 }
 
 fn default_driver() -> String {
@@ -231,6 +238,10 @@ pub fn check_swarm(s: &SwarmDef) -> Result<BTreeSet<String>> {
             && min > max
         {
             bail!("agent pool '{t}': min {min} is more than max {max}");
+        }
+        if let Some(prompt) = &p.system_prompt {
+            cflow_agents::model::check_system_prompt(&p.driver, prompt)
+                .map_err(|rule| anyhow!("agent pool '{t}': system_prompt {rule}"))?;
         }
         if p.capabilities.is_empty() {
             capabilities.extend(agent_type::default_capabilities(t));
@@ -444,6 +455,11 @@ impl PoolDef {
             "recycle_on_failure",
             self.recycle_on_failure.map(|v| json!(v)),
         );
+        put(
+            &mut p,
+            "system_prompt",
+            self.system_prompt.as_ref().map(|v| json!(v)),
+        );
         Value::Object(p)
     }
 }
@@ -636,6 +652,53 @@ timeout = "2m"
             assert_ne!(bad, OK);
             let e = parse(&bad, "wf.toml").unwrap_err().to_string();
             assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_pool_system_prompt_is_for_llm_pools_only() {
+        let llm = OK.replace(
+            "type = \"coder\"\nmin = 1",
+            "type = \"coder\"\nmin = 1\ndriver = \"llm\"\n\
+             system_prompt = \"\"\"\nYou write Rust.\nKeep diffs small.\"\"\"",
+        );
+        assert_ne!(llm, OK);
+        let c = parse(&llm, "wf.toml").unwrap();
+        let pool = &c.workflow.swarm_body("t-1")["agents"][0];
+        assert_eq!(pool["system_prompt"], "You write Rust.\nKeep diffs small.");
+        assert_eq!(pool["driver"], "llm");
+        // Absent: not sent.
+        let plain = parse(OK, "wf.toml").unwrap().workflow.swarm_body("t-1");
+        assert!(plain["agents"][0].get("system_prompt").is_none(), "{plain}");
+
+        // On an exec pool (the default driver), blank, or over 32 KiB: refused, naming the pool.
+        let long = format!(
+            "\"{}\"",
+            "x".repeat(cflow_agents::model::MAX_SYSTEM_PROMPT_BYTES + 1)
+        );
+        for (prompt, driver, why) in [
+            ("\"Be brief.\"", "", "only for pools of the llm driver"),
+            (
+                "\"Be brief.\"",
+                "driver = \"claude-code\"\n",
+                "driver is 'claude-code'",
+            ),
+            ("\"  \"", "driver = \"llm\"\n", "must not be empty"),
+            (
+                long.as_str(),
+                "driver = \"llm\"\n",
+                "over the limit of 32768",
+            ),
+        ] {
+            let bad = OK.replace(
+                "type = \"coder\"\nmin = 1",
+                &format!("type = \"coder\"\nmin = 1\n{driver}system_prompt = {prompt}"),
+            );
+            let e = parse(&bad, "wf.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("agent pool 'coder': system_prompt") && e.contains(why),
+                "{why}: {e}"
+            );
         }
     }
 

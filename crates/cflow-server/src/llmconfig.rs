@@ -35,8 +35,8 @@
 //! # The setup of an attempt
 //! [`AppState::model_setup`] resolves, for one attempt: the providers with their keys (opened
 //! from the tenant's secret store or read from the server's environment), the agent's type, the
-//! agent's swarm and the peers the swarm's topology lets it message or delegate to. Swarms have
-//! no system-prompt overrides yet, so `system_prompt` is always `None`.
+//! agent's swarm and the peers the swarm's topology lets it message or delegate to, and the
+//! `system_prompt` of the swarm's pool of the agent's type (`None`: the type's default prompt).
 
 use crate::cost::UsageScope;
 use crate::error::{ApiError, ApiResult, ProblemKind};
@@ -473,9 +473,10 @@ impl AppState {
 
     /// The model setup of `agent_id`'s attempt at `task_id` in `tenant_id`: the tenant's
     /// providers with their keys, the agent's type, its swarm and the peers the swarm's
-    /// topology lets it message or delegate to (`system_prompt` stays `None`: swarms have no
-    /// prompt overrides yet). A provider whose key cannot be had is an error naming the secret
-    /// (or variable) and how to set it.
+    /// topology lets it message or delegate to, and the system prompt override of the swarm's
+    /// pool of that type (`None` when the pool sets none, or the agent's type has no pool). A
+    /// provider whose key cannot be had is an error naming the secret (or variable) and how to
+    /// set it.
     pub async fn model_setup(
         &self,
         tenant_id: &str,
@@ -496,10 +497,22 @@ impl AppState {
             providers.push(self.resolve_provider(tenant_id, p, origin).await?);
         }
         let peers = self.sched.peers_of(tenant_id, &agent.swarm_id, agent_id);
+        // The pool as stored, read once per attempt: a scale that changes the prompt applies
+        // from the next attempt on.
+        let system_prompt = self
+            .store
+            .get_swarm(tenant_id, &agent.swarm_id)
+            .await?
+            .and_then(|s| {
+                s.pools
+                    .into_iter()
+                    .find(|p| p.agent_type == agent.agent_type)
+            })
+            .and_then(|p| p.system_prompt);
         Ok(ModelSetup {
             providers,
             agent_type: agent.agent_type,
-            system_prompt: None,
+            system_prompt,
             swarm_id: Some(agent.swarm_id),
             peers,
         })

@@ -83,6 +83,10 @@ pub struct AgentPool {
     /// Replace an agent after a failed attempt.
     #[serde(default)]
     pub recycle_on_failure: bool,
+    /// `llm` pools: the swarm's override of the type's role prompt (stored in the pools' JSON,
+    /// so pools written before it existed read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 /// What to create with [`crate::Store::create_swarm`].

@@ -8,7 +8,6 @@
 //! format of the endpoint it came to. An empty queue answers 500 "no scripted turn left".
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,6 +82,12 @@ pub enum Turn {
     },
     /// Streams part of a text answer, then ends the body without the final events.
     Truncated,
+    /// Streams part of a text answer, then aborts the connection mid-body (no end of the
+    /// chunked body, as when a proxy or the provider drops the connection).
+    Dropped,
+    /// Streams part of a text answer, then an event whose `data:` is not JSON, then keeps the
+    /// connection open: a client that waited for the end of the stream would hang.
+    Malformed,
     /// Sends the response headers, then nothing, forever.
     Hang,
     /// Waits `delay` before each chunk of `turn`.
@@ -360,30 +365,50 @@ fn serve(inner: Arc<Inner>, format: Format, uri: Uri, headers: HeaderMap, body: 
         n,
         include_usage,
     };
-    let (frames, hang) = match turn {
+    let (frames, after) = match turn {
         Turn::Status {
             code,
             retry_after,
             body,
         } => return error_response(format, code, retry_after, &body),
-        Turn::Text(t) => (r.frames(&[Part::Text(t)], End::Complete), false),
+        Turn::Text(t) => (r.frames(&[Part::Text(t)], End::Complete), After::Close),
         Turn::ToolUse { name, input } => (
             r.frames(&[Part::ToolUse { name, input }], End::Complete),
-            false,
+            After::Close,
         ),
-        Turn::Parts(parts) => (r.frames(&parts, End::Complete), false),
-        Turn::StreamError { kind, message } => (r.frames(&[], End::Error(kind, message)), false),
-        Turn::Truncated => (
-            r.frames(
-                &[Part::Text("This answer is cut off in the mid".into())],
-                End::Truncated,
-            ),
-            false,
-        ),
-        Turn::Hang => (Vec::new(), true),
+        Turn::Parts(parts) => (r.frames(&parts, End::Complete), After::Close),
+        Turn::StreamError { kind, message } => {
+            (r.frames(&[], End::Error(kind, message)), After::Close)
+        }
+        Turn::Truncated => (r.cut_off(), After::Close),
+        Turn::Dropped => (r.cut_off(), After::Abort),
+        Turn::Malformed => {
+            let mut f = r.cut_off();
+            f.push(match format {
+                Format::Anthropic => "event: content_block_delta\ndata: {\"type\": \
+                    \"content_block_delta\", \"index\": 0, \"delta\": {\"text\": \"cut\n\n"
+                    .to_string(),
+                Format::OpenAi => "data: {\"id\": \"chatcmpl-mock\", \"choices\": [{\"delta\": \
+                    {\"content\": \"cut\n\n"
+                    .to_string(),
+            });
+            (f, After::Hang)
+        }
+        Turn::Hang => (Vec::new(), After::Hang),
         Turn::Slow { .. } | Turn::WithUsage { .. } => unreachable!("unwrapped above"),
     };
-    stream_response(inner, frames, delay, hang)
+    stream_response(inner, frames, delay, after)
+}
+
+/// What the mock does once a stream's frames are sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Ends the body.
+    Close,
+    /// Keeps the connection open without sending anything, forever.
+    Hang,
+    /// Fails the body, so the server aborts the connection without ending it.
+    Abort,
 }
 
 struct Guard {
@@ -411,7 +436,7 @@ impl Drop for Guard {
 struct Playing {
     frames: VecDeque<String>,
     delay: Duration,
-    hang: bool,
+    after: After,
     guard: Guard,
 }
 
@@ -419,12 +444,12 @@ fn stream_response(
     inner: Arc<Inner>,
     frames: Vec<String>,
     delay: Duration,
-    hang: bool,
+    after: After,
 ) -> Response {
     let state = Playing {
         frames: frames.into(),
         delay,
-        hang,
+        after,
         guard: Guard {
             inner,
             finished: false,
@@ -439,13 +464,24 @@ fn stream_response(
             }
             // Once the last frame is handed over, a client that closes without waiting for the
             // end of the body has read everything: that is a completed stream, not a disconnect.
-            if st.frames.is_empty() && !st.hang {
+            if st.frames.is_empty() && st.after != After::Hang {
                 st.guard.finish();
             }
-            return Some((Ok::<_, Infallible>(Bytes::from(frame)), st));
+            return Some((Ok::<_, std::io::Error>(Bytes::from(frame)), st));
         }
-        if st.hang {
-            std::future::pending::<()>().await;
+        match st.after {
+            After::Hang => std::future::pending::<()>().await,
+            After::Abort => {
+                // hyper discards what it has not written yet when the body fails: give it a
+                // moment to flush the frames, so the client sees the headers and a partial body.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Ends the stream after this error: hyper closes the connection mid-body.
+                st.after = After::Close;
+                st.guard.finish();
+                let e = std::io::Error::other("mock: connection dropped mid-stream");
+                return Some((Err(e), st));
+            }
+            After::Close => {}
         }
         st.guard.finish();
         None
@@ -528,6 +564,14 @@ fn data(v: &Value) -> String {
 }
 
 impl Render {
+    /// The start of a text answer, without its end.
+    fn cut_off(&self) -> Vec<String> {
+        self.frames(
+            &[Part::Text("This answer is cut off in the mid".into())],
+            End::Truncated,
+        )
+    }
+
     fn frames(&self, parts: &[Part], end: End) -> Vec<String> {
         match self.format {
             Format::Anthropic => self.anthropic(parts, end),

@@ -947,6 +947,223 @@ async fn the_real_workbench_runs_the_tools_and_yields_the_artifacts() {
     );
 }
 
+#[tokio::test]
+async fn the_swarm_pools_system_prompt_replaces_the_role_prompt() {
+    let mock = MockLlm::with_turns([Turn::text("ok"), Turn::text("ok")]).await;
+    let haiku = "You only answer in haiku.";
+    for kind in ["anthropic", "openai"] {
+        let host = std::sync::Arc::new(TestHost {
+            setup: Some(ModelSetup {
+                providers: vec![provider("p", &mock, kind)],
+                agent_type: "coder".into(),
+                system_prompt: Some(haiku.into()),
+                ..ModelSetup::default()
+            }),
+            ..TestHost::default()
+        });
+        let (out, _) = run(
+            &driver(config()),
+            job(spec("x", vec![]), Some(handle(&host))),
+            &TestTools::default(),
+        )
+        .await;
+        assert_eq!(out.unwrap().end, JobEnd::Exited { code: 0 });
+    }
+    let reqs = mock.requests();
+    let anthropic = reqs[0].body["system"][0]["text"].as_str().unwrap();
+    let openai = reqs[1].body["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(reqs[1].body["messages"][0]["role"], "system");
+    for system in [anthropic, openai] {
+        // The override in place of the coder's role prompt, then what every agent gets.
+        assert!(system.starts_with(&format!("{haiku}\n\n")), "{system}");
+        assert!(!system.contains("You are a coder."), "{system}");
+        assert!(system.contains("- Agent type: coder."), "{system}");
+    }
+}
+
+/// The model call's stream breaks on every attempt: the loop fails the attempt, promptly and
+/// saying what broke, after the provider's retries (each reported as a notice).
+#[tokio::test]
+async fn a_broken_stream_fails_the_attempt_clearly_and_promptly() {
+    for (turn, why) in [
+        (Turn::Malformed, "is not JSON"),
+        (Turn::Truncated, "the stream ended before message_stop"),
+        (Turn::Dropped, "reading the response failed"),
+    ] {
+        let mock = MockLlm::with_turns([turn.clone(), turn.clone()]).await;
+        let j = job(spec("x", vec![provider("p", &mock, "anthropic")]), None);
+        // Far below the job's timeout (30 s) and the provider's (300 s): nothing waits them out.
+        let (out, events) = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(&driver(config()), j, &TestTools::default()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{turn:?}: the loop hung"));
+        let out = out.unwrap();
+        assert_eq!(out.end, JobEnd::Exited { code: 1 }, "{turn:?}");
+        let e = out.result_error.unwrap();
+        assert!(
+            e.starts_with("the model call to p failed: broken response stream: ")
+                && e.contains(why),
+            "{turn:?}: {e}"
+        );
+        assert!(!e.contains("sk-test-key"), "{e}");
+        // max_retries = 1: two calls, the first failure reported with the retry.
+        assert_eq!(mock.request_count(), 2, "{turn:?}");
+        let notices: Vec<String> = agent(&events)
+            .into_iter()
+            .filter(|(k, _)| k == "notice")
+            .map(|(_, d)| d["message"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("p: attempt 1/2 failed: broken response stream")),
+            "{turn:?}: {notices:?}"
+        );
+        assert!(
+            notices.iter().any(|n| n.starts_with("p: retrying in")),
+            "{notices:?}"
+        );
+        assert_eq!(out.result.unwrap()["turns"], 1);
+    }
+}
+
+/// A rate limit (429 with retry-after) or an overloaded provider (529) on one call is retried
+/// on the same provider, and the loop goes on as if nothing happened; a notice says so.
+#[tokio::test]
+async fn a_rate_limit_or_overload_is_retried_and_the_loop_goes_on() {
+    for (first, why) in [
+        (
+            Turn::rate_limited(1),
+            "rate limited (HTTP 429; the provider asked to wait 1.0s)",
+        ),
+        (Turn::overloaded(), "provider overloaded"),
+    ] {
+        let mock = MockLlm::with_turns([
+            Turn::tool_use("echo", json!({"text": "hi"})),
+            first.clone(),
+            Turn::text("done after the retry").with_usage(usage(20, 4)),
+        ])
+        .await;
+        let tools = TestTools::default();
+        let (out, events) = run(
+            &driver(config()),
+            job(spec("x", vec![provider("p", &mock, "anthropic")]), None),
+            &tools,
+        )
+        .await;
+        let out = out.unwrap();
+        assert_eq!(
+            out.end,
+            JobEnd::Exited { code: 0 },
+            "{first:?}: {:?}",
+            out.result_error
+        );
+        assert_eq!(out.stdout.text(), "done after the retry");
+        assert_eq!(mock.request_count(), 3);
+        // The retried call is the same request: the tool's result is not lost or repeated.
+        let reqs = mock.requests();
+        assert_eq!(reqs[1].body["messages"], reqs[2].body["messages"]);
+        assert_eq!(tools.calls.lock().unwrap().len(), 1);
+        let r = out.result.unwrap();
+        assert_eq!(r["turns"], 2);
+        assert_eq!(out.model_usage.len(), 1);
+        let notices: Vec<(Value, String)> = agent(&events)
+            .into_iter()
+            .filter(|(k, _)| k == "notice")
+            .map(|(_, d)| {
+                (
+                    d["turn"].clone(),
+                    d["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            notices.iter().any(|(turn, n)| *turn == 2
+                && n.starts_with("p: attempt 1/2 failed: ")
+                && n.contains(why)),
+            "{first:?}: {notices:?}"
+        );
+        assert!(
+            notices
+                .iter()
+                .any(|(turn, n)| *turn == 2 && n == "p (p-model) answered on attempt 2"),
+            "{first:?}: {notices:?}"
+        );
+    }
+}
+
+/// A tool call whose arguments break the tool's schema is not run: the model gets an error
+/// result naming the problem, and the loop goes on to its next turn.
+#[tokio::test]
+async fn invalid_tool_arguments_reach_the_model_which_recovers() {
+    use cflow_agents::Driver;
+    let mock = MockLlm::with_turns([
+        Turn::tool_use("read_file", json!({})),
+        Turn::tool_use("read_file", json!({"path": 42})),
+        Turn::tool_use(
+            "write_file",
+            json!({"path": "a.txt", "content": "x", "mode": "0600"}),
+        ),
+        Turn::tool_use("write_file", json!({"path": "a.txt", "content": "fixed\n"})),
+        Turn::text("Recovered: wrote a.txt."),
+    ])
+    .await;
+    let mut s = spec("write a.txt", vec![provider("p", &mock, "anthropic")]);
+    s.max_turns = Some(5);
+    let d = driver(config());
+    let (tx, mut rx) = mpsc::channel(16);
+    let collect = async {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    };
+    let (out, events) = tokio::join!(d.run(job(s, None), tx, CancellationToken::new()), collect);
+    let out = out.expect("the loop runs");
+    assert_eq!(
+        out.end,
+        JobEnd::Exited { code: 0 },
+        "{:?}",
+        out.result_error
+    );
+    assert_eq!(out.stdout.text(), "Recovered: wrote a.txt.");
+    let results: Vec<Value> = agent(&events)
+        .into_iter()
+        .filter(|(k, _)| k == "tool_result")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(results.len(), 4, "{results:?}");
+    for (r, problem) in results[..3].iter().zip([
+        "missing field `path`",
+        "invalid type: integer `42`, expected a string",
+        "unknown field `mode`",
+    ]) {
+        assert_eq!(r["is_error"], true, "{r}");
+        let content = r["content"].as_str().unwrap();
+        assert!(
+            content.starts_with("invalid input: ") && content.contains(problem),
+            "{problem}: {content}"
+        );
+        assert!(content.contains("see the tool's schema"), "{content}");
+    }
+    assert_eq!(results[3]["is_error"], false, "{results:?}");
+    // The model saw each error as the result of its call.
+    let reqs = mock.requests();
+    let seen = &reqs[1].body["messages"][2]["content"][0];
+    assert_eq!(seen["type"], "tool_result");
+    assert_eq!(seen["is_error"], true);
+    assert!(
+        seen["content"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `path`"),
+        "{seen}"
+    );
+}
+
 /// Kilobytes of a `/proc/self/status` field (`VmRSS`, `VmHWM`).
 fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

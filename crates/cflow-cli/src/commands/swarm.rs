@@ -116,6 +116,7 @@ pub fn parse_pool(s: &str) -> Result<PoolDef, String> {
         labels: Default::default(),
         recycle_after_tasks: None,
         recycle_on_failure: None,
+        system_prompt: None,
     })
 }
 

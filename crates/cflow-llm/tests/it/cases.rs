@@ -379,6 +379,62 @@ pub async fn truncated_stream_is_an_error(kind: ProviderKind) {
     assert!(e.is_retryable());
 }
 
+pub async fn malformed_event_is_an_error_not_a_hang(kind: ProviderKind) {
+    // The mock keeps the connection open after the bad event: only the client can end the call.
+    let mock = MockLlm::with_turns([Turn::Malformed]).await;
+    let mut cfg = config(kind, &mock, "p");
+    cfg.timeouts.first_token = Duration::from_secs(30);
+    cfg.timeouts.total = Duration::from_secs(60);
+    let client = Client::new(cfg).unwrap();
+    let (tx, mut rx) = channel();
+    let (req, cancel) = (request("hi"), CancellationToken::new());
+    let call = client.complete(&req, Some(&tx), &cancel);
+    let e = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    let LlmError::Stream(msg) = &e else {
+        panic!("{e:?}")
+    };
+    // What was wrong, and the start of the offending data.
+    assert!(msg.contains("is not JSON"), "{msg}");
+    assert!(msg.contains("cut"), "{msg}");
+    assert!(e.is_retryable());
+    // The text before the bad event was streamed; the connection was dropped, not left open.
+    let text: String = drain(&mut rx)
+        .into_iter()
+        .filter_map(|ev| match ev {
+            Event::TextDelta(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "This answer is cut off in the mid");
+    eventually("the mock to see the connection closed", || {
+        mock.disconnects() == 1
+    })
+    .await;
+}
+
+pub async fn dropped_connection_is_an_error(kind: ProviderKind) {
+    let mock = MockLlm::with_turns([Turn::Dropped]).await;
+    let mut cfg = config(kind, &mock, "p");
+    cfg.timeouts.first_token = Duration::from_secs(30);
+    cfg.timeouts.total = Duration::from_secs(60);
+    let client = Client::new(cfg).unwrap();
+    let (req, cancel) = (request("hi"), CancellationToken::new());
+    let call = client.complete(&req, None, &cancel);
+    let e = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    let LlmError::Stream(msg) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(msg.contains("reading the response failed"), "{msg}");
+    assert!(e.is_retryable());
+    assert!(!msg.contains(KEY), "{msg}");
+}
+
 pub async fn hang_hits_first_token_timeout(kind: ProviderKind) {
     let mock = MockLlm::with_turns([Turn::Hang]).await;
     let mut cfg = config(kind, &mock, "p");

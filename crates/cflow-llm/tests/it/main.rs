@@ -32,6 +32,8 @@ for_both_formats!(
     server_errors_open_breaker_and_fail_over,
     cancel_mid_stream_closes_connection,
     truncated_stream_is_an_error,
+    malformed_event_is_an_error_not_a_hang,
+    dropped_connection_is_an_error,
     hang_hits_first_token_timeout,
     invalid_tool_json_is_a_clear_error,
     api_key_never_in_debug_or_errors,

@@ -70,7 +70,7 @@ pub struct PoolParams {
     /// Agent type: coordinator, architect, coder, tester, reviewer, researcher or a custom name.
     #[serde(rename = "type")]
     pub agent_type: String,
-    /// exec or noop (required when the pool is created).
+    /// exec, noop, claude-code or llm (required when the pool is created).
     pub driver: Option<String>,
     /// Agents kept alive at all times (default 0).
     pub min: Option<i64>,
@@ -85,6 +85,20 @@ pub struct PoolParams {
     pub recycle_after_tasks: Option<i64>,
     /// Replace an agent after a failed attempt.
     pub recycle_on_failure: Option<bool>,
+    /// `llm` pools only: replaces the type's default role prompt for this swarm's agents of the
+    /// type (1 to 32 KiB). When scaling, `null` removes it and an absent field keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub system_prompt: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`, by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A pool as the API shows it.
@@ -100,6 +114,8 @@ pub struct PoolResponse {
     pub labels: BTreeMap<String, String>,
     pub recycle_after_tasks: Option<i64>,
     pub recycle_on_failure: bool,
+    /// The swarm's override of the type's role prompt (`llm` pools), or null.
+    pub system_prompt: Option<String>,
 }
 
 impl From<AgentPool> for PoolResponse {
@@ -114,6 +130,7 @@ impl From<AgentPool> for PoolResponse {
             labels: p.labels,
             recycle_after_tasks: p.recycle_after_tasks,
             recycle_on_failure: p.recycle_on_failure,
+            system_prompt: p.system_prompt,
         }
     }
 }
@@ -134,7 +151,7 @@ fn resolve_pool(
         (None, None) => {
             return Err(invalid(
                 f("driver"),
-                "is required for a new pool (exec or noop)",
+                format!("is required for a new pool ({})", DRIVERS.join(", ")),
             ));
         }
     };
@@ -186,6 +203,14 @@ fn resolve_pool(
             format!("must be at least 1 (got {n})"),
         ));
     }
+    let system_prompt = match p.system_prompt {
+        Some(set) => set,
+        None => current.and_then(|c| c.system_prompt.clone()),
+    };
+    if let Some(prompt) = &system_prompt {
+        cflow_agents::model::check_system_prompt(&driver, prompt)
+            .map_err(|rule| invalid(f("system_prompt"), rule))?;
+    }
     Ok(AgentPool {
         agent_type: p.agent_type,
         driver,
@@ -199,6 +224,7 @@ fn resolve_pool(
             .recycle_on_failure
             .or(current.map(|c| c.recycle_on_failure))
             .unwrap_or(false),
+        system_prompt,
     })
 }
 

@@ -1,8 +1,8 @@
 //! Model providers per tenant and budgets at the edges: `[server.llm]` parsing and checks, the
 //! tenant's `/llm` settings (RBAC, raw keys refused, audited), `AppState::model_setup` (keys from
-//! the tenant's secrets, peers from the topology), the usage a `claude-code` attempt reports when
-//! it finishes (recorded once), and model tasks refused at submission and held at dispatch while
-//! a budget is spent.
+//! the tenant's secrets, peers from the topology, the system prompt of the agent's pool), the
+//! usage a `claude-code` attempt reports when it finishes (recorded once), and model tasks
+//! refused at submission and held at dispatch while a budget is spent.
 
 use crate::common::{expect_json, expect_problem};
 use crate::orchestration::Api;
@@ -418,6 +418,150 @@ async fn model_setup(server: TestServer) {
         .await
         .unwrap_err();
     assert_eq!(e.0.status, 404);
+}
+
+#[tokio::test]
+async fn pool_system_prompts_reach_the_model_setup_on_sqlite() {
+    pool_system_prompts(TestServer::start_with(|c| c.sched.local_slots = 0).await).await;
+}
+
+#[tokio::test]
+async fn pool_system_prompts_reach_the_model_setup_on_postgres() {
+    let Some(server) = TestServer::start_postgres_with(|c| c.sched.local_slots = 0).await else {
+        eprintln!("skipped: no PostgreSQL configured (set CFLOW_TEST_DATABASE_URL)");
+        return;
+    };
+    pool_system_prompts(server).await;
+}
+
+async fn pool_system_prompts(server: TestServer) {
+    let (acme, admin) = server.tenant_with_key("acme", "admin").await;
+    let api = Api::new(&server, &admin);
+    // A provider without a key, so that the setup resolves.
+    let local = json!({"providers": [{"name": "local", "kind": "openai",
+        "base_url": "http://localhost:11434/v1", "model": "llama3.1"}]});
+    expect_json(put_llm(&server, &admin, &acme, local).await, 200).await;
+    let plan = "You only plan: hand every change to a coder.";
+    let swarm = api
+        .create_swarm(json!({"name": "team", "topology": "mesh", "agents": [
+            {"type": "coordinator", "driver": "llm", "min": 1, "system_prompt": plan},
+            {"type": "coder", "driver": "llm", "min": 1},
+            {"type": "tester", "driver": "exec", "min": 0},
+        ]}))
+        .await;
+    let swarm_id = swarm["id"].as_str().unwrap().to_string();
+    // Shown in the swarm's JSON, null where none is set.
+    assert_eq!(swarm["pools"][0]["system_prompt"], plan, "{swarm}");
+    assert_eq!(swarm["pools"][1]["system_prompt"], Value::Null, "{swarm}");
+    let read = api.get_json(&format!("/api/v1/swarms/{swarm_id}")).await;
+    assert_eq!(read["pools"], swarm["pools"], "{read}");
+
+    let agents = api
+        .get_json(&format!("/api/v1/agents?swarm={swarm_id}"))
+        .await;
+    let of_type = |t: &str| -> String {
+        agents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["type"] == t)
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {t} agent: {agents}"))
+    };
+    let (hub, coder) = (of_type("coordinator"), of_type("coder"));
+    let task = api
+        .submit(json!([{"swarm": swarm_id, "spec": {"prompt": "plan the work"}}]))
+        .await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = server.state();
+    let setup = state.model_setup(&acme, &hub, &task).await.unwrap();
+    assert_eq!(setup.system_prompt.as_deref(), Some(plan));
+    assert_eq!(setup.agent_type, "coordinator");
+    // The coder's pool sets none: the type's default prompt applies.
+    let setup = state.model_setup(&acme, &coder, &task).await.unwrap();
+    assert_eq!(setup.system_prompt, None);
+
+    // Scaling sets one, keeps one when the field is absent, and removes one with null.
+    let tests_first = "You write the failing test first.";
+    let scale_path = format!("/api/v1/swarms/{swarm_id}/scale");
+    let scale = |body: Value| api.post(&scale_path, body);
+    expect_json(
+        scale(json!({"type": "coder", "system_prompt": tests_first})).await,
+        200,
+    )
+    .await;
+    let setup = state.model_setup(&acme, &coder, &task).await.unwrap();
+    assert_eq!(setup.system_prompt.as_deref(), Some(tests_first));
+    let doc = expect_json(scale(json!({"type": "coder", "max": 3})).await, 200).await;
+    assert_eq!(doc["pools"][1]["system_prompt"], tests_first, "{doc}");
+    let doc = expect_json(
+        scale(json!({"type": "coordinator", "system_prompt": null})).await,
+        200,
+    )
+    .await;
+    assert_eq!(doc["pools"][0]["system_prompt"], Value::Null, "{doc}");
+    let setup = state.model_setup(&acme, &hub, &task).await.unwrap();
+    assert_eq!(setup.system_prompt, None);
+
+    // Refused with the field and the reason; nothing is created or changed.
+    let before = api.get_json("/api/v1/swarms").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let too_long = "x".repeat(cflow_agents::model::MAX_SYSTEM_PROMPT_BYTES + 1);
+    for (pool, why) in [
+        (
+            json!({"type": "coder", "driver": "exec", "system_prompt": "Be brief."}),
+            "only for pools of the llm driver (this pool's driver is 'exec')",
+        ),
+        (
+            json!({"type": "coder", "driver": "claude-code", "system_prompt": "Be brief."}),
+            "this pool's driver is 'claude-code'",
+        ),
+        (
+            json!({"type": "coder", "driver": "llm", "system_prompt": too_long}),
+            "over the limit of 32768",
+        ),
+        (
+            json!({"type": "coder", "driver": "llm", "system_prompt": " \n "}),
+            "must not be empty",
+        ),
+    ] {
+        let body = json!({"name": "refused", "topology": "mesh",
+            "agents": [{"type": "tester", "driver": "exec"}, pool]});
+        let problem =
+            expect_problem(api.post("/api/v1/swarms", body).await, 422, "validation").await;
+        assert_eq!(problem["field"], "agents[1].system_prompt", "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{why}: {problem}");
+        assert!(detail.len() < 1024, "the prompt is not echoed: {problem}");
+    }
+    let after = api.get_json("/api/v1/swarms").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, before);
+    // Scaling: a prompt on the exec pool, or an exec driver under the coder's prompt.
+    for body in [
+        json!({"type": "tester", "system_prompt": "Be brief."}),
+        json!({"type": "coder", "driver": "exec"}),
+    ] {
+        let problem = expect_problem(scale(body.clone()).await, 422, "validation").await;
+        assert_eq!(problem["field"], "system_prompt", "{body}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("only for pools of the llm driver"),
+            "{problem}"
+        );
+    }
+    let read = api.get_json(&format!("/api/v1/swarms/{swarm_id}")).await;
+    assert_eq!(read["pools"][1]["driver"], "llm", "{read}");
+    assert_eq!(read["pools"][1]["system_prompt"], tests_first, "{read}");
+    assert_eq!(read["pools"][2]["system_prompt"], Value::Null, "{read}");
 }
 
 fn claude_swarm(project: &str) -> Value {

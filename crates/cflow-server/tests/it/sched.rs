@@ -39,6 +39,7 @@ fn pool(agent_type: &str, driver: &str, n: i64) -> AgentPool {
         prewarm: 0,
         recycle_after_tasks: None,
         recycle_on_failure: false,
+        system_prompt: None,
     }
 }
 

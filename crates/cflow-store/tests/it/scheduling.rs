@@ -27,6 +27,7 @@ fn pool(agent_type: &str, min: i64, max: i64) -> AgentPool {
         prewarm: 0,
         recycle_after_tasks: Some(10),
         recycle_on_failure: true,
+        system_prompt: None,
     }
 }
 
