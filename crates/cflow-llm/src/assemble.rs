@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::{LlmError, Result};
+use crate::error::Result;
 use crate::types::{Block, Event, Response, StopReason, Usage};
 
 enum Partial {
@@ -74,19 +74,14 @@ impl Assembler {
         let input = if json.trim().is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_json::from_str::<Value>(json).map_err(|e| LlmError::ToolInput {
-                id: id.clone(),
-                name: name.clone(),
-                detail: format!("{e} in {}", preview(json)),
-            })?
+            match serde_json::from_str::<Value>(json) {
+                Ok(v) if v.is_object() => v,
+                // Arguments that are not a JSON object are the model's mistake, which it can
+                // correct: the call is kept, marked, for the caller to answer with an error.
+                Ok(_) => invalid_input(format!("expected a JSON object, got {}", preview(json))),
+                Err(e) => invalid_input(format!("{e} in {}", preview(json))),
+            }
         };
-        if !input.is_object() {
-            return Err(LlmError::ToolInput {
-                id: id.clone(),
-                name: name.clone(),
-                detail: format!("expected a JSON object, got {}", preview(json)),
-            });
-        }
         out.push(Event::ToolUseDone {
             id: id.clone(),
             name: name.clone(),
@@ -126,6 +121,25 @@ impl Assembler {
 }
 
 /// The start of a possibly long string, for error messages.
+/// The key of a tool call's input whose arguments did not parse: `{"_invalid_input": {"error":
+/// "..."}}` stands for the arguments, so the conversation stays valid on the wire and the
+/// caller can tell the model what was wrong (see [`crate::invalid_tool_input`]).
+pub const INVALID_INPUT_KEY: &str = "_invalid_input";
+
+fn invalid_input(error: String) -> Value {
+    serde_json::json!({ INVALID_INPUT_KEY: { "error": error } })
+}
+
+/// When a tool call's arguments were not a JSON object: why (the parse error and the start of
+/// what the model sent). Answer such a call with an error result instead of running it.
+pub fn invalid_tool_input(input: &Value) -> Option<&str> {
+    let obj = input.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    obj.get(INVALID_INPUT_KEY)?.get("error")?.as_str()
+}
+
 pub(crate) fn preview(s: &str) -> String {
     const MAX: usize = 200;
     if s.len() <= MAX {

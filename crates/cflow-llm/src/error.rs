@@ -53,14 +53,6 @@ pub enum LlmError {
     Timeout { phase: Phase },
     #[error("broken response stream: {0}")]
     Stream(String),
-    #[error(
-        "tool call {name} ({id}) has invalid input JSON: {detail} — the model produced malformed or truncated arguments (raise max_tokens if the answer was cut off)"
-    )]
-    ToolInput {
-        id: String,
-        name: String,
-        detail: String,
-    },
     #[error("cancelled")]
     Cancelled,
     #[error("circuit breaker for provider {provider} is open for another {:.1}s after repeated failures: wait, or configure a failover provider", .until.saturating_duration_since(tokio::time::Instant::now()).as_secs_f64())]

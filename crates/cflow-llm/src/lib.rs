@@ -21,6 +21,7 @@ mod resilient;
 mod sse;
 mod types;
 
+pub use assemble::{INVALID_INPUT_KEY, invalid_tool_input};
 pub use client::Client;
 pub use config::{ProviderConfig, ProviderKind, Timeouts};
 pub use error::{LlmError, Phase, Result};

@@ -35,7 +35,7 @@ for_both_formats!(
     malformed_event_is_an_error_not_a_hang,
     dropped_connection_is_an_error,
     hang_hits_first_token_timeout,
-    invalid_tool_json_is_a_clear_error,
+    invalid_tool_json_is_marked_for_the_model_to_correct,
     api_key_never_in_debug_or_errors,
     bad_request_is_not_retried,
     parallel_tool_calls_keep_their_order,
