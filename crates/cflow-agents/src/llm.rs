@@ -16,7 +16,8 @@
 //! 3. **Prompt.** [`prompts::system_prompt`](crate::prompts::system_prompt); the first user
 //!    message is the task's prompt followed by its dependencies' results (each capped).
 //! 4. **Turns.** Before each model call [`HostCall::CheckBudget`]; the call streams (text
-//!    deltas are forwarded coalesced as `assistant_text` events); after it
+//!    deltas are forwarded coalesced as `assistant_text` events, cut only after whitespace so
+//!    that no secret the server masks per event is split across two); after it
 //!    [`HostCall::Usage`]; then the response's tool calls run one after another, in order
 //!    (`tool_use` / `tool_result` events), and the loop goes on. It ends on a final answer
 //!    (`end_turn` without tool calls), `max_turns`, `max_tokens` (output tokens over the whole

@@ -65,8 +65,14 @@ pub fn micros_to_usd(micros: u64) -> f64 {
     micros as f64 / MICROS_PER_USD as f64
 }
 
-/// Micro-dollars as `$12.34` (cents, rounded half up), for messages.
+/// Micro-dollars for messages: `$12.34` (cents, rounded half up) from a dollar up or in whole
+/// cents, else every digit (`$0.0045`), so that a small budget is not shown as `$0.00`.
 pub fn format_usd(micros: u64) -> String {
+    if micros < 1_000_000 && !micros.is_multiple_of(10_000) {
+        // Under a dollar, cents would hide what a small budget is about: show every digit.
+        let digits = format!("{micros:06}");
+        return format!("$0.{}", digits.trim_end_matches('0'));
+    }
     let cents = (micros + 5_000) / 10_000;
     format!("${}.{:02}", cents / 100, cents % 100)
 }
@@ -436,8 +442,12 @@ mod tests {
         assert_eq!(check_usd("limit_usd", 10.0), Ok(10_000_000));
         assert_eq!(format_usd(12_340_000), "$12.34");
         assert_eq!(format_usd(10_000_000), "$10.00");
-        assert_eq!(format_usd(4_999), "$0.00");
-        assert_eq!(format_usd(5_000), "$0.01");
+        assert_eq!(format_usd(4_999), "$0.004999");
+        assert_eq!(format_usd(4_500), "$0.0045");
+        assert_eq!(format_usd(1_000), "$0.001");
+        assert_eq!(format_usd(0), "$0.00");
+        assert_eq!(format_usd(250_000), "$0.25");
+        assert_eq!(format_usd(1_234_567), "$1.23");
         assert_eq!(micros_to_usd(1_500_000), 1.5);
     }
 }

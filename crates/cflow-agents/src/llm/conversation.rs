@@ -425,7 +425,13 @@ impl<'a> Conversation<'a> {
                 json!({"turn": self.turns, "id": id, "name": name, "input": input}),
             )
             .await;
-            let out = if self.server.iter().any(|n| n == name) {
+            let out = if let Some(why) = cflow_llm::invalid_tool_input(input) {
+                // The model's arguments did not parse: nothing runs, and it is told why.
+                ToolOutput::error(format!(
+                    "the arguments of this {name} call are not a JSON object ({why}); nothing \
+                     was run — call {name} again with a JSON object that matches its schema"
+                ))
+            } else if self.server.iter().any(|n| n == name) {
                 let host = self
                     .host
                     .expect("server tools are offered only with a host");
@@ -604,7 +610,7 @@ impl<'a> Conversation<'a> {
 }
 
 /// Forwards a call's stream as agent events: text deltas coalesced (sent every `flush` or
-/// [`TEXT_FLUSH_BYTES`]), notices at once.
+/// [`TEXT_FLUSH_BYTES`], cut only after whitespace: see [`send_text`]), notices at once.
 async fn forward(mut rx: mpsc::Receiver<Event>, emit: &mut Emitter, turn: u32, flush: Duration) {
     let mut buf = String::new();
     let mut due: Option<Instant> = None;
@@ -612,8 +618,9 @@ async fn forward(mut rx: mpsc::Receiver<Event>, emit: &mut Emitter, turn: u32, f
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                send_text(emit, &mut buf, turn).await;
-                due = None;
+                send_text(emit, &mut buf, turn, false).await;
+                // The word held back goes with the next flush.
+                due = (!buf.is_empty()).then(|| Instant::now() + flush);
                 continue;
             }
         };
@@ -622,14 +629,16 @@ async fn forward(mut rx: mpsc::Receiver<Event>, emit: &mut Emitter, turn: u32, f
             Some(Event::TextDelta(t)) => {
                 buf.push_str(&t);
                 if buf.len() >= TEXT_FLUSH_BYTES {
-                    send_text(emit, &mut buf, turn).await;
+                    send_text(emit, &mut buf, turn, false).await;
+                }
+                if buf.is_empty() {
                     due = None;
                 } else if due.is_none() {
                     due = Some(Instant::now() + flush);
                 }
             }
             Some(Event::Notice(m)) => {
-                send_text(emit, &mut buf, turn).await;
+                send_text(emit, &mut buf, turn, true).await;
                 due = None;
                 emit.send("notice", json!({"turn": turn, "message": m}))
                     .await;
@@ -637,15 +646,34 @@ async fn forward(mut rx: mpsc::Receiver<Event>, emit: &mut Emitter, turn: u32, f
             Some(_) => {}
         }
     }
-    send_text(emit, &mut buf, turn).await;
+    send_text(emit, &mut buf, turn, true).await;
 }
 
-async fn send_text(emit: &mut Emitter, buf: &mut String, turn: u32) {
-    if !buf.is_empty() {
-        let text = std::mem::take(buf);
-        emit.send("assistant_text", json!({"turn": turn, "text": text}))
-            .await;
+/// Sends the held text as one `assistant_text` event: all of it when `all`, else up to and
+/// including its last whitespace, the unfinished word staying held for the next event (all of
+/// it when it has no whitespace and reached [`TEXT_FLUSH_BYTES`], which bounds what is held).
+///
+/// The server masks secrets in each event on its own, so an event boundary inside a secret
+/// would leave two unmasked halves that any reader of the stream pieces together. Cutting only
+/// after whitespace keeps every whitespace-free run (API keys, tokens) of up to
+/// [`TEXT_FLUSH_BYTES`] inside one event.
+async fn send_text(emit: &mut Emitter, buf: &mut String, turn: u32, all: bool) {
+    let cut = if all {
+        buf.len()
+    } else {
+        match buf.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+            Some((i, c)) => i + c.len_utf8(),
+            None if buf.len() >= TEXT_FLUSH_BYTES => buf.len(),
+            None => 0,
+        }
+    };
+    if cut == 0 {
+        return;
     }
+    let rest = buf.split_off(cut);
+    let text = std::mem::replace(buf, rest);
+    emit.send("assistant_text", json!({"turn": turn, "text": text}))
+        .await;
 }
 
 /// The text blocks of the last message.
@@ -740,6 +768,30 @@ mod tests {
             (c.bytes.as_slice(), c.truncated, c.total_bytes),
             (&b"abcd"[..], true, 6)
         );
+    }
+
+    #[tokio::test]
+    async fn text_events_are_cut_only_after_whitespace() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut emit = Emitter { tx, open: true };
+        let mut buf = "the key is sk-ant-0123".to_string();
+        send_text(&mut emit, &mut buf, 1, false).await;
+        assert_eq!(buf, "sk-ant-0123", "the unfinished word is held");
+        buf.push_str("4567 ok");
+        send_text(&mut emit, &mut buf, 1, false).await;
+        assert_eq!(buf, "ok");
+        send_text(&mut emit, &mut buf, 1, true).await;
+        assert!(buf.is_empty());
+        let mut long = "x".repeat(TEXT_FLUSH_BYTES);
+        send_text(&mut emit, &mut long, 1, false).await;
+        assert!(long.is_empty(), "a word past the cap is sent whole");
+        drop(emit);
+        let mut texts = Vec::new();
+        while let Some(JobEvent::Agent { data, .. }) = rx.recv().await {
+            texts.push(data["text"].as_str().unwrap().to_string());
+        }
+        assert_eq!(texts[..3], ["the key is ", "sk-ant-01234567 ", "ok"]);
+        assert_eq!(texts[3].len(), TEXT_FLUSH_BYTES);
     }
 
     #[test]

@@ -1106,12 +1106,17 @@ async fn invalid_tool_arguments_reach_the_model_which_recovers() {
             "write_file",
             json!({"path": "a.txt", "content": "x", "mode": "0600"}),
         ),
+        // Arguments that are not JSON at all (cut off mid-string).
+        Turn::Parts(vec![cflow_test_support::llm_mock::Part::RawToolUse {
+            name: "write_file".into(),
+            json: r#"{"path": "a.txt", "content": "unterminat"#.into(),
+        }]),
         Turn::tool_use("write_file", json!({"path": "a.txt", "content": "fixed\n"})),
         Turn::text("Recovered: wrote a.txt."),
     ])
     .await;
     let mut s = spec("write a.txt", vec![provider("p", &mock, "anthropic")]);
-    s.max_turns = Some(5);
+    s.max_turns = Some(6);
     let d = driver(config());
     let (tx, mut rx) = mpsc::channel(16);
     let collect = async {
@@ -1135,7 +1140,13 @@ async fn invalid_tool_arguments_reach_the_model_which_recovers() {
         .filter(|(k, _)| k == "tool_result")
         .map(|(_, d)| d)
         .collect();
-    assert_eq!(results.len(), 4, "{results:?}");
+    assert_eq!(results.len(), 5, "{results:?}");
+    let broken = results[3]["content"].as_str().unwrap();
+    assert_eq!(results[3]["is_error"], true, "{broken}");
+    assert!(
+        broken.contains("not a JSON object") && broken.contains("nothing was run"),
+        "{broken}"
+    );
     for (r, problem) in results[..3].iter().zip([
         "missing field `path`",
         "invalid type: integer `42`, expected a string",
@@ -1149,7 +1160,7 @@ async fn invalid_tool_arguments_reach_the_model_which_recovers() {
         );
         assert!(content.contains("see the tool's schema"), "{content}");
     }
-    assert_eq!(results[3]["is_error"], false, "{results:?}");
+    assert_eq!(results[4]["is_error"], false, "{results:?}");
     // The model saw each error as the result of its call.
     let reqs = mock.requests();
     let seen = &reqs[1].body["messages"][2]["content"][0];

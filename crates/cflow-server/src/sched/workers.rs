@@ -82,6 +82,69 @@ fn outcome_of(f: &Finished) -> Outcome {
     }
 }
 
+/// The most bytes of a tool call's input kept in its audit entry.
+const TOOL_AUDIT_INPUT_CAP: usize = 2048;
+
+/// The ledger entry of one tool call a model agent made (`agent.tool`, as `agent:<id>`): the
+/// tool's name and its input, masked and capped.
+#[allow(clippy::too_many_arguments)]
+fn tool_call_audit(
+    masks: &crate::secrets::Masks,
+    tenant: &str,
+    agent: &str,
+    worker_id: &str,
+    task_id: &str,
+    epoch: i64,
+    data: &serde_json::Value,
+) -> (AuditContext, cflow_store::AuditEvent) {
+    let name = data["name"].as_str().unwrap_or("unknown").to_string();
+    let mut input = data
+        .get("input")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    masks.json(tenant, &mut input);
+    let mut text = input.to_string();
+    let truncated = text.len() > TOOL_AUDIT_INPUT_CAP;
+    if truncated {
+        let mut end = TOOL_AUDIT_INPUT_CAP;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    let ctx = AuditContext {
+        tenant_id: Some(tenant.to_string()),
+        principal_id: Some(format!("agent:{agent}")),
+        request_id: None,
+        source: Some(format!(
+            "task {task_id} epoch {epoch} on worker {worker_id}"
+        )),
+    };
+    let event = cflow_store::AuditEvent {
+        action: "agent.tool".to_string(),
+        resource: format!("task/{task_id}"),
+        outcome: "success".to_string(),
+        detail: json!({"tool": name, "input": text, "input_truncated": truncated,
+                       "epoch": epoch}),
+    };
+    (ctx, event)
+}
+
+/// Artifacts up to this size are masked on the calling (async) thread.
+const MASK_INLINE_BYTES: usize = 256 * 1024;
+
+/// `bytes` with `tenant`'s secrets and credentials masked out when they are UTF-8 text; binary
+/// content as it is (see [`Scheduler::put_artifact`]).
+fn mask_text(masks: &crate::secrets::Masks, tenant: &str, bytes: Vec<u8>) -> Vec<u8> {
+    match String::from_utf8(bytes) {
+        Ok(mut text) => {
+            masks.string(tenant, &mut text);
+            text.into_bytes()
+        }
+        Err(binary) => binary.into_bytes(),
+    }
+}
+
 /// `outcome` with the tenant's secrets and any credentials masked out of everything a user
 /// can read back (output tails, result, detail).
 fn masked(masks: &crate::secrets::Masks, tenant: &str, mut outcome: Outcome) -> Outcome {
@@ -195,6 +258,13 @@ impl Scheduler {
     /// Stores an artifact of the attempt `(task_id, epoch)` for the worker that holds it (or
     /// held it: a worker uploads just before it reports the ending). The worker must be the
     /// caller's (`tenant`); the store refuses another worker's attempt or an older epoch (409).
+    ///
+    /// An artifact whose content is valid UTF-8 (logs, transcripts, patches, text files) has
+    /// the task's tenant's secrets and common credentials masked out before it is hashed and
+    /// stored, with the masker that [`masked`] applies to completions, so what is served back
+    /// is the masked text (and its SHA-256 is that of the masked text). Binary artifacts are
+    /// stored as given: masking could corrupt them, and a value inside them is not text a
+    /// masker could find reliably.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_artifact(
         &self,
@@ -212,11 +282,41 @@ impl Scheduler {
             Self::check_worker(&mut st, tenant, worker_id)?;
         }
         // Another tenant's task does not exist for a tenant's worker.
-        if let Some(t) = tenant
-            && self.store.task_tenant(task_id).await?.as_deref() != Some(t)
-        {
-            return Err(SchedError::NotFound(format!("task {task_id} not found")));
-        }
+        let task_tenant = match tenant {
+            Some(t) => {
+                if self.store.task_tenant(task_id).await?.as_deref() != Some(t) {
+                    return Err(SchedError::NotFound(format!("task {task_id} not found")));
+                }
+                Some(t.to_string())
+            }
+            // The local pool (or a superadmin's worker): the attempt is usually still running
+            // (artifacts come before the ending's report), else the store knows its tenant.
+            None => {
+                let running = self
+                    .lock()
+                    .running
+                    .get(task_id)
+                    .map(|r| r.task.tenant.clone());
+                match running {
+                    Some(t) => Some(t),
+                    None => self.store.task_tenant(task_id).await?,
+                }
+            }
+        };
+        let bytes = match task_tenant {
+            // A large artifact (up to the route's 64 MiB) is masked off the async threads.
+            Some(t) if bytes.len() > MASK_INLINE_BYTES => {
+                let masks = self.events.masks().clone();
+                // The blocking task fails only when the runtime shuts down (masking does not
+                // panic); the worker sends the artifact again to whoever serves next.
+                tokio::task::spawn_blocking(move || mask_text(&masks, &t, bytes))
+                    .await
+                    .map_err(|_| SchedError::ShuttingDown)?
+            }
+            Some(t) => mask_text(self.events.masks(), &t, bytes),
+            // No such task: the store refuses the upload, so there is nothing to mask.
+            None => bytes,
+        };
         let req = ArtifactPut {
             task_id: task_id.to_string(),
             epoch,
@@ -426,6 +526,7 @@ impl Scheduler {
                 Err(e) => ack_for(&e),
             });
         }
+        let mut tool_calls = Vec::new();
         for (i, r) in reports.iter().enumerate() {
             if acks[i].is_some() {
                 continue;
@@ -458,11 +559,11 @@ impl Scheduler {
                 data,
             } = r
             {
-                let tenant = self
+                let (tenant, agent) = self
                     .lock()
                     .running
                     .get(task_id)
-                    .map(|r| r.task.tenant.clone())
+                    .map(|r| (r.task.tenant.clone(), r.agent.clone()))
                     .unwrap_or_default();
                 self.publish(
                     &tenant,
@@ -470,7 +571,24 @@ impl Scheduler {
                     task_id,
                     json!({"epoch": epoch, "kind": kind, "data": data}),
                 );
+                if kind == "tool_use" {
+                    tool_calls.push(tool_call_audit(
+                        self.events.masks(),
+                        &tenant,
+                        &agent,
+                        worker_id,
+                        task_id,
+                        *epoch,
+                        data,
+                    ));
+                }
                 acks[i] = Some(ReportAck::ok());
+            }
+        }
+        // Every tool call a model agent made is in the ledger, as the agent.
+        for (ctx, event) in tool_calls {
+            if let Err(e) = self.store.audit_append(&ctx, event).await {
+                tracing::warn!(error = %e, "could not audit a model agent's tool call");
             }
         }
         let finishes: Vec<usize> = (0..reports.len())

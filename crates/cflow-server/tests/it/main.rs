@@ -10,6 +10,7 @@ mod common;
 mod cost;
 mod events;
 mod limits;
+mod llm_e2e;
 mod llmconfig;
 mod memory;
 mod model_routing;
