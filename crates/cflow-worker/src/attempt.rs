@@ -231,7 +231,7 @@ async fn forward_logs(mut rx: mpsc::Receiver<JobEvent>, ctx: &JobCtx, task_id: &
     let mut err = Vec::new();
     let mut deadline: Option<Instant> = None;
     let flush = |buf: &mut Vec<u8>, stream: OutputStream, last: bool| {
-        let keep = if last { 0 } else { incomplete_tail(buf) };
+        let keep = if last { 0 } else { unfinished_word(buf) };
         if buf.len() > keep {
             let rest = buf.split_off(buf.len() - keep);
             let bytes = std::mem::replace(buf, rest);
@@ -287,6 +287,21 @@ async fn forward_logs(mut rx: mpsc::Receiver<JobEvent>, ctx: &JobCtx, task_id: &
         if deadline.is_none() && !(out.is_empty() && err.is_empty()) {
             deadline = Some(Instant::now() + LOG_FLUSH_AFTER);
         }
+    }
+}
+
+/// The longest word a log chunk holds back for the next one.
+const WORD_HOLD_MAX: usize = 1024;
+
+/// How many bytes at the end of `b` a log chunk leaves for the next: the word after the last
+/// whitespace (up to [`WORD_HOLD_MAX`] bytes), so that a token or key printed across two reads
+/// still reaches the server's masker in one piece; else an incomplete UTF-8 sequence.
+pub(crate) fn unfinished_word(b: &[u8]) -> usize {
+    let from = b.len().saturating_sub(WORD_HOLD_MAX + 1);
+    match b[from..].iter().rposition(|c| c.is_ascii_whitespace()) {
+        Some(i) => b.len() - (from + i + 1),
+        None if b.len() <= WORD_HOLD_MAX => b.len(),
+        None => incomplete_tail(b),
     }
 }
 
@@ -432,6 +447,26 @@ mod tests {
         // Invalid bytes are not "incomplete": they go out (replaced) at once.
         assert_eq!(incomplete_tail(&[b'a', 0xff]), 0);
         assert_eq!(incomplete_tail(&[]), 0);
+    }
+
+    #[test]
+    fn a_log_chunk_holds_back_the_word_it_ends_in() {
+        assert_eq!(
+            unfinished_word(b"token sk-ant-api03-abc"),
+            "sk-ant-api03-abc".len()
+        );
+        assert_eq!(unfinished_word(b"line one\n"), 0);
+        assert_eq!(unfinished_word(b"nowhitespace"), 12);
+        assert_eq!(unfinished_word(b""), 0);
+        // A word too long to hold is cut, on a character boundary.
+        let mut long = vec![b'x'; WORD_HOLD_MAX + 10];
+        assert_eq!(unfinished_word(&long), 0);
+        long.extend_from_slice(&"€".as_bytes()[..2]);
+        assert_eq!(unfinished_word(&long), 2);
+        // Whitespace further back than the limit does not count.
+        let mut far = b"a ".to_vec();
+        far.extend(vec![b'y'; WORD_HOLD_MAX + 5]);
+        assert_eq!(unfinished_word(&far), 0);
     }
 
     #[test]
