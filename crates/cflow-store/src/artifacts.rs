@@ -114,29 +114,7 @@ pub(crate) async fn set_sandbox(
     tenant_id: &str,
     sandbox: Option<&Value>,
 ) -> Result<Step> {
-    let draft = Draft::success(
-        Some(tenant_id),
-        "tenant.sandbox",
-        format!("tenant/{tenant_id}"),
-        json!({ "sandbox": sandbox }),
-    );
-    let done = sqlx::query("UPDATE tenants SET sandbox = $1 WHERE id = $2")
-        .bind(sandbox.map(|v| v.to_string()))
-        .bind(tenant_id.to_string())
-        .execute(&mut *cx.conn)
-        .await?;
-    if done.rows_affected() == 0 {
-        // No write happened, so there is nothing to roll back.
-        let e = Error::NotFound(format!("tenant {tenant_id}"));
-        return Ok(Step::failed(
-            e,
-            Draft {
-                tenant_id: None,
-                ..draft
-            },
-        ));
-    }
-    Ok(Step::done(Output::Unit, draft))
+    crate::tenants::set_setting(cx, tenant_id, crate::tenants::Setting::Sandbox, sandbox).await
 }
 
 /// The lowercase hex SHA-256 of `bytes`.

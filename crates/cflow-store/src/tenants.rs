@@ -149,14 +149,53 @@ pub(crate) async fn set_llm(
     tenant_id: &str,
     providers: Option<&serde_json::Value>,
 ) -> Result<Step> {
+    set_setting(cx, tenant_id, Setting::Llm, providers).await
+}
+
+/// A tenant's settings that an admin replaces as a whole: a JSON column of `tenants`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Setting {
+    /// `sandbox`: the sandbox policy overrides (audited as `tenant.sandbox`).
+    Sandbox,
+    /// `llm`: the model providers (audited as `tenant.llm`).
+    Llm,
+}
+
+impl Setting {
+    /// `(audit action, statement, the value's key in the audit detail)`; the statements are
+    /// constants, never built from input.
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Setting::Sandbox => (
+                "tenant.sandbox",
+                "UPDATE tenants SET sandbox = $1 WHERE id = $2",
+                "sandbox",
+            ),
+            Setting::Llm => (
+                "tenant.llm",
+                "UPDATE tenants SET llm = $1 WHERE id = $2",
+                "providers",
+            ),
+        }
+    }
+}
+
+/// Writer op: sets (or with `None` clears) one of a tenant's settings, audited with the value.
+pub(crate) async fn set_setting(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    setting: Setting,
+    value: Option<&serde_json::Value>,
+) -> Result<Step> {
+    let (action, statement, key) = setting.parts();
     let draft = Draft::success(
         Some(tenant_id),
-        "tenant.llm",
+        action,
         format!("tenant/{tenant_id}"),
-        json!({ "providers": providers }),
+        json!({ key: value }),
     );
-    let done = sqlx::query("UPDATE tenants SET llm = $1 WHERE id = $2")
-        .bind(providers.map(|v| v.to_string()))
+    let done = sqlx::query(statement)
+        .bind(value.map(|v| v.to_string()))
         .bind(tenant_id.to_string())
         .execute(&mut *cx.conn)
         .await?;
