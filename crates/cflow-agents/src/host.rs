@@ -48,7 +48,8 @@ pub enum HostCall {
     /// work; [`HostError::Refused`] saying which budget is spent and until when otherwise.
     CheckBudget,
     /// After each model call: prices and records it (per task, agent, swarm, project, tenant).
-    /// The answer is `{"cost_usd": f64, "priced": bool}`.
+    /// The answer is `{"cost_usd": f64, "priced": bool, "budget": null | "why not"}`: the
+    /// budgets as this call left them, which stands in for the next [`HostCall::CheckBudget`].
     Usage {
         /// The name of the provider that answered (as configured).
         provider: String,

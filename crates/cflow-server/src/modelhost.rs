@@ -607,7 +607,24 @@ impl Served<'_> {
             .state
             .record_usage(&scope, provider, model, &usage)
             .await?;
-        Ok(json!({ "cost_usd": micros_to_usd(cost.micros), "priced": cost.priced }))
+        // The budgets as this call left them, so the loop need not ask again before its next
+        // call: `null` while they allow more, else why not.
+        let budget = match self
+            .state
+            .budget_exceeded(&self.ctx.tenant_id, self.ctx.project.as_deref(), now_ms())
+            .await?
+        {
+            None => Value::Null,
+            Some(e) => {
+                self.announce(&e);
+                Value::String(e.to_string())
+            }
+        };
+        Ok(json!({
+            "cost_usd": micros_to_usd(cost.micros),
+            "priced": cost.priced,
+            "budget": budget,
+        }))
     }
 }
 

@@ -92,6 +92,9 @@ pub(super) struct Conversation<'a> {
     usage: Usage,
     by_model: Vec<ModelUsage>,
     meta: Vec<TurnMeta>,
+    /// What the last usage record's answer said of the budgets: `Some(None)` they allow more,
+    /// `Some(Some(why))` they are spent; `None` unknown (ask before the next call).
+    budget_known: Option<Option<String>>,
     unrecorded: u32,
     notes: Vec<String>,
 }
@@ -164,6 +167,7 @@ impl<'a> Conversation<'a> {
             by_model: Vec::new(),
             meta: Vec::new(),
             unrecorded: 0,
+            budget_known: None,
             notes,
         }
     }
@@ -281,9 +285,13 @@ impl<'a> Conversation<'a> {
         ))
     }
 
-    /// Asks the host whether budgets allow another call; `Some` ends the loop.
+    /// Asks the host whether budgets allow another call; `Some` ends the loop. The answer to the
+    /// last call's usage record, when it carried the budgets' state, stands in for asking.
     async fn check_budget(&mut self) -> Option<LoopEnd> {
         let host = self.host?;
+        if let Some(known) = self.budget_known.take() {
+            return known.map(LoopEnd::Refused);
+        }
         let mut waits = [1u64, 2, 4].into_iter();
         loop {
             match guarded(self.stop, host.call(HostCall::CheckBudget)).await {
@@ -388,7 +396,16 @@ impl<'a> Conversation<'a> {
             () = grace => Err(HostError::Unavailable("the loop was stopped first".into())),
         };
         match recorded {
-            Ok(_) => None,
+            Ok(answer) => {
+                // `budget`: null while the budgets allow more, else why not (a server that does
+                // not say leaves the next check to `CheckBudget`).
+                self.budget_known = match answer.get("budget") {
+                    Some(Value::Null) => Some(None),
+                    Some(Value::String(m)) => Some(Some(m.clone())),
+                    _ => None,
+                };
+                None
+            }
             Err(HostError::Lost(m)) => Some(LoopEnd::Lost(m)),
             Err(e) => {
                 tracing::warn!(

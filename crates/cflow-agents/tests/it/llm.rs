@@ -130,6 +130,10 @@ struct TestHost {
     refuse_budget_at: Option<u32>,
     budget_checks: AtomicU32,
     usage_fails: bool,
+    /// When set, usage answers carry the budgets' state (`budget`): allowed until the
+    /// `n`-th usage record, spent from it on.
+    usage_spends_at: Option<u32>,
+    usages: AtomicU32,
     calls: Mutex<Vec<HostCall>>,
 }
 
@@ -155,7 +159,15 @@ impl Host for TestHost {
                 HostCall::Usage { .. } if self.usage_fails => {
                     Err(HostError::Unavailable("connection refused".into()))
                 }
-                HostCall::Usage { .. } => Ok(json!({"cost_usd": 0.001, "priced": true})),
+                HostCall::Usage { .. } => {
+                    let n = self.usages.fetch_add(1, Ordering::SeqCst) + 1;
+                    Ok(match self.usage_spends_at {
+                        None => json!({"cost_usd": 0.001, "priced": true}),
+                        Some(at) if n >= at => json!({"cost_usd": 0.001, "priced": true,
+                            "budget": "budget 'tenant acme, day' is spent: $0.0045 of $0.001"}),
+                        Some(_) => json!({"cost_usd": 0.001, "priced": true, "budget": null}),
+                    })
+                }
                 HostCall::Tool { name, .. } if name == "delegate_task" => Err(HostError::Refused(
                     "the swarm's topology (star) does not let this agent delegate".into(),
                 )),
@@ -537,6 +549,47 @@ async fn a_spent_budget_stops_the_loop_before_the_next_call_for_good() {
             .iter()
             .any(|c| matches!(c, HostCall::Usage { .. }))
     );
+}
+
+/// A usage record's answer that carries the budgets' state stands in for the next budget
+/// check: one check before the first call only, and a budget spent by a call stops the loop
+/// before the next one.
+#[tokio::test]
+async fn the_usage_answer_stands_in_for_the_next_budget_check() {
+    let mock = MockLlm::with_turns([
+        Turn::tool_use("echo", json!({"text": "1"})),
+        Turn::tool_use("echo", json!({"text": "2"})),
+        Turn::text("never asked for"),
+    ])
+    .await;
+    let host = std::sync::Arc::new(TestHost {
+        setup: Some(ModelSetup {
+            providers: vec![provider("p", &mock, "anthropic")],
+            ..ModelSetup::default()
+        }),
+        usage_spends_at: Some(2),
+        ..TestHost::default()
+    });
+    let (out, _) = run(
+        &driver(config()),
+        job(spec("x", vec![]), Some(handle(&host))),
+        &TestTools::default(),
+    )
+    .await;
+    match out {
+        Err(DriverError::Sandbox { message, retryable }) => {
+            assert!(!retryable);
+            assert!(message.contains("'tenant acme, day' is spent"), "{message}");
+        }
+        other => panic!("expected a final refusal, got {other:?}"),
+    }
+    assert_eq!(mock.request_count(), 2);
+    let checks = host
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, HostCall::CheckBudget))
+        .count();
+    assert_eq!(checks, 1, "only before the first call: {:?}", host.calls());
 }
 
 #[tokio::test]

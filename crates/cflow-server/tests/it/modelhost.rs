@@ -330,8 +330,16 @@ async fn model_loop_calls(server: TestServer) {
             break refused(reply);
         }
         let cost = ok(at.call(usage.clone()).await);
-        assert_eq!(cost, json!({"cost_usd": 0.45, "priced": true}));
         calls += 1;
+        assert_eq!(cost["cost_usd"], 0.45, "{cost}");
+        assert_eq!(cost["priced"], true, "{cost}");
+        // The answer says what the budgets are after this call: spent by the third.
+        if calls < 3 {
+            assert_eq!(cost["budget"], serde_json::Value::Null, "{cost}");
+        } else {
+            let spent = cost["budget"].as_str().unwrap_or_default();
+            assert!(spent.contains("project web, month"), "{cost}");
+        }
         assert!(calls <= 3, "the budget never refused");
     };
     assert_eq!(calls, 3);
