@@ -112,6 +112,9 @@ pub enum Command {
     /// The tenant's secrets (admins): set, list names, delete. Values are never shown.
     #[command(subcommand)]
     Secret(crate::commands::secret::SecretCmd),
+    /// Serve cflow's tools over MCP on stdio (for Claude Code and other MCP clients), as a
+    /// client of a running server with the usual --server and token.
+    Mcp,
 }
 
 #[derive(Debug, Args)]

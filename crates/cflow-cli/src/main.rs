@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod config;
 mod env;
+mod mcp;
 mod output;
 mod workflow;
 

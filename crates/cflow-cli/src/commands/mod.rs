@@ -64,6 +64,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCmd::Sandbox(args)) => {
             crate::bench_sandbox::run(&loaded, args, printer)
         }
+        Command::Mcp => {
+            // A server that cannot be reached or a missing token must not stop the MCP server
+            // from starting: the client that launched it would only see a dead process. Every
+            // tool call then answers with the reason, as a tool error.
+            let client = Client::from_config(&loaded).map_err(|e| format!("{e:#}"));
+            current_thread()?
+                .block_on(crate::mcp::serve_stdio(crate::mcp::HttpApi::new(client)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         cmd => current_thread()?.block_on(client_command(cmd, &loaded, printer)),
     }
 }
@@ -88,6 +97,7 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         | Command::Bench(_)
         | Command::Worker(_)
         | Command::Doctor
+        | Command::Mcp
         | Command::Run(_) => {
             unreachable!("dispatched in run()")
         }

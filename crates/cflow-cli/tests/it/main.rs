@@ -13,6 +13,7 @@ mod errors;
 mod harness;
 mod keys;
 mod llm;
+mod mcp;
 mod memory;
 mod orchestration;
 mod secrets;
