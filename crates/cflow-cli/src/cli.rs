@@ -115,6 +115,14 @@ pub enum Command {
     /// Serve cflow's tools over MCP on stdio (for Claude Code and other MCP clients), as a
     /// client of a running server with the usual --server and token.
     Mcp,
+    /// Lifecycle hooks: commands and webhooks run on cflow's events (add, list, remove, test,
+    /// deliveries), and `cflow hook claude EVENT`, which Claude Code's hooks call.
+    #[command(subcommand)]
+    Hook(crate::commands::hook::HookCmd),
+    /// Claude Code integration: `cflow hooks install` writes the hook entries into
+    /// `.claude/settings.json`.
+    #[command(subcommand)]
+    Hooks(crate::commands::claude_hook::HooksCmd),
 }
 
 #[derive(Debug, Args)]

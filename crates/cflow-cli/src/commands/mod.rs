@@ -5,9 +5,11 @@
 pub mod agent;
 pub mod artifacts;
 pub mod audit;
+pub mod claude_hook;
 pub mod config;
 pub mod cost;
 pub mod doctor;
+pub mod hook;
 pub mod key;
 pub mod memory;
 pub mod run;
@@ -73,6 +75,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .block_on(crate::mcp::serve_stdio(crate::mcp::HttpApi::new(client)))?;
             Ok(ExitCode::SUCCESS)
         }
+        // Must answer Claude Code within a bounded time even without a config or a server.
+        Command::Hook(hook::HookCmd::Claude(args)) => claude_hook::run(&loaded, args),
+        Command::Hooks(cmd) => claude_hook::hooks(&loaded, cmd, printer),
         cmd => current_thread()?.block_on(client_command(cmd, &loaded, printer)),
     }
 }
@@ -91,6 +96,7 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         Command::Secret(c) => secret::run(&client, c, printer).await?,
         Command::Cost(a) => cost::cost(&client, a, printer).await?,
         Command::Budget(c) => cost::budget(&client, c, printer).await?,
+        Command::Hook(c) => hook::run(&client, c, printer).await?,
         Command::Up(_)
         | Command::Server(_)
         | Command::Config(_)
@@ -98,6 +104,7 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         | Command::Worker(_)
         | Command::Doctor
         | Command::Mcp
+        | Command::Hooks(_)
         | Command::Run(_) => {
             unreachable!("dispatched in run()")
         }
