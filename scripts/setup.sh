@@ -58,3 +58,24 @@ if ! [ -x /usr/bin/claude ] && ! [ -x /usr/local/bin/claude ]; then
   echo "setup: installing the Claude Code CLI (npm @anthropic-ai/claude-code)"
   npm install -g --no-audit --no-fund @anthropic-ai/claude-code >/dev/null
 fi
+
+# The MCP tests drive cflow with the official MCP Python SDK (PyPI 'mcp', pinned), in a venv under
+# target/ built on the system python3 (Debian's python3-venv provides `python3 -m venv`).
+MCP_SDK_VERSION=2.3.0
+mcp_venv="$(cd "$(dirname "$0")/.." && pwd)/target/mcp-venv"
+if ! compgen -G "$mcp_venv/lib/python3*/site-packages/mcp-$MCP_SDK_VERSION.dist-info" >/dev/null; then
+  if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "setup: python3 -m venv does not work; install Debian's python3-venv package" >&2
+      exit 1
+    fi
+    echo "setup: installing python3-venv (Debian package) for the MCP SDK's venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  echo "setup: installing the MCP Python SDK (PyPI mcp==$MCP_SDK_VERSION) in $mcp_venv"
+  rm -rf "$mcp_venv"
+  /usr/bin/python3 -m venv "$mcp_venv"
+  "$mcp_venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
+fi

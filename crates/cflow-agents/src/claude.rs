@@ -13,14 +13,23 @@
 //! new workspace and passes `--resume` with its id: the agent keeps its context from task to
 //! task (on the same worker; on another worker it starts afresh).
 //!
+//! **cflow's tools.** When the job has a host (it runs under a server), the agent also gets the
+//! server-side tools of the `llm` driver (memory, messages, delegation) as `mcp__cflow__<tool>`:
+//! the driver serves them over MCP on a Unix socket in the agent's home for the attempt's
+//! lifetime and passes `--mcp-config` (a stdio server: the sandbox launcher binary as
+//! `mcp-bridge --socket PATH`) with `--strict-mcp-config`, and pre-approves them with
+//! `--allowedTools` unless the task's `allowed_tools` restricts them (see [`mcp`]).
+//!
 //! Never `--dangerously-skip-permissions`: tools run under the permission mode the task names
 //! (default `acceptEdits`: file edits allowed, commands only when listed in `allowed_tools`).
+
+mod mcp;
 
 use crate::driver::{
     BoxFuture, Driver, DriverError, ExecCommand, ExecSpec, Isolation, Job, JobEnd, JobEvent,
     JobOutcome, JobSpec,
 };
-use crate::exec::{ExecDriver, Extras};
+use crate::exec::{ExecDriver, Extras, Placement};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -144,6 +153,83 @@ impl ClaudeCodeDriver {
         }))
     }
 
+    /// Starts the MCP server of cflow's tools for this attempt: `None` when there is no host (no
+    /// server to act for), no agent home to put the socket in, no tool the task allows, or no
+    /// bridge the sandboxed CLI can run (each but the first logged). Else the server, the bridge
+    /// program and the tools served.
+    fn serve_tools(
+        &self,
+        job: &Job,
+        spec: &ClaudeSpec,
+        home: Option<&Path>,
+        run: &CancellationToken,
+    ) -> Option<(mcp::Serving, PathBuf, Vec<&'static str>)> {
+        let host = job.host.clone()?;
+        let tools = mcp::allowed(&spec.allowed_tools);
+        if tools.is_empty() {
+            return None;
+        }
+        let unavailable = |why: String| {
+            tracing::warn!(task = %job.task_id, "claude-code runs without cflow's tools: {why}");
+        };
+        let Some(home) = home else {
+            unavailable("the job has no agent, so no home to serve them in".into());
+            return None;
+        };
+        let (bridge, owner) = match self.bridge(job) {
+            Ok(b) => b,
+            Err(why) => {
+                unavailable(why);
+                return None;
+            }
+        };
+        // The home must exist before the socket is bound in it; the sandbox hands it to its
+        // user when it prepares the run.
+        if let Err(e) = std::fs::create_dir_all(home) {
+            unavailable(format!("cannot create {}: {e}", home.display()));
+            return None;
+        }
+        let socket = mcp::socket_path(home);
+        match mcp::Serving::start(socket.clone(), owner, host, &tools, run.clone()) {
+            Ok(serving) => Some((serving, bridge, tools)),
+            Err(e) => {
+                unavailable(format!("cannot serve them on {}: {e}", socket.display()));
+                None
+            }
+        }
+    }
+
+    /// The program the CLI runs as its `cflow` MCP server (`PROGRAM mcp-bridge --socket PATH`):
+    /// the sandbox's launcher (`cflow` or `cflow-sandbox`, both have the subcommand), which must
+    /// be in the sandbox's view; with the sandbox's user that must own the socket.
+    fn bridge(&self, job: &Job) -> Result<(PathBuf, Option<(u32, u32)>), String> {
+        match self.exec.placement(job, &[]) {
+            Placement::Sandboxed(sandbox, _) => {
+                let config = sandbox.config();
+                let bin = std::path::absolute(&config.launcher)
+                    .unwrap_or_else(|_| config.launcher.clone());
+                // The sandbox hides these and replaces `/tmp` with a private one.
+                if let Some(h) = config
+                    .hidden
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .chain([Path::new("/tmp")])
+                    .find(|h| bin.starts_with(h))
+                {
+                    return Err(format!(
+                        "the cflow binary {} is under {}, which the sandbox hides — install cflow \
+                         outside /root, /home, /tmp and the data directory (e.g. in \
+                         /usr/local/bin) to give claude-code agents cflow's tools",
+                        bin.display(),
+                        h.display()
+                    ));
+                }
+                Ok((bin, config.workspaces.owner))
+            }
+            Placement::Plain(_) => Ok((cflow_sandbox::host::find_launcher()?, None)),
+        }
+    }
+
     async fn run_job(
         &self,
         job: Job,
@@ -191,9 +277,25 @@ impl ClaudeCodeDriver {
         if let Some(n) = spec.max_turns {
             argv.extend(["--max-turns".into(), n.to_string()]);
         }
-        if !spec.allowed_tools.is_empty() {
+        // The tools cflow serves this attempt, if any, and the run's own token: a host that
+        // says the attempt is lost stops the run.
+        let run = cancel.child_token();
+        let serving = self.serve_tools(&job, &spec, home.as_deref(), &run);
+        let mut allowed = spec.allowed_tools.clone();
+        if let Some((serving, bridge, tools)) = &serving {
+            argv.extend([
+                "--mcp-config".into(),
+                mcp::config_json(bridge, serving.socket()),
+                "--strict-mcp-config".into(),
+            ]);
+            // A restricting list already names the server tools it allows.
+            if allowed.is_empty() {
+                allowed.extend(tools.iter().map(|t| mcp::tool_name(t)));
+            }
+        }
+        if !allowed.is_empty() {
             argv.push("--allowedTools".into());
-            argv.extend(spec.allowed_tools.iter().cloned());
+            argv.extend(allowed);
         }
         let resume = match &home {
             Some(h) => {
@@ -254,7 +356,10 @@ impl ClaudeCodeDriver {
         // The stream's lines become agent events, next to the raw output.
         let (tx, rx) = mpsc::channel(64);
         let parser = tokio::spawn(parse_stream(rx, events));
-        let outcome = self.exec.run_spec(job, exec_spec, extras, tx, cancel).await;
+        let outcome = self.exec.run_spec(job, exec_spec, extras, tx, run).await;
+        if let Some((serving, _, _)) = serving {
+            serving.close().await;
+        }
         let _ = parser.await;
         let mut outcome = outcome?;
         apply_result(&mut outcome);

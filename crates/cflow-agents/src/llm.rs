@@ -51,7 +51,7 @@
 
 mod conversation;
 mod providers;
-mod server_tools;
+pub(crate) mod server_tools;
 
 use crate::driver::{
     BoxFuture, Driver, DriverError, Isolation, Job, JobEnd, JobEvent, JobOutcome, JobSpec,

@@ -114,7 +114,7 @@ pub enum Command {
     Secret(crate::commands::secret::SecretCmd),
     /// Serve cflow's tools over MCP on stdio (for Claude Code and other MCP clients), as a
     /// client of a running server with the usual --server and token.
-    Mcp,
+    Mcp(McpArgs),
     /// Lifecycle hooks: commands and webhooks run on cflow's events (add, list, remove, test,
     /// deliveries), and `cflow hook claude EVENT`, which Claude Code's hooks call.
     #[command(subcommand)]
@@ -123,6 +123,18 @@ pub enum Command {
     /// `.claude/settings.json`.
     #[command(subcommand)]
     Hooks(crate::commands::claude_hook::HooksCmd),
+    /// The stdio bridge a `claude-code` agent's MCP client runs inside its sandbox to reach the
+    /// driver's per-attempt MCP server (started by cflow, not by hand).
+    #[command(hide = true)]
+    McpBridge(crate::commands::mcp_bridge::McpBridgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// When no server answers at --server (on this machine), start `cflow up` in the background
+    /// (its output goes to <data_dir>/cflow-up.log) and wait until it is ready.
+    #[arg(long)]
+    pub start: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +195,10 @@ pub enum TenantCmd {
     /// A tenant's model providers (the tenant's admins, or the superadmin for any tenant).
     #[command(subcommand)]
     Llm(TenantLlmCmd),
+    /// A tenant's Claude Code hook policy (its admins, or the superadmin): what
+    /// `cflow hook claude` blocks, the memory it gives as context, and its fail mode.
+    #[command(subcommand)]
+    ClaudePolicy(crate::commands::tenant::ClaudePolicyCmd),
 }
 
 /// Model providers per tenant. A tenant with its own list uses it for its model tasks (first =

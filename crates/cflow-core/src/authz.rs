@@ -113,10 +113,14 @@ pub enum Action {
     SecretRead,
     /// Set or delete the tenant's secrets.
     SecretWrite,
+    /// List the tenant's hooks and their deliveries.
+    HookRead,
+    /// Create, delete and test hooks, and re-queue dead deliveries.
+    HookWrite,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 24] = [
         Action::TenantCreate,
         Action::TenantList,
         Action::KeyCreate,
@@ -139,6 +143,8 @@ impl Action {
         Action::BudgetWrite,
         Action::SecretRead,
         Action::SecretWrite,
+        Action::HookRead,
+        Action::HookWrite,
     ];
 
     /// Whether the action changes state (and so is refused to read-only roles and audited).
@@ -157,6 +163,7 @@ impl Action {
                 | Action::TenantUpdate
                 | Action::BudgetWrite
                 | Action::SecretWrite
+                | Action::HookWrite
         )
     }
 
@@ -198,6 +205,10 @@ pub fn allows(role: Role, action: Action) -> bool {
         BudgetWrite => role == Admin,
         // Secrets hold credentials: only the tenant's admins manage them, even their names.
         SecretRead | SecretWrite => role == Admin,
+        // Hooks run commands and send data out of the platform: only admins manage them;
+        // everyone who may read the tenant's tasks may see them and their deliveries.
+        HookRead => true,
+        HookWrite => role == Admin,
         TenantCreate | TenantList | TenantUpdate | MetricsRead => false,
     }
 }
@@ -292,6 +303,14 @@ mod tests {
         ),
         (
             Action::SecretWrite,
+            [true, true, false, false, false, false, false],
+        ),
+        (
+            Action::HookRead,
+            [true, true, true, true, true, true, false],
+        ),
+        (
+            Action::HookWrite,
             [true, true, false, false, false, false, false],
         ),
     ];

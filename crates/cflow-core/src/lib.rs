@@ -25,6 +25,7 @@
 //! - [`mask`]: masking secret values and credential patterns out of text.
 //! - [`pricing`]: model prices and the cost of a call in micro-dollars.
 //! - [`budget`]: budget periods (UTC day, ISO week, calendar month) and the spent message.
+//! - [`claude`]: Claude Code's hook events and a tenant's hook policy (deny-lists, context).
 
 pub mod agent_type;
 pub mod apikey;
@@ -33,6 +34,7 @@ pub mod authz;
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod claude;
 pub mod dag;
 pub mod fairshare;
 pub mod mask;

@@ -16,6 +16,7 @@
 //!   [`artifacts`] and cleans up.
 
 pub mod artifacts;
+pub mod bridge;
 pub mod cgroup;
 pub mod egress;
 pub mod host;

@@ -126,6 +126,22 @@ pub mod op {
         BudgetRead => CostRead, "budget.read";
         BudgetSet => BudgetWrite, "budget.set";
         BudgetDelete => BudgetWrite, "budget.delete";
+        HookList => HookRead, "hook.list";
+        HookCreate => HookWrite, "hook.create";
+        HookDelete => HookWrite, "hook.delete";
+        /// Sends a synthetic event to one hook: it runs the hook's command or calls its URL.
+        HookTest => HookWrite, "hook.test";
+        HookRetry => HookWrite, "hook.retry";
+        /// Claude Code's hooks record a session's events in its memory: whoever may write
+        /// memory may report them.
+        ClaudeHook => MemoryWrite, "claude.hook";
+        /// A tenant's Claude Code hook policy is managed like its hooks: by its admins.
+        ClaudePolicySet => HookWrite, "tenant.claude_policy.set";
+        ClaudePolicyRead => HookWrite, "tenant.claude_policy.read";
+        /// Any live key may open `/mcp`: each tool call then needs its own permission.
+        Mcp => Whoami, "mcp";
+        /// Any live key records its own MCP tool calls.
+        McpCall => Whoami, "mcp.call";
     }
 }
 

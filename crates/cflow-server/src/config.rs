@@ -38,10 +38,14 @@ pub struct ServerConfig {
     /// replace with its own (see [`crate::llmconfig`]). Empty: derived from `ANTHROPIC_API_KEY`
     /// or `OPENAI_API_KEY` at start.
     pub llm: crate::llmconfig::LlmConfig,
+    /// `/mcp`: MCP over streamable HTTP (`[server.mcp]`).
+    pub mcp: crate::mcp::McpConfig,
     /// The master key that seals tenants' secrets (`CFLOW_MASTER_KEY`): 64 hex digits or the
     /// base64 of 32 bytes. Unset means `<data_dir>/master.key`, created (mode 0600) at the first
     /// start. Never shown by `Debug`.
     pub master_key: Option<crate::secrets::MasterKeyText>,
+    /// The hook sender: retries, backoff, leases (`[server.hooks]`).
+    pub hooks: crate::hooks::HookConfig,
     /// Host files commands must never see besides the data directory (the CLI adds the config
     /// file it read). Not a config key.
     #[serde(skip)]
@@ -94,7 +98,9 @@ impl Default for ServerConfig {
             sandbox: cflow_sandbox::host::Options::default(),
             pricing: PricingConfig::default(),
             llm: crate::llmconfig::LlmConfig::default(),
+            mcp: crate::mcp::McpConfig::default(),
             master_key: None,
+            hooks: crate::hooks::HookConfig::default(),
             secret_files: Vec::new(),
         }
     }

@@ -25,6 +25,11 @@
 //! - [`cost`]: the budget check and usage recording that model drivers call.
 //! - [`modelhost`]: the server side of a model loop's calls (setup, memory, messages,
 //!   delegation, budget check, usage), fenced by the scheduler and served as the task's agent.
+//! - [`mcp`]: `/mcp`, cflow's MCP tools over streamable HTTP (crates/cflow-mcp), answered in
+//!   process through this router with the MCP request's bearer token.
+//! - [`hooks`]: lifecycle hooks (SPEC C12): the dispatcher from the event bus to the store's
+//!   outbox, the sender (webhooks signed with HMAC-SHA256, sandboxed commands), retries and dead
+//!   letters, and the synchronous `pre-task` veto / amend at submission.
 //! - [`secrets`]: the master key, sealed secrets and the per-tenant maskers applied to task
 //!   output, logs, events and memory values.
 //! - [`ratelimit`], [`metrics`], [`state`], [`tls`], [`config`].
@@ -37,7 +42,9 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod hooks;
 pub mod llmconfig;
+pub mod mcp;
 pub mod metrics;
 pub mod modelhost;
 pub mod ratelimit;
@@ -81,6 +88,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 59, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 70, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }

@@ -304,6 +304,12 @@ impl Served<'_> {
                 },
             )
             .await?;
+        self.state.events.publish(
+            tenant,
+            "memory.written",
+            &format!("{}/{}", e.namespace, e.key),
+            json!({"namespace": e.namespace, "key": e.key, "version": e.version}),
+        );
         Ok(json!({
             "namespace": e.namespace,
             "key": e.key,
@@ -508,10 +514,13 @@ impl Served<'_> {
             agent_id: Some(target.agent_id.clone()),
             ..NewTask::new(spec)
         };
+        // A delegation is a submission: the tenant's pre-task hooks may refuse or amend it.
+        let mut tasks = vec![task];
+        crate::hooks::pretask::check(self.state, tenant, &mut tasks).await?;
         let submitted = self
             .state
             .sched
-            .submit(&self.actor(), tenant, vec![task], Some(&c.agent_id))
+            .submit(&self.actor(), tenant, tasks, Some(&c.agent_id))
             .await?;
         let Some(s) = submitted.into_iter().next() else {
             return Err(ApiError::internal("a submission of one task answered none"));

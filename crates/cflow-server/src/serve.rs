@@ -213,17 +213,24 @@ pub(crate) fn write_secret_file(path: &Path, secret: &str) -> io::Result<()> {
     f.sync_all()
 }
 
-/// The whole application: routes, fallbacks and the per-route middleware.
-pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+/// The whole application: routes (`/mcp` too, unless disabled), fallbacks and the per-route
+/// middleware; the handle stops `/mcp` at shutdown.
+pub fn app(state: AppState, config: &ServerConfig) -> (Router, Option<crate::mcp::McpHandle>) {
+    let max_body_bytes = config.max_body_bytes;
     let (router, _) = routes::api_router().split_for_parts();
-    router
+    let (router, mcp) = crate::mcp::route(router, &config.mcp, &config.listen, max_body_bytes);
+    let router = router
         .fallback(routes::fallback)
         // Inner to outer: panics become 500s, then the edge turns every answer into its final
         // form. `Router::layer` wraps each route, so the edge sees the matched route template.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
+        .with_state(state);
+    if let Some(m) = &mcp {
+        m.attach(&router);
+    }
+    (router, mcp)
 }
 
 /// Starts a server on an already-bound listener and returns once it accepts connections.
@@ -254,7 +261,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             source,
         })?;
     let events = crate::events::EventBus::with_masks(config.event_buffer, masks);
-    let drivers = local_drivers(&config)?;
+    let (drivers, pool_sandbox) = local_drivers(&config)?;
     let sched = crate::sched::Scheduler::start_with(
         store.clone(),
         events.clone(),
@@ -264,15 +271,27 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
     .await
     .map_err(|e| ServerError::Scheduler(e.to_string()))?;
     let state = AppState::new(store.clone(), sched, events, secrets, &config);
+    if let Some(sandbox) = pool_sandbox {
+        state.hooks.runner().share_sandbox(sandbox);
+    }
     crate::modelhost::install(&state);
-    let make_service = app(state.clone(), config.max_body_bytes)
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let (router, mcp) = app(state.clone(), &config);
+    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = watch::channel(false);
     let background = tokio::spawn(background(
         state.clone(),
         Duration::from_secs(config.memory_purge_interval_secs.max(1)),
         stopped.clone(),
     ));
+    // Hooks: events to the outbox, and the outbox to the handlers; both end (the sender after
+    // recording its sends in flight) before the store closes.
+    let hook_loops = [
+        tokio::spawn(crate::hooks::outbox::dispatcher(
+            state.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(crate::hooks::outbox::sender(state.clone(), stopped.clone())),
+    ];
 
     let is_tls = tls.is_some();
     let serve_store = store.clone();
@@ -311,6 +330,12 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
             }
         };
         let _ = background.await;
+        for l in hook_loops {
+            let _ = l.await;
+        }
+        if let Some(m) = &mcp {
+            m.close().await;
+        }
         serve_store.close().await;
         tracing::info!("server stopped");
         served.map_err(ServerError::Serve)
@@ -396,10 +421,17 @@ async fn background(state: AppState, purge_every: Duration, stopped: watch::Rece
 
 /// The local pool's drivers: `exec` in the sandbox the config describes. A sandbox that cannot
 /// be set up stops the start (with the reason), unless the operator turned it off.
-fn local_drivers(config: &ServerConfig) -> Result<cflow_agents::Drivers, ServerError> {
+/// Also returns the pool's sandbox, which command hooks share (a second sandbox on the same
+/// data directory would sweep this one's live workspaces when it starts).
+type LocalDrivers = (
+    cflow_agents::Drivers,
+    Option<std::sync::Arc<cflow_sandbox::host::Sandbox>>,
+);
+
+fn local_drivers(config: &ServerConfig) -> Result<LocalDrivers, ServerError> {
     let exec = cflow_agents::ExecConfig::default();
     if config.sched.local_slots == 0 {
-        return Ok(cflow_agents::Drivers::builtin(exec));
+        return Ok((cflow_agents::Drivers::builtin(exec), None));
     }
     let sandbox = config
         .sandbox
@@ -425,10 +457,12 @@ fn local_drivers(config: &ServerConfig) -> Result<cflow_agents::Drivers, ServerE
             Err(e) => tracing::warn!(error = %e, "sandbox probe failed"),
         },
     }
-    Ok(cflow_agents::Drivers::with_sandbox(
+    let sandbox = sandbox.map(std::sync::Arc::new);
+    let drivers = cflow_agents::Drivers::with_sandbox(
         exec,
-        sandbox.map(std::sync::Arc::new),
+        sandbox.clone(),
         Some(cflow_agents::ClaudeConfig::from_env(&config.data_dir)),
         Some(cflow_agents::LlmConfig::from_env()),
-    ))
+    );
+    Ok((drivers, sandbox))
 }

@@ -32,6 +32,8 @@ pub struct Inner {
     pub llm_providers: Vec<crate::llmconfig::ProviderConfig>,
     /// Tenants' secrets (sealed under the master key) and their maskers.
     pub secrets: crate::secrets::Secrets,
+    /// Lifecycle hooks: the cache of tenants' hooks, the handlers' runner and metrics.
+    pub hooks: crate::hooks::Hooks,
     /// The OpenAPI document, serialised once at start: it cannot change while the server runs.
     pub openapi_json: Bytes,
 }
@@ -81,6 +83,7 @@ impl AppState {
             prices: config.pricing.table(),
             llm_providers: config.llm.effective(|k| std::env::var(k).ok()),
             secrets,
+            hooks: crate::hooks::Hooks::new(config),
             openapi_json: Bytes::from(openapi_json),
         }));
         crate::llmconfig::install_usage_recorder(&state);

@@ -234,6 +234,16 @@ fn migrator(backend: Backend) -> Migrator {
                 "tenant llm",
                 include_str!("../migrations/sqlite/0008_tenant_llm.sql"),
             ),
+            (
+                9,
+                "hooks",
+                include_str!("../migrations/sqlite/0009_hooks.sql"),
+            ),
+            (
+                10,
+                "claude policy",
+                include_str!("../migrations/sqlite/0010_claude_policy.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -275,6 +285,16 @@ fn migrator(backend: Backend) -> Migrator {
                 8,
                 "tenant llm",
                 include_str!("../migrations/postgres/0008_tenant_llm.sql"),
+            ),
+            (
+                9,
+                "hooks",
+                include_str!("../migrations/postgres/0009_hooks.sql"),
+            ),
+            (
+                10,
+                "claude policy",
+                include_str!("../migrations/postgres/0010_claude_policy.sql"),
             ),
         ],
     };

@@ -20,7 +20,7 @@
 //! `key.revoke`, `memory.write`, `memory.delete`, `memory.purge` (one entry per tenant that lost
 //! expired entries, only when something was deleted), `bootstrap`, `swarm.create`,
 //! `swarm.pause`, `swarm.resume`, `swarm.stop`, `swarm.pools`, `agent.create`, `agent.state`,
-//! `tenant.quota`, `tenant.sandbox`, `budget.set`, `budget.delete`, `artifact.put`, `secret.put`, `secret.delete` (the name only), `message.send` (without the body), `task.submit`
+//! `tenant.quota`, `tenant.sandbox`, `budget.set`, `budget.delete`, `artifact.put`, `secret.put`, `secret.delete` (the name only), `hook.create`, `hook.delete`, `hook.dead`, `hook.retry`, `message.send` (without the body), `task.submit`
 //! (one entry per submission, listing the created and the idempotently matched ids),
 //! `task.assign`, `task.start`, `task.complete`, `task.lease_lost`, `task.cancel`, `task.retry`
 //! (one entry per promotion that queued something); a batched attempt op writes one entry per
@@ -70,6 +70,9 @@
 //!   the spend of their current period.
 //! - `secrets`: tenants' secrets, sealed by the server (`secret.put`, `secret.delete` audited
 //!   with the name only; the store never sees a value in the clear).
+//! - [`hooks`], `hooks_api`: lifecycle hooks (`hook.create`, `hook.delete` audited) and their
+//!   durable outbox of deliveries: idempotent enqueue per (hook, event), claims under a lease
+//!   fenced at completion, retries, dead letters (`hook.dead`) and re-queues (`hook.retry`).
 //! - [`page`]: opaque cursors and the limit rule.
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver (`$1…$n` placeholders, BIGINT
@@ -102,6 +105,8 @@ mod bulk;
 mod cost;
 mod db;
 pub mod error;
+pub mod hooks;
+mod hooks_api;
 mod keys;
 mod leases;
 mod memory;
@@ -127,6 +132,7 @@ pub use attempts::MAX_LEASE_MS;
 pub use cost::{Budget, CostBy, CostRow, NewBudget, NewModelCall};
 pub use db::sqlite_url;
 pub use error::{Error, Result};
+pub use hooks::{Hook, HookDelivery, NewDelivery, NewHook, SendResult};
 pub use keys::TOUCH_INTERVAL_MS;
 pub use messages::{MAX_MESSAGE_BYTES, MAX_TOPIC_LEN};
 pub use orch_types::*;

@@ -159,6 +159,8 @@ pub(crate) enum Setting {
     Sandbox,
     /// `llm`: the model providers (audited as `tenant.llm`).
     Llm,
+    /// `claude_policy`: the Claude Code hook policy (audited as `tenant.claude_policy`).
+    ClaudePolicy,
 }
 
 impl Setting {
@@ -175,6 +177,11 @@ impl Setting {
                 "tenant.llm",
                 "UPDATE tenants SET llm = $1 WHERE id = $2",
                 "providers",
+            ),
+            Setting::ClaudePolicy => (
+                "tenant.claude_policy",
+                "UPDATE tenants SET claude_policy = $1 WHERE id = $2",
+                "policy",
             ),
         }
     }
@@ -240,6 +247,38 @@ impl crate::Store {
         let op = crate::writer::Op::SetTenantLlm {
             tenant_id: tenant_id.to_string(),
             providers,
+        };
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Unit => ())
+    }
+
+    /// A tenant's Claude Code hook policy as stored (a JSON object); `None` when it has none,
+    /// `NotFound` for an unknown tenant.
+    pub async fn tenant_claude_policy(&self, tenant_id: &str) -> Result<Option<serde_json::Value>> {
+        let row = sqlx::query("SELECT claude_policy FROM tenants WHERE id = $1")
+            .bind(tenant_id.to_string())
+            .fetch_optional(self.pool()?)
+            .await?;
+        let Some(r) = row else {
+            return Err(Error::NotFound(format!("tenant {tenant_id}")));
+        };
+        r.try_get::<Option<String>, _>(0)?
+            .map(|s| crate::swarms::json_col("tenants.claude_policy", &s))
+            .transpose()
+    }
+
+    /// Sets a tenant's Claude Code hook policy, or clears it with `None` (audited as
+    /// `tenant.claude_policy`). The value is stored as given: the caller validates it.
+    pub async fn set_tenant_claude_policy(
+        &self,
+        ctx: &crate::AuditContext,
+        tenant_id: &str,
+        policy: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let op = crate::writer::Op::SetTenantSetting {
+            tenant_id: tenant_id.to_string(),
+            setting: Setting::ClaudePolicy,
+            value: policy,
         };
         let out = self.write(ctx, op).await?;
         expect_output!(out, Output::Unit => ())

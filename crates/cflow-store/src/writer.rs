@@ -128,10 +128,18 @@ pub(crate) enum Op {
         tenant_id: String,
         providers: Option<serde_json::Value>,
     },
+    /// One of a tenant's other JSON settings (`None` clears it).
+    SetTenantSetting {
+        tenant_id: String,
+        setting: crate::tenants::Setting,
+        value: Option<serde_json::Value>,
+    },
     /// Model calls (not audited) and budgets (audited).
     Cost(crate::cost::CostOp),
     /// Tenants' sealed secrets (audited without the value).
     Secret(crate::secrets::SecretOp),
+    /// Hooks (audited) and their outbox (bookkeeping, except dead letters and re-queues).
+    Hook(crate::hooks::HookOp),
     /// Records a key's last use; bookkeeping, so it has no audit entry and no caller waiting.
     TouchKey {
         key_id: String,
@@ -164,6 +172,7 @@ pub(crate) enum Output {
     Batch(Vec<Result<Output>>),
     Secret(crate::secrets::SecretMeta),
     Cost(crate::cost::CostOutput),
+    Hook(crate::hooks::HookOutput),
 }
 
 /// The result of applying one op inside the batch transaction: its answer and the audit entry to
@@ -250,8 +259,14 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
             tenant_id,
             providers,
         } => tenants::set_llm(cx, tenant_id, providers.as_ref()).await,
+        Op::SetTenantSetting {
+            tenant_id,
+            setting,
+            value,
+        } => tenants::set_setting(cx, tenant_id, *setting, value.as_ref()).await,
         Op::SetQuota { tenant_id, quota } => quotas::set(cx, tenant_id, quota).await,
         Op::Secret(op) => crate::secrets::apply(cx, op).await,
+        Op::Hook(op) => crate::hooks::apply(cx, op).await,
         Op::Cost(op) => crate::cost::apply(cx, op).await,
         Op::SendMessage {
             tenant_id,

@@ -7,7 +7,7 @@ use cflow_llm::ToolDef;
 use serde_json::{Value, json};
 
 /// The server-side tools' definitions, in [`SERVER_TOOLS`] order.
-pub(super) fn server_tool_defs() -> Vec<ToolDef> {
+pub(crate) fn server_tool_defs() -> Vec<ToolDef> {
     let def = |name: &str, description: &str, schema: Value| ToolDef {
         name: name.to_string(),
         description: description.to_string(),

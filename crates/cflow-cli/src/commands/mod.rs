@@ -11,6 +11,7 @@ pub mod cost;
 pub mod doctor;
 pub mod hook;
 pub mod key;
+pub mod mcp_bridge;
 pub mod memory;
 pub mod run;
 pub mod secret;
@@ -30,6 +31,10 @@ use std::process::ExitCode;
 /// Runs a parsed command line; the exit code is 0 on success and 1 when a check failed (an
 /// error returned from here also exits 1).
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    // Inside a sandbox, with no configuration to read: nothing but the byte pump.
+    if let Command::McpBridge(args) = &cli.command {
+        return Ok(mcp_bridge::run(args));
+    }
     let mut flags = cli.global.flags();
     match &cli.command {
         Command::Up(a) => flags.extend(a.flags()),
@@ -66,13 +71,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCmd::Sandbox(args)) => {
             crate::bench_sandbox::run(&loaded, args, printer)
         }
-        Command::Mcp => {
+        Command::Mcp(args) => {
+            let rt = current_thread()?;
             // A server that cannot be reached or a missing token must not stop the MCP server
             // from starting: the client that launched it would only see a dead process. Every
             // tool call then answers with the reason, as a tool error.
-            let client = Client::from_config(&loaded).map_err(|e| format!("{e:#}"));
-            current_thread()?
-                .block_on(crate::mcp::serve_stdio(crate::mcp::HttpApi::new(client)))?;
+            let started = match args.start {
+                true => rt.block_on(crate::mcp::ensure_server(
+                    &loaded,
+                    cli.global.config.as_deref(),
+                )),
+                false => Ok(()),
+            };
+            let client = started
+                .and_then(|()| Client::from_config(&loaded))
+                .map_err(|e| format!("{e:#}"));
+            rt.block_on(crate::mcp::serve_stdio(crate::mcp::HttpApi::new(client)))?;
             Ok(ExitCode::SUCCESS)
         }
         // Must answer Claude Code within a bounded time even without a config or a server.
@@ -103,8 +117,9 @@ async fn client_command(cmd: Command, loaded: &Loaded, printer: Printer) -> Resu
         | Command::Bench(_)
         | Command::Worker(_)
         | Command::Doctor
-        | Command::Mcp
+        | Command::Mcp(_)
         | Command::Hooks(_)
+        | Command::McpBridge(_)
         | Command::Run(_) => {
             unreachable!("dispatched in run()")
         }

@@ -1,5 +1,5 @@
-//! `cflow tenant create | list | sandbox | llm` (superadmin; a tenant's admin may read its
-//! sandbox overrides and manage its model providers).
+//! `cflow tenant create | list | sandbox | llm | claude-policy` (superadmin; a tenant's admin
+//! may read its sandbox overrides and manage its model providers and Claude Code hook policy).
 
 use crate::cli::{TenantCmd, TenantLlmCmd};
 use crate::client::Client;
@@ -68,6 +68,7 @@ pub async fn run(client: &Client, cmd: TenantCmd, out: Printer) -> Result<()> {
             }
         }
         TenantCmd::Llm(cmd) => llm(client, cmd, out).await?,
+        TenantCmd::ClaudePolicy(cmd) => claude_policy(client, cmd, out).await?,
     }
     Ok(())
 }
@@ -225,4 +226,78 @@ mod tests {
         assert!(parse_provider("kind=openai").is_err());
         assert!(parse_provider("name").is_err());
     }
+}
+
+/// A tenant's Claude Code hook policy.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClaudePolicyCmd {
+    /// Show the tenant's policy.
+    Show {
+        /// Tenant id or name (default: the caller's tenant).
+        tenant: Option<String>,
+    },
+    /// Replace the tenant's policy (or --clear it).
+    ///
+    /// Example:
+    ///   cflow tenant claude-policy set --json '{"deny_commands": ["rm -rf /", "re:curl .*\\| *sh"],
+    ///     "deny_tools": ["WebFetch"], "deny_paths": ["/etc"], "context_namespaces": ["project/web"],
+    ///     "fail": "open"}'
+    #[command(verbatim_doc_comment)]
+    Set {
+        /// Tenant id or name (default: the caller's tenant).
+        tenant: Option<String>,
+        /// The policy as a JSON object.
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["file", "clear"])]
+        json: Option<String>,
+        /// A file holding the policy as a JSON object.
+        #[arg(long, value_name = "PATH", conflicts_with = "clear")]
+        file: Option<std::path::PathBuf>,
+        /// Remove the policy (nothing is blocked, no context namespaces, fail open).
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+async fn claude_policy(client: &Client, cmd: ClaudePolicyCmd, out: Printer) -> Result<()> {
+    let (tenant, body) = match cmd {
+        ClaudePolicyCmd::Show { tenant } => (tenant, None),
+        ClaudePolicyCmd::Set {
+            tenant,
+            json: text,
+            file,
+            clear,
+        } => {
+            let (text, origin) = match (text, file) {
+                _ if clear => ("{}".to_string(), "--clear".to_string()),
+                (Some(t), _) => (t, "--json".to_string()),
+                (None, Some(path)) => (
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                    path.display().to_string(),
+                ),
+                (None, None) => bail!("pass the policy with --json or --file, or --clear it"),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{origin} is not JSON: write an object such as '{{\"deny_tools\": [\"WebFetch\"]}}'"))?;
+            if !v.is_object() {
+                bail!("{origin} must be a JSON object (got {v})");
+            }
+            (tenant, Some(v))
+        }
+    };
+    let tenant = tenant_or_own(client, tenant).await?;
+    let url = client.url(&["tenants", &tenant, "claude-policy"]);
+    let req = match body {
+        Some(b) => client.request(Method::PUT, url).json(&b),
+        None => client.request(Method::GET, url),
+    };
+    let doc = client.json(req, Action::HookWrite).await?;
+    if out.is_json() {
+        out.json(&doc);
+    } else if doc["policy"].is_null() {
+        crate::output::emit("(no policy: nothing is blocked, no context namespaces, fail open)");
+    } else {
+        crate::output::emit(&serde_json::to_string_pretty(&doc["policy"])?);
+    }
+    Ok(())
 }

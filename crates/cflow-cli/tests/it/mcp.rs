@@ -560,3 +560,104 @@ async fn agents_scaling_cancel_messages_and_cost() {
 
     client.cancel().await.expect("closing the session");
 }
+
+/// The pids of processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_launches_a_server_when_none_answers_and_reuses_it() {
+    let port = crate::harness::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let launch = |dir: std::path::PathBuf| {
+        let url = url.clone();
+        TokioChildProcess::new(tokio::process::Command::new(BIN).configure(move |cmd| {
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("CFLOW_SERVER", &url)
+                .current_dir(&dir)
+                .args(["mcp", "--start"]);
+        }))
+        .expect("spawning cflow mcp --start")
+    };
+    let first = Client::default()
+        .serve(launch(dir.path().to_path_buf()))
+        .await
+        .expect("MCP initialize");
+    // The token is the admin token the started server left in ./.cflow.
+    let stored = ok(
+        &first,
+        "memory_store",
+        json!({"namespace": "notes", "key": "k", "value": "from the first session"}),
+    )
+    .await;
+    assert_eq!(stored["version"], 1);
+    let log = std::fs::read_to_string(dir.path().join(".cflow/cflow-up.log")).unwrap();
+    assert!(log.contains("superadmin key"), "{log}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join(".cflow/cflow-up.log"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the log holds the admin token");
+    first.cancel().await.unwrap();
+
+    // The server outlives the session; a second session finds it and starts nothing.
+    let needle = format!("up --listen 127.0.0.1:{port}");
+    let servers = pids_with(&needle);
+    assert_eq!(servers.len(), 1, "one server started: {servers:?}");
+    let second = Client::default()
+        .serve(launch(dir.path().to_path_buf()))
+        .await
+        .expect("MCP initialize");
+    let got = ok(
+        &second,
+        "memory_get",
+        json!({"namespace": "notes", "key": "k"}),
+    )
+    .await;
+    assert_eq!(got["value"], "from the first session");
+    second.cancel().await.unwrap();
+    assert_eq!(pids_with(&needle), servers, "no second server");
+    for pid in servers {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_refuses_a_remote_server_it_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().to_path_buf();
+    let transport = TokioChildProcess::new(tokio::process::Command::new(BIN).configure(|cmd| {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CFLOW_SERVER", "http://192.0.2.1:7700")
+            .current_dir(&cwd)
+            .args(["mcp", "--start"]);
+    }))
+    .unwrap();
+    let client = Client::default()
+        .serve(transport)
+        .await
+        .expect("MCP initialize");
+    let msg = refused(&client, "swarm_list", json!({})).await;
+    assert!(msg.contains("only starts one on this machine"), "{msg}");
+    client.cancel().await.unwrap();
+}

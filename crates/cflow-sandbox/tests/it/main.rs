@@ -6,6 +6,7 @@
 //! cgroup v1 (or v2) `memory` and `pids` hierarchies writable by cflow.
 
 mod claude;
+mod claude_mcp;
 mod hostile;
 mod limits;
 mod network;

@@ -207,6 +207,14 @@ async fn put_memory(
             },
         )
         .await?;
+    // After the commit, like every event: hooks and the event stream see the write (never
+    // the value).
+    state.events.publish(
+        caller.tenant_id(),
+        "memory.written",
+        &format!("{}/{}", e.namespace, e.key),
+        serde_json::json!({"namespace": e.namespace, "key": e.key, "version": e.version}),
+    );
     let tag = etag(e.version);
     let meta = MemoryMetaResponse {
         namespace: e.namespace,
@@ -301,6 +309,12 @@ async fn delete_memory(
             precondition,
         )
         .await?;
+    state.events.publish(
+        caller.tenant_id(),
+        "memory.deleted",
+        &format!("{namespace}/{key}"),
+        serde_json::json!({"namespace": namespace, "key": key}),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

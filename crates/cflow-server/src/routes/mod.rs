@@ -16,9 +16,12 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod agents;
 pub mod artifacts;
 pub mod audit;
+pub mod claude;
 pub mod cost;
 pub mod events;
+pub mod hooks;
 pub mod keys;
+pub mod mcp;
 pub mod memory;
 pub mod messages;
 pub mod ops;
@@ -81,6 +84,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(artifacts::router())
         .merge(secrets::router())
         .merge(cost::router())
+        .merge(hooks::router())
+        .merge(mcp::router())
+        .merge(claude::router())
 }
 
 /// Unknown routes get a problem, not axum's empty 404.

@@ -81,6 +81,7 @@ impl FromRequestParts<AppState> for MetricsAccess {
 async fn metrics(State(state): State<AppState>, _access: MetricsAccess) -> Response {
     let mut text = state.metrics.render();
     state.sched.render_metrics(&mut text);
+    state.hooks.metrics().render(&mut text);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -469,6 +469,8 @@ async fn submit_tasks(
         local_ids.push(t.local_id.clone());
         tasks.push(new_task(&state, tenant, i, t, &mut seen).await?);
     }
+    // The tenant's pre-task hooks may refuse or amend (a cached no-op without such hooks).
+    crate::hooks::pretask::check(&state, tenant, &mut tasks).await?;
     let submitted = state
         .sched
         .submit(&caller.ctx, tenant, tasks, p.delegated_by.as_deref())

@@ -544,7 +544,7 @@ impl Scheduler {
                 tenant,
                 &format!("task.{}", s.state.as_str()),
                 &s.id,
-                json!({"swarm_id": new.swarm_id, "priority": new.priority}),
+                json!({"swarm_id": new.swarm_id, "priority": new.priority, "submitted": true}),
             );
             // A quorum parent that is ready is `running` at once: its replicas are queued.
             if new.replicas > 1 && s.state == cflow_core::task::TaskState::Running {

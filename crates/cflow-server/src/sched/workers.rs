@@ -775,7 +775,11 @@ impl Scheduler {
             &tenant,
             &format!("task.{outcome}"),
             task_id,
-            json!({"state": state, "agent_id": run.as_ref().map(|r| &r.agent)}),
+            json!({
+                "state": state,
+                "agent_id": run.as_ref().map(|r| &r.agent),
+                "swarm_id": run.as_ref().and_then(|r| r.task.swarm.as_ref()),
+            }),
         );
         if state == TaskState::Pending
             && let Ok(Some(t)) = self.store.get_task(&tenant, task_id).await

@@ -45,8 +45,16 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         }
         // A tenant's admin manages its own model providers; another tenant's are not found.
         ("get" | "put", "/api/v1/tenants/{tenant}/llm") => NotFound,
+        ("get" | "put", "/api/v1/tenants/{tenant}/claude-policy") => NotFound,
         ("delete", "/api/v1/keys/{id}") => NotFound,
         ("delete", "/api/v1/budgets/{id}") => NotFound,
+        // Alpha's hook and its delivery do not exist for beta; beta's own listing and
+        // creation act in beta.
+        ("get" | "delete", "/api/v1/hooks/{id}")
+        | ("post", "/api/v1/hooks/{id}/test")
+        | ("get", "/api/v1/hooks/{id}/deliveries")
+        | ("post", "/api/v1/hooks/deliveries/{id}/retry") => NotFound,
+        ("get" | "post", "/api/v1/hooks") => OwnTenantOnly,
         ("get", "/api/v1/cost") | ("get" | "put", "/api/v1/budgets") => OwnTenantOnly,
         // Alpha's secret is not the caller's to delete; a put sets one in the caller's tenant
         // (under another name: see `send`), and the listing shows only the caller's.
@@ -80,7 +88,11 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         | ("get", "/api/v1/agents")
         | ("get" | "post", "/api/v1/tasks")
         | ("get", "/api/v1/workers")
-        | ("get", "/api/v1/events") => OwnTenantOnly,
+        | ("get", "/api/v1/events")
+        // Records the caller's own MCP call in its own tenant's ledger.
+        | ("post", "/api/v1/mcp/calls")
+        // Records a Claude Code hook event in the caller's own tenant.
+        | ("post", "/api/v1/claude/hooks") => OwnTenantOnly,
         _ => panic!("classify {method} {path} in route_walk::other_tenant"),
     }
 }
@@ -116,6 +128,13 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         ("put", "/api/v1/budgets") => Some(json!({ "period": "day", "limit_usd": 1 })),
         ("put", "/api/v1/secrets/{name}") => Some(json!({ "value": "walk-secret-value" })),
         ("put", "/api/v1/tenants/{tenant}/sandbox") => Some(json!({ "network": "full" })),
+        ("put", "/api/v1/tenants/{tenant}/claude-policy") => {
+            Some(json!({ "deny_tools": ["WalkTool"] }))
+        }
+        ("post", "/api/v1/claude/hooks") => Some(json!({ "event": "Stop", "input": {
+            "session_id": "walk", "transcript_path": "/t", "cwd": "/w",
+            "hook_event_name": "Stop", "stop_hook_active": false
+        } })),
         ("put", "/api/v1/tenants/{tenant}/llm") => Some(json!({ "providers": [
             { "name": "walk", "kind": "anthropic", "api_key_secret": "WALK_KEY" }
         ] })),
@@ -145,6 +164,15 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
             None
         }
         ("post", "/api/v1/tasks/{id}/cancel") => None,
+        ("post", "/api/v1/hooks") => Some(json!({
+            "name": "walk-hook", "events": ["task.*"], "command": "true"
+        })),
+        ("post", "/api/v1/hooks/{id}/test") | ("post", "/api/v1/hooks/deliveries/{id}/retry") => {
+            None
+        }
+        ("post", "/api/v1/mcp/calls") => {
+            Some(json!({ "tool": "walk", "transport": "http", "ok": true, "duration_ms": 1 }))
+        }
         _ => panic!("add a body for {method} {path} in route_walk::body_for"),
     }
 }
@@ -162,6 +190,9 @@ struct Fixture {
     worker: String,
     /// Alpha's monthly budget of $5.
     budget: String,
+    /// Alpha's hook, and a dead delivery of it.
+    hook: String,
+    delivery: String,
 }
 
 fn fill(path: &str, f: &Fixture) -> String {
@@ -175,6 +206,10 @@ fn fill(path: &str, f: &Fixture) -> String {
         &f.worker
     } else if path.starts_with("/api/v1/budgets/") {
         &f.budget
+    } else if path.starts_with("/api/v1/hooks/deliveries/") {
+        &f.delivery
+    } else if path.starts_with("/api/v1/hooks/") {
+        &f.hook
     } else {
         &f.key_a_id
     };
@@ -347,8 +382,12 @@ async fn walk(server: TestServer) {
                 }
             }
 
-            // 3. A viewer of the tenant may not mutate anything.
-            if matches!(method.as_str(), "post" | "put" | "delete" | "patch") {
+            // 3. A viewer of the tenant may not mutate anything. Recording its own MCP tool call
+            // in the ledger is not a change of state: every key may.
+            if path == "/api/v1/mcp/calls" {
+                let resp = send(&server, method, path, &fixture, Some(&viewer_a)).await;
+                assert_eq!(resp.status(), 204, "{what}");
+            } else if matches!(method.as_str(), "post" | "put" | "delete" | "patch") {
                 let resp = send(&server, method, path, &fixture, Some(&viewer_a)).await;
                 expect_problem(resp, 403, "forbidden").await;
             }
@@ -363,13 +402,13 @@ async fn walk(server: TestServer) {
                 } else {
                     expect_problem(resp, 404, "not-found").await;
                 }
-            } else if path != "/api/v1/whoami" {
+            } else if path != "/api/v1/whoami" && path != "/api/v1/mcp/calls" {
                 let resp = send(&server, method, path, &fixture, Some(&worker_a)).await;
                 expect_problem(resp, 403, "forbidden").await;
             }
         }
     }
-    assert_eq!(walked, 56, "every non-public operation was walked");
+    assert_eq!(walked, 67, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
@@ -476,6 +515,23 @@ async fn orchestration_fixture(
         .await
         .unwrap();
     let budget = expect_json(budget, 200).await;
+    // A hook whose command fails: its test leaves a dead delivery that may be re-queued.
+    let hook = post(
+        admin_a,
+        "/api/v1/hooks",
+        json!({"name": "walk-alpha-hook", "events": ["task.*"], "command": "exit 3"}),
+        201,
+    )
+    .await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let tested = post(
+        admin_a,
+        &format!("/api/v1/hooks/{hook_id}/test"),
+        json!({}),
+        200,
+    )
+    .await;
+    assert_eq!(tested["ok"], false, "{tested}");
     Fixture {
         budget: budget["id"].as_str().unwrap().to_string(),
         tenant_a: tenant_a.to_string(),
@@ -484,6 +540,8 @@ async fn orchestration_fixture(
         agents,
         task,
         worker: worker["worker_id"].as_str().unwrap().to_string(),
+        hook: hook["id"].as_str().unwrap().to_string(),
+        delivery: tested["delivery_id"].as_str().unwrap().to_string(),
     }
 }
 
@@ -519,6 +577,12 @@ async fn assert_orchestration_unchanged(server: &TestServer, f: &Fixture, admin_
     assert_eq!(sandbox, None, "alpha's sandbox overrides are unchanged");
     let llm = server.store.tenant_llm(&f.tenant_a).await.unwrap();
     assert_eq!(llm, None, "alpha's model providers are unchanged");
+    let claude = server
+        .store
+        .tenant_claude_policy(&f.tenant_a)
+        .await
+        .unwrap();
+    assert_eq!(claude, None, "alpha's Claude Code policy is unchanged");
     let artifacts = get(format!("/api/v1/tasks/{}/artifacts", f.task)).await;
     assert_eq!(
         artifacts["artifacts"],

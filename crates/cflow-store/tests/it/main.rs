@@ -10,6 +10,7 @@ mod bench;
 mod bench_lifecycle;
 mod concurrency;
 mod cost;
+mod hooks;
 mod keys;
 mod lifecycle;
 mod memory;

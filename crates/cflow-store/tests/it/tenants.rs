@@ -150,3 +150,49 @@ async fn tenant_llm_providers_are_set_cleared_and_audited() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tenant_claude_policy_is_set_cleared_and_audited() {
+    use cflow_store::AuditQuery;
+    use serde_json::json;
+    crate::each_backend(|store, _| async move {
+        let t = crate::tenant(&store, "claude").await;
+        let other = crate::tenant(&store, "claude-other").await;
+        assert_eq!(store.tenant_claude_policy(&t).await.unwrap(), None);
+        let v = json!({"deny_tools": ["WebFetch"], "fail": "closed"});
+        store
+            .set_tenant_claude_policy(&crate::ctx(&t), &t, Some(v.clone()))
+            .await
+            .unwrap();
+        assert_eq!(store.tenant_claude_policy(&t).await.unwrap(), Some(v));
+        assert_eq!(store.tenant_claude_policy(&other).await.unwrap(), None);
+        // The other settings of the tenant are separate columns.
+        assert_eq!(store.tenant_llm(&t).await.unwrap(), None);
+        store
+            .set_tenant_claude_policy(&crate::ctx(&t), &t, None)
+            .await
+            .unwrap();
+        assert_eq!(store.tenant_claude_policy(&t).await.unwrap(), None);
+        let err = store
+            .set_tenant_claude_policy(&crate::ctx(&t), "no-such-tenant", Some(json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{err}");
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            since: None,
+        };
+        let entries = store
+            .audit_list(&q, &crate::page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        let sets: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "tenant.claude_policy" && e.outcome == "success")
+            .collect();
+        assert_eq!(sets.len(), 2);
+        assert!(sets[0].detail.to_string().contains("WebFetch"));
+    })
+    .await;
+}

@@ -3,21 +3,25 @@
 //! the API refuses is a tool error (`is_error: true`) whose text says what was wrong and what to
 //! do, never a protocol error (only arguments that do not fit a tool's schema are those).
 
-use super::{Api, ApiFailure, ApiRequest};
+use crate::params::*;
+use crate::{Api, ApiFailure, ApiRequest};
 use cflow_core::Action;
-use reqwest::Method;
+use http::Method;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, InitializeResult, ProgressNotificationParam,
-    RequestMetaObject, ServerCapabilities,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InitializeResult, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject,
+    ServerCapabilities,
 };
+use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
@@ -37,355 +41,8 @@ key-value memory with full-text search shared by every session of the tenant.";
 pub struct CflowTools<A: Api> {
     api: Arc<A>,
     tool_router: ToolRouter<Self>,
-}
-
-// ---- parameters -------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Topology {
-    Mesh,
-    Hierarchical,
-    Ring,
-    Star,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    WeightedRoundRobin,
-    LeastLoaded,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
-pub enum Driver {
-    #[serde(rename = "exec")]
-    Exec,
-    #[serde(rename = "noop")]
-    Noop,
-    #[serde(rename = "claude-code")]
-    ClaudeCode,
-    #[serde(rename = "llm")]
-    Llm,
-}
-
-/// A pool of agents of one type in a swarm.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Pool {
-    /// The agents' type, e.g. "coder", "tester", "reviewer".
-    #[serde(rename = "type")]
-    pub agent_type: String,
-    /// What runs the agents' tasks: exec (shell commands), claude-code or llm (model prompts),
-    /// noop (benchmarks). Required when creating a pool; omit it in swarm_scale to keep it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver: Option<Driver>,
-    /// Agents kept at least (default 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min: Option<u32>,
-    /// Agents at most (default max(min, 1)).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max: Option<u32>,
-    /// Spare idle agents kept ready (default 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prewarm: Option<u32>,
-    /// Capabilities the agents offer (a task's `requires` must be a subset).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Vec<String>>,
-    /// Labels of the agents (tasks may pin labels).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// System prompt replacing the role prompt (llm pools only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub system_prompt: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SwarmInitParams {
-    /// A name unique in the tenant.
-    pub name: String,
-    /// Who may message and delegate to whom.
-    pub topology: Topology,
-    /// How an agent is picked among eligible ones (default weighted_round_robin).
-    pub strategy: Option<Strategy>,
-    /// Upper bound on the swarm's agents, 1–10000 (default 100).
-    #[schemars(range(min = 1, max = 10000))]
-    pub max_agents: Option<u32>,
-    /// Project the swarm belongs to.
-    pub project: Option<String>,
-    /// Pools of agents; each pool's `min` agents are spawned at once. Without pools the swarm
-    /// has no agents and runs nothing until agent_spawn or swarm_scale adds some.
-    pub agents: Option<Vec<Pool>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PageParams {
-    /// Items per page, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SwarmIdParams {
-    /// The swarm's id (from swarm_init or swarm_list).
-    pub swarm_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SwarmScaleParams {
-    /// The swarm's id.
-    pub swarm_id: String,
-    /// The pool to create (driver required) or update (absent fields keep their values).
-    pub pool: Pool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentSpawnParams {
-    /// The swarm's id.
-    pub swarm_id: String,
-    /// The agent's type, e.g. "coder".
-    #[serde(rename = "type")]
-    pub agent_type: String,
-    /// What runs its tasks.
-    pub driver: Driver,
-    /// Capabilities it offers.
-    pub capabilities: Option<Vec<String>>,
-    /// Its labels.
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentListParams {
-    /// Only the agents of this swarm.
-    pub swarm_id: Option<String>,
-    /// Only agents in this state (idle, busy, draining, stopped, quarantined, …).
-    pub state: Option<String>,
-    /// Items per page, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentIdParams {
-    /// The agent's id (from agent_list or swarm_status).
-    pub agent_id: String,
-}
-
-/// One task of a submission.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskIn {
-    /// A name for this task inside the submission, for other tasks' depends_on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_id: Option<String>,
-    /// The swarm (id or name) whose agents run it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub swarm: Option<String>,
-    /// What to run: a shell command {"command": "cargo test"}, a program {"program": "ls",
-    /// "args": ["-l"]} (both also take env, cwd, workspace, artifacts, network), or a model task
-    /// {"prompt": "…", "model"?, "max_turns"?, "allowed_tools"?, …}. Commands go to exec agents,
-    /// prompts to claude-code or llm agents.
-    pub spec: Value,
-    /// 0–100 (default 50); higher runs first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
-    pub priority: Option<u8>,
-    /// Capabilities the agent must have.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub requires: Option<Vec<String>>,
-    /// Labels the agent or worker must carry.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// local_ids of this submission or existing task ids that must succeed first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub depends_on: Option<Vec<String>>,
-    /// Pin the task to this agent id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    /// 1–86400 (default 3600).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 86400))]
-    pub timeout_seconds: Option<u32>,
-    /// 1–20 (default 3).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 20))]
-    pub max_attempts: Option<u32>,
-    /// Run n copies and vote on the output, 1–9 (default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 9))]
-    pub replicas: Option<u32>,
-    /// Copies that must agree (default: a majority of replicas).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quorum: Option<u32>,
-    /// Submitting again with the same key returns the existing task instead of a new one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskSubmitParams {
-    /// One task, or several forming a DAG through local_id / depends_on. All or nothing.
-    #[schemars(length(min = 1))]
-    pub tasks: Vec<TaskIn>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskIdParams {
-    /// The task's id (from task_submit or task_list).
-    pub task_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskListParams {
-    /// Only tasks in this state: pending, queued, assigned, running, succeeded, failed,
-    /// cancelled, timed_out.
-    pub state: Option<String>,
-    /// Only tasks of this swarm.
-    pub swarm_id: Option<String>,
-    /// Items per page, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskWaitParams {
-    /// The task's id.
-    pub task_id: String,
-    /// How long to wait at most, 1–600 seconds (default 60).
-    #[schemars(range(min = 1, max = 600))]
-    pub timeout_seconds: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryStoreParams {
-    /// Namespace, e.g. "project/web" ('/'-separated segments; "search" is reserved).
-    pub namespace: String,
-    /// The key inside the namespace.
-    pub key: String,
-    /// Any JSON value.
-    pub value: Value,
-    /// Delete the entry after this many seconds.
-    pub ttl_seconds: Option<u64>,
-    /// Tags for filtering and search.
-    pub tags: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryKeyParams {
-    /// The namespace.
-    pub namespace: String,
-    /// The key.
-    pub key: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryListParams {
-    /// The namespace.
-    pub namespace: String,
-    /// Only keys starting with this.
-    pub prefix: Option<String>,
-    /// Items per page, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MemorySearchParams {
-    /// Words to search for in keys, values and tags (full text).
-    pub query: String,
-    /// Only this namespace.
-    pub namespace: Option<String>,
-    /// Results at most, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MessageSendParams {
-    /// The swarm's id.
-    pub swarm_id: String,
-    /// The sending agent (a member of the swarm).
-    pub from: String,
-    /// The receiving agent, for a direct message (give `to` or `topic`).
-    pub to: Option<String>,
-    /// A topic (1–64 of A-Z a-z 0-9 . _ -), for every reader of it.
-    pub topic: Option<String>,
-    /// Any JSON value.
-    pub body: Value,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MessageInboxParams {
-    /// Read the direct messages of this agent (give `agent_id`, or `swarm_id` and `topic`).
-    pub agent_id: Option<String>,
-    /// The swarm of `topic`.
-    pub swarm_id: Option<String>,
-    /// Read the messages of this topic.
-    pub topic: Option<String>,
-    /// Only messages with an id above this one (the last id you saw).
-    pub after: Option<i64>,
-    /// Messages at most, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQueryParams {
-    /// Only entries at or after this RFC 3339 time.
-    pub since: Option<String>,
-    /// Items per page, 1–1000 (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CostBy {
-    Tenant,
-    Project,
-    Swarm,
-    Agent,
-    Task,
-    Model,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CostReportParams {
-    /// Group by (default tenant).
-    pub by: Option<CostBy>,
-    /// Calls at or after this time: RFC 3339 or a date (midnight UTC).
-    pub since: Option<String>,
-    /// Calls before this time: RFC 3339 or a date.
-    pub until: Option<String>,
+    /// The `mcp.call` ledger writes still in flight (see [`CflowTools::record`]).
+    records: TaskTracker,
 }
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -440,6 +97,48 @@ impl<A: Api> CflowTools<A> {
         .await
     }
 
+    /// Appends the call's `mcp.call` ledger entry (as the caller) in the background, after the
+    /// answer: a durable ledger write costs a commit, which a read tool should not wait for.
+    /// The API requests the tool made were audited by their own routes before it answered; only
+    /// this summary entry can be lost, if the process dies within the commit after the answer
+    /// (the transports wait for in-flight entries when they stop). A call whose arguments did
+    /// not fit the tool's schema is a protocol error and recorded as a failure too.
+    fn record(
+        &self,
+        parts: Option<http::request::Parts>,
+        tool: &str,
+        arguments: Option<Value>,
+        response: &Result<CallToolResponse, ErrorData>,
+        started: Instant,
+    ) {
+        let error = match response {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some(
+                r.content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Ok(_) => None,
+            Err(e) => Some(e.message.to_string()),
+        };
+        let transport = if parts.is_some() { "http" } else { "stdio" };
+        let body = json!({
+            "tool": tool,
+            "transport": transport,
+            "ok": error.is_none(),
+            "error": error,
+            "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "arguments": arguments,
+        });
+        let api = self.api.clone();
+        self.records.spawn(crate::with_request(parts, async move {
+            let _ = api
+                .send(ApiRequest::post(&["mcp", "calls"], Action::Whoami).body(body))
+                .await;
+        }));
+    }
+
     fn page(req: ApiRequest, limit: Option<u32>, cursor: Option<String>) -> ApiRequest {
         req.query("limit", limit).query("cursor", cursor)
     }
@@ -450,8 +149,20 @@ impl<A: Api> CflowTools<A> {
 #[tool_router]
 impl<A: Api> CflowTools<A> {
     pub fn new(api: A) -> Self {
+        Self::from_arc(Arc::new(api))
+    }
+
+    /// The tools over a shared `api` (one per MCP session; cheap).
+    pub fn from_arc(api: Arc<A>) -> Self {
+        Self::with_records(api, TaskTracker::new())
+    }
+
+    /// The tools over `api`, tracking their ledger writes in `records` (shared by the sessions
+    /// of a transport, which waits for it when it stops).
+    pub fn with_records(api: Arc<A>, records: TaskTracker) -> Self {
         Self {
-            api: Arc::new(api),
+            api,
+            records,
             tool_router: Self::tool_router(),
         }
     }
@@ -742,7 +453,12 @@ impl<A: Api> CflowTools<A> {
             Ok(t) => t,
             Err(f) => return failed(f, TASK_404),
         };
-        ok(&result_of(&task))
+        let mut result = result_of(&task);
+        if let Some(artifacts) = crate::resources::artifacts_of(&*self.api, &p.task_id).await {
+            result["artifacts"] = artifacts;
+        }
+        result["logs"] = json!(crate::resources::logs_uri(&p.task_id));
+        ok(&result)
     }
 
     #[tool(
@@ -1050,8 +766,63 @@ fn result_of(task: &Value) -> Value {
 #[tool_handler(router = self.tool_router)]
 impl<A: Api> ServerHandler for CflowTools<A> {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("cflow", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("cflow", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    // Over streamable HTTP, the call runs with the HTTP request that carried it, so that the
+    // server's `Api` answers it with that request's credentials.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let parts = context.extensions.get::<http::request::Parts>().cloned();
+        let for_record = parts.clone();
+        crate::with_request(parts, async move {
+            let started = Instant::now();
+            let tool = request.name.to_string();
+            let arguments = request.arguments.clone().map(Value::Object);
+            let tcc = ToolCallContext::new(self, request, context);
+            let response = self.tool_router.call(tcc).await;
+            self.record(for_record, &tool, arguments, &response, started);
+            response
+        })
+        .await
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let parts = context.extensions.get::<http::request::Parts>().cloned();
+        let cursor = request.and_then(|r| r.cursor);
+        crate::with_request(parts, crate::resources::list(&*self.api, cursor)).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(crate::resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let parts = context.extensions.get::<http::request::Parts>().cloned();
+        crate::with_request(parts, crate::resources::read(&*self.api, &request.uri))
+            .await
+            .map(Into::into)
     }
 }

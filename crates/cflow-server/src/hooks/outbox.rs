@@ -1,0 +1,330 @@
+//! The outbox's two loops. The dispatcher turns bus events into deliveries (one per matching
+//! enabled hook in scope, enqueued idempotently); the sender claims due deliveries under a
+//! lease, sends them with bounded concurrency, and records each result: delivered, a retry
+//! after a backoff with jitter, or dead after the hook's most attempts.
+
+use super::send;
+use super::spec::{self, Settings};
+use crate::events::{Event, Resume};
+use crate::state::{AppState, now_ms};
+use cflow_store::{Hook, HookDelivery, NewDelivery, SendResult};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+
+/// Events handled per dispatcher round (those already waiting are taken together, so a burst
+/// costs one enqueue per tenant instead of one per event).
+const ROUND: usize = 256;
+
+/// How long shutdown waits for the sends in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// How often the dead-letter gauge is refreshed from the store.
+const GAUGE_EVERY: Duration = Duration::from_secs(10);
+
+/// Completes when the server stops (or its stop signal is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// The envelope every handler receives: the event, and which hook it is for.
+pub fn envelope(hook: &Hook, e: &Event) -> Value {
+    json!({
+        "id": e.id,
+        "type": e.kind,
+        "tenant_id": e.tenant_id,
+        "subject": e.subject,
+        "data": e.data,
+        "at": e.at,
+        "hook": {"id": hook.id, "name": hook.name},
+    })
+}
+
+/// Turns events into deliveries until `stopped`.
+pub async fn dispatcher(state: AppState, mut stopped: watch::Receiver<bool>) {
+    let mut live = state.events.subscribe("*", Resume::Now).live;
+    loop {
+        let first = tokio::select! {
+            () = until_stopped(&mut stopped) => return,
+            r = live.recv() => r,
+        };
+        let mut batch = Vec::new();
+        let mut take = |r: Result<Arc<Event>, broadcast::error::RecvError>| match r {
+            Ok(e) => {
+                batch.push(e);
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // The bus ran ahead of the dispatcher: those events' notifications are lost
+                // (the documented non-durable window), and the log says how many.
+                tracing::warn!(
+                    missed = n,
+                    "hooks: the dispatcher fell behind the event bus"
+                );
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
+        if !take(first) {
+            return;
+        }
+        while batch.len() < ROUND {
+            match live.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "hooks: the dispatcher fell behind the event bus"
+                    );
+                }
+                Err(_) => break,
+            }
+        }
+        dispatch(&state, &batch).await;
+    }
+}
+
+/// Enqueues the deliveries of a batch of events, one store write per tenant.
+async fn dispatch(state: &AppState, events: &[Arc<Event>]) {
+    let mut by_tenant: HashMap<&str, Vec<NewDelivery>> = HashMap::new();
+    for e in events {
+        if e.tenant_id == crate::sched::ALL_TENANTS {
+            continue;
+        }
+        let hooks = match state.hooks.enabled(&state.store, &e.tenant_id).await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::warn!(tenant = %e.tenant_id, error = %err, "hooks: cannot load hooks; event skipped");
+                continue;
+            }
+        };
+        if hooks.is_empty() {
+            continue;
+        }
+        let names = spec::names_of(&e.kind, &e.data);
+        let mut swarm: Option<Option<String>> = None;
+        for hook in hooks.iter().filter(|h| spec::selects(&h.events, &names)) {
+            if !in_scope(state, hook, e, &mut swarm).await {
+                continue;
+            }
+            by_tenant
+                .entry(&e.tenant_id)
+                .or_default()
+                .push(NewDelivery {
+                    hook_id: hook.id.clone(),
+                    event_id: e.id.clone(),
+                    event_type: e.kind.clone(),
+                    payload: envelope(hook, e),
+                });
+        }
+    }
+    for (tenant, deliveries) in by_tenant {
+        match state.store.hook_enqueue(tenant, deliveries).await {
+            Ok(n) if n > 0 => state.hooks.wake(),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(tenant, error = %err, "hooks: cannot enqueue deliveries; they are lost")
+            }
+        }
+    }
+}
+
+/// Whether the event is inside the hook's scope. `swarm` caches the event's swarm (looked up at
+/// most once per event, and only for a scoped hook).
+async fn in_scope(
+    state: &AppState,
+    hook: &Hook,
+    e: &Event,
+    swarm: &mut Option<Option<String>>,
+) -> bool {
+    let Some(want) = &hook.scope_id else {
+        return true;
+    };
+    if swarm.is_none() {
+        *swarm = Some(swarm_of(state, e).await);
+    }
+    let Some(Some(s)) = swarm.as_ref() else {
+        return false;
+    };
+    match hook.scope.as_str() {
+        "swarm" => s == want,
+        "project" => state
+            .hooks
+            .project_of(&state.store, &e.tenant_id, s)
+            .await
+            .is_some_and(|p| p == *want),
+        _ => false,
+    }
+}
+
+/// The swarm an event is about: named in its data, its subject for swarm and autoscaler events,
+/// else its task's or agent's swarm.
+async fn swarm_of(state: &AppState, e: &Event) -> Option<String> {
+    if let Some(s) = e.data.get("swarm_id").and_then(Value::as_str) {
+        return Some(s.to_string());
+    }
+    let family = e.kind.split('.').next().unwrap_or_default();
+    match family {
+        "swarm" | "autoscaler" => Some(e.subject.clone()),
+        "task" => {
+            let task = state
+                .store
+                .get_task(&e.tenant_id, &e.subject)
+                .await
+                .ok()??;
+            if task.swarm_id.is_some() {
+                return task.swarm_id;
+            }
+            let agent = task.agent_id?;
+            let a = state.store.get_agent(&e.tenant_id, &agent).await.ok()??;
+            Some(a.swarm_id)
+        }
+        "agent" => {
+            let a = state
+                .store
+                .get_agent(&e.tenant_id, &e.subject)
+                .await
+                .ok()??;
+            Some(a.swarm_id)
+        }
+        _ => None,
+    }
+}
+
+/// What a send's outcome means for a delivery that has had `attempts` sends before it.
+pub fn result_of(
+    state: &AppState,
+    outcome: &send::Outcome,
+    attempts: i64,
+    max_attempts: i64,
+) -> SendResult {
+    if outcome.ok {
+        return SendResult::Delivered {
+            status: outcome.status,
+        };
+    }
+    let error = outcome
+        .error
+        .clone()
+        .unwrap_or_else(|| "failed".to_string());
+    let done = attempts + 1;
+    if done >= max_attempts {
+        return SendResult::Dead {
+            status: outcome.status,
+            error: format!("{error} (gave up after {done} attempts)"),
+        };
+    }
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let delay = state.hooks.config().backoff_ms(done, u64::from_le_bytes(b));
+    SendResult::Retry {
+        at: now_ms() + delay,
+        status: outcome.status,
+        error,
+    }
+}
+
+/// Sends one claimed delivery and records the result.
+async fn deliver(state: AppState, d: HookDelivery) {
+    let hook = match state.store.hook_get(&d.tenant_id, &d.hook_id).await {
+        Ok(Some(h)) => h,
+        // Deleted meanwhile: its deliveries went with it.
+        Ok(None) => return,
+        Err(e) => {
+            // Left to its lease: it is claimed again once that lapses.
+            tracing::warn!(delivery = %d.id, error = %e, "hooks: cannot read the hook");
+            return;
+        }
+    };
+    let (outcome, max) = match Settings::of(&hook.config) {
+        Ok(settings) => {
+            let body = serde_json::to_vec(&d.payload).unwrap_or_default();
+            let o = send::send(&state, &hook, &settings, &d.id, &d.event_type, &body).await;
+            (o, settings.max_attempts)
+        }
+        Err(e) => (
+            send::Outcome {
+                ok: false,
+                status: None,
+                error: Some(e),
+                reply: Vec::new(),
+                duration: Duration::ZERO,
+            },
+            1,
+        ),
+    };
+    let result = result_of(&state, &outcome, d.attempts, max);
+    state.hooks.metrics().outcome(&result);
+    let dead = matches!(result, SendResult::Dead { .. });
+    match state.store.hook_finish(&d, result).await {
+        Ok(Some(_)) if dead => refresh_gauge(&state).await,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(delivery = %d.id, error = %e, "hooks: cannot record a send"),
+    }
+}
+
+async fn refresh_gauge(state: &AppState) {
+    if let Ok(n) = state.store.hook_dead_count().await {
+        state.hooks.metrics().set_dead_letters(n);
+    }
+}
+
+/// Claims and sends due deliveries until `stopped`; then waits for the sends in flight (each is
+/// bounded by its hook's timeout) so that their results are recorded before the store closes.
+pub async fn sender(state: AppState, mut stopped: watch::Receiver<bool>) {
+    let config = state.hooks.config().clone();
+    let lease = i64::try_from(config.lease_ms).unwrap_or(i64::MAX);
+    let poll = Duration::from_millis(config.poll_ms.max(10));
+    let mut inflight = JoinSet::new();
+    let mut gauge = tokio::time::interval(GAUGE_EVERY);
+    gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let room = config.concurrency.max(1).saturating_sub(inflight.len());
+        let mut claimed = 0;
+        let stopping = *stopped.borrow();
+        // A read first: an idle outbox costs no write transaction.
+        let due = state.store.hook_next_due().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "hooks: cannot read the outbox");
+            None
+        });
+        let now = now_ms();
+        if room > 0 && !stopping && due.is_some_and(|at| at <= now) {
+            match state.store.hook_claim(room as i64, lease).await {
+                Ok(batch) => {
+                    claimed = batch.len();
+                    for d in batch {
+                        inflight.spawn(deliver(state.clone(), d));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "hooks: cannot claim deliveries"),
+            }
+        }
+        // A full batch means more may be due at once; otherwise sleep until the next one falls
+        // due, something is enqueued, a send ends, or the poll interval passes.
+        let wait = match due {
+            _ if claimed > 0 && claimed == room => Duration::ZERO,
+            Some(at) if at > now => {
+                Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(poll)
+            }
+            _ => poll,
+        };
+        tokio::select! {
+            () = until_stopped(&mut stopped) => break,
+            () = state.hooks.woken() => {}
+            () = tokio::time::sleep(wait) => {}
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            _ = gauge.tick() => refresh_gauge(&state).await,
+        }
+    }
+    // Sends in flight finish and are recorded, within a grace; past it they are dropped, and
+    // their deliveries are sent again once their lease lapses (at least once, never lost).
+    let drain = async { while inflight.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!(
+            "hooks: sends still running at shutdown were abandoned; they will be retried"
+        );
+    }
+}
