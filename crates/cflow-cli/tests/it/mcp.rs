@@ -26,7 +26,8 @@ impl ClientHandler for Client {
     }
 }
 
-const TOOLS: [&str; 26] = [
+/// Every tool cflow's MCP server lists (shared with the Python SDK test).
+pub const TOOLS: [&str; 26] = [
     "swarm_init",
     "swarm_list",
     "swarm_status",

@@ -10,34 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOOLS: [&str; 26] = [
-    "swarm_init",
-    "swarm_list",
-    "swarm_status",
-    "swarm_scale",
-    "swarm_pause",
-    "swarm_resume",
-    "swarm_stop",
-    "agent_spawn",
-    "agent_list",
-    "agent_status",
-    "agent_stop",
-    "task_submit",
-    "task_status",
-    "task_list",
-    "task_result",
-    "task_wait",
-    "task_cancel",
-    "memory_store",
-    "memory_get",
-    "memory_list",
-    "memory_search",
-    "memory_delete",
-    "message_send",
-    "message_inbox",
-    "audit_query",
-    "cost_report",
-];
+use crate::mcp::TOOLS;
 
 /// How long one run of the script may take.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(300);
