@@ -163,7 +163,7 @@ impl ClaudeCodeDriver {
         spec: &ClaudeSpec,
         home: Option<&Path>,
         run: &CancellationToken,
-    ) -> Option<(mcp::Serving, PathBuf, Vec<&'static str>)> {
+    ) -> Option<(mcp::Serving, mcp::Bridge, Vec<&'static str>)> {
         let host = job.host.clone()?;
         let tools = mcp::allowed(&spec.allowed_tools);
         if tools.is_empty() {
@@ -199,34 +199,44 @@ impl ClaudeCodeDriver {
         }
     }
 
-    /// The program the CLI runs as its `cflow` MCP server (`PROGRAM mcp-bridge --socket PATH`):
-    /// the sandbox's launcher (`cflow` or `cflow-sandbox`, both have the subcommand), which must
-    /// be in the sandbox's view; with the sandbox's user that must own the socket.
-    fn bridge(&self, job: &Job) -> Result<(PathBuf, Option<(u32, u32)>), String> {
+    /// The program the CLI runs as its `cflow` MCP server: the sandbox's launcher (`cflow` or
+    /// `cflow-sandbox`, both have `mcp-bridge --socket PATH`) when it is in the sandbox's view,
+    /// else the same pump in the host's `/usr/bin/python3`; with the sandbox's user that must own
+    /// the socket.
+    fn bridge(&self, job: &Job) -> Result<(mcp::Bridge, Option<(u32, u32)>), String> {
         match self.exec.placement(job, &[]) {
             Placement::Sandboxed(sandbox, _) => {
                 let config = sandbox.config();
+                let owner = config.workspaces.owner;
                 let bin = std::path::absolute(&config.launcher)
                     .unwrap_or_else(|_| config.launcher.clone());
                 // The sandbox hides these and replaces `/tmp` with a private one.
-                if let Some(h) = config
-                    .hidden
-                    .iter()
-                    .map(PathBuf::as_path)
-                    .chain([Path::new("/tmp")])
-                    .find(|h| bin.starts_with(h))
-                {
-                    return Err(format!(
-                        "the cflow binary {} is under {}, which the sandbox hides — install cflow \
-                         outside /root, /home, /tmp and the data directory (e.g. in \
-                         /usr/local/bin) to give claude-code agents cflow's tools",
-                        bin.display(),
-                        h.display()
-                    ));
+                let hidden = |p: &Path| {
+                    config
+                        .hidden
+                        .iter()
+                        .map(PathBuf::as_path)
+                        .chain([Path::new("/tmp")])
+                        .find(|h| p.starts_with(h))
+                        .map(Path::to_path_buf)
+                };
+                let Some(h) = hidden(&bin) else {
+                    return Ok((mcp::Bridge::launcher(bin), owner));
+                };
+                let python = PathBuf::from("/usr/bin/python3");
+                if python.is_file() && hidden(&python).is_none() {
+                    return Ok((mcp::Bridge::python(python), owner));
                 }
-                Ok((bin, config.workspaces.owner))
+                Err(format!(
+                    "the cflow binary {} is under {}, which the sandbox hides, and there is no                      /usr/bin/python3 to bridge with — install cflow outside /root, /home, /tmp                      and the data directory (e.g. in /usr/local/bin) to give claude-code agents                      cflow's tools",
+                    bin.display(),
+                    h.display()
+                ))
             }
-            Placement::Plain(_) => Ok((cflow_sandbox::host::find_launcher()?, None)),
+            Placement::Plain(_) => Ok((
+                mcp::Bridge::launcher(cflow_sandbox::host::find_launcher()?),
+                None,
+            )),
         }
     }
 

@@ -54,12 +54,68 @@ pub(crate) fn allowed(allowed_tools: &[String]) -> Vec<&'static str> {
         .collect()
 }
 
+/// What the sandboxed CLI runs as its `cflow` MCP server: a program and the arguments that come
+/// before the socket's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bridge {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// The Python fallback of `mcp-bridge`: the same byte pump (stdin → socket, socket → stdout),
+/// for a host where the cflow binary sits where the sandbox hides it (under /tmp, /home, …).
+const PYTHON_BRIDGE: &str = "import os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+def pump_in():
+    try:
+        while True:
+            b = os.read(0, 65536)
+            if not b:
+                break
+            s.sendall(b)
+    finally:
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+threading.Thread(target=pump_in, daemon=True).start()
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    os.write(1, b)
+";
+
+impl Bridge {
+    /// `PROGRAM mcp-bridge --socket PATH`: the cflow (or cflow-sandbox) binary.
+    pub(crate) fn launcher(program: PathBuf) -> Self {
+        Self {
+            program,
+            args: vec![
+                cflow_sandbox::bridge::BRIDGE_ARG.to_string(),
+                "--socket".to_string(),
+            ],
+        }
+    }
+
+    /// `python3 -c <the pump> PATH`.
+    pub(crate) fn python(python: PathBuf) -> Self {
+        Self {
+            program: python,
+            args: vec!["-c".to_string(), PYTHON_BRIDGE.to_string()],
+        }
+    }
+}
+
 /// The `--mcp-config` JSON: one stdio server, the bridge to `socket`.
-pub(crate) fn config_json(bridge: &Path, socket: &Path) -> String {
+pub(crate) fn config_json(bridge: &Bridge, socket: &Path) -> String {
+    let mut args = bridge.args.clone();
+    args.push(socket.display().to_string());
     json!({"mcpServers": {SERVER_NAME: {
         "type": "stdio",
-        "command": bridge.display().to_string(),
-        "args": [cflow_sandbox::bridge::BRIDGE_ARG, "--socket", socket.display().to_string()],
+        "command": bridge.program.display().to_string(),
+        "args": args,
         "env": {},
     }}})
     .to_string()
@@ -281,9 +337,10 @@ mod tests {
 
     #[test]
     fn the_config_names_the_bridge_and_the_socket() {
+        let socket = Path::new("/data/agents/a/.cflow-mcp-1-1.sock");
         let c: Value = serde_json::from_str(&config_json(
-            Path::new("/usr/local/bin/cflow"),
-            Path::new("/data/agents/a/.cflow-mcp-1-1.sock"),
+            &Bridge::launcher(PathBuf::from("/usr/local/bin/cflow")),
+            socket,
         ))
         .unwrap();
         let s = &c["mcpServers"]["cflow"];
@@ -296,5 +353,14 @@ mod tests {
                 "/data/agents/a/.cflow-mcp-1-1.sock"
             ])
         );
+        let c: Value = serde_json::from_str(&config_json(
+            &Bridge::python(PathBuf::from("/usr/bin/python3")),
+            socket,
+        ))
+        .unwrap();
+        let s = &c["mcpServers"]["cflow"];
+        assert_eq!(s["command"], "/usr/bin/python3");
+        assert_eq!(s["args"][0], "-c");
+        assert_eq!(s["args"][2], "/data/agents/a/.cflow-mcp-1-1.sock");
     }
 }
