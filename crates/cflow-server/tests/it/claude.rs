@@ -14,24 +14,17 @@ async fn put_policy(
     tenant: &str,
     body: Value,
 ) -> reqwest::Response {
-    server
-        .client()
-        .put(server.at(&format!("/api/v1/tenants/{tenant}/claude-policy")))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    let path = format!("/api/v1/tenants/{tenant}/claude-policy");
+    crate::common::put_as(server, token, &path, &body).await
 }
 
 async fn get_policy(server: &TestServer, token: &str, tenant: &str) -> reqwest::Response {
-    server
-        .client()
-        .get(server.at(&format!("/api/v1/tenants/{tenant}/claude-policy")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    crate::common::get_as(
+        server,
+        token,
+        &format!("/api/v1/tenants/{tenant}/claude-policy"),
+    )
+    .await
 }
 
 async fn hook(server: &TestServer, token: &str, event: &str, input: Value) -> reqwest::Response {

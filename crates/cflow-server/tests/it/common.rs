@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: problem assertions and polling with a deadline.
+//! Helpers shared by the integration tests: problem assertions, polling with a deadline, and
+//! authenticated GET/PUT.
 
 use reqwest::Response;
 use serde_json::Value;
@@ -63,4 +64,36 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// `GET path` with `token`.
+pub async fn get_as(
+    server: &cflow_test_support::server::TestServer,
+    token: &str,
+    path: &str,
+) -> Response {
+    server
+        .client()
+        .get(server.at(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `PUT path` with `token` and a JSON body.
+pub async fn put_as(
+    server: &cflow_test_support::server::TestServer,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Response {
+    server
+        .client()
+        .put(server.at(path))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }

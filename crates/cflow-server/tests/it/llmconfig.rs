@@ -89,24 +89,12 @@ fn server_llm_config_is_parsed_and_checked() {
 }
 
 async fn put_llm(server: &TestServer, token: &str, tenant: &str, body: Value) -> reqwest::Response {
-    server
-        .client()
-        .put(server.at(&format!("/api/v1/tenants/{tenant}/llm")))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    let path = format!("/api/v1/tenants/{tenant}/llm");
+    crate::common::put_as(server, token, &path, &body).await
 }
 
 async fn get_llm(server: &TestServer, token: &str, tenant: &str) -> reqwest::Response {
-    server
-        .client()
-        .get(server.at(&format!("/api/v1/tenants/{tenant}/llm")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    crate::common::get_as(server, token, &format!("/api/v1/tenants/{tenant}/llm")).await
 }
 
 fn with_operator_provider(c: &mut ServerConfig) {
