@@ -144,11 +144,16 @@ pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
 /// foreign keys are off by default in SQLite, and the busy timeout lets a second process wait for
 /// the write lock instead of failing at once. PostgreSQL's `synchronous_commit` is set explicitly
 /// because a server default of `off` would silently break "accepted means durable".
+///
+/// SQLite's automatic WAL checkpoint is off: it runs inside the commit that crosses the
+/// threshold, on the writer's connection, so every thousandth page or so a commit (and every
+/// write queued behind it) waited for the copy into the database file. [`checkpointer`] does it
+/// off that path instead.
 pub(crate) async fn setup_connection(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
     match backend {
         Backend::Sqlite => {
             let sql = format!(
-                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA wal_autocheckpoint = 0;"
             );
             conn.execute(AssertSqlSafe(sql)).await?;
         }
@@ -164,6 +169,33 @@ pub(crate) async fn connect(url: &str, backend: Backend) -> Result<AnyConnection
     let mut conn = AnyConnection::connect(url).await?;
     setup_connection(&mut conn, backend).await?;
     Ok(conn)
+}
+
+/// How often [`checkpointer`] copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file every [`CHECKPOINT_EVERY`], on a read
+/// connection, until the pool closes. `PASSIVE` never blocks the writer or readers: frames a
+/// reader still needs are left for the next round, and the writer restarts the WAL from its
+/// beginning once a round has copied all of it, so the file stays small.
+pub(crate) fn checkpointer(pool: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+                && !pool.is_closed()
+            {
+                tracing::warn!(error = %e, "SQLite WAL checkpoint failed; retrying");
+            }
+        }
+    });
 }
 
 /// The pool that serves reads. WAL lets SQLite readers run while the writer commits.

@@ -217,6 +217,9 @@ impl Store {
         let mut conn = db::connect(&url, backend).await?;
         db::migrate(&mut conn, backend).await?;
         let pool = db::read_pool(&url, backend, opts.max_read_connections).await?;
+        if backend == Backend::Sqlite {
+            db::checkpointer(pool.clone());
+        }
         let redacted_url = db::redact(&url);
         // The connection that migrated becomes the writer's own.
         let writer = WriterHandle::start(conn, url, backend, opts.max_batch);
