@@ -171,6 +171,13 @@ pub const VARS: &[EnvVar] = &[
         secret: false,
     },
     EnvVar {
+        name: "CFLOW_HOOKS_ALLOW_PRIVATE_DESTINATIONS",
+        key: "server.hooks.allow_private_destinations",
+        flag: None,
+        description: "let webhooks reach loopback and private addresses (true/false; off by default)",
+        secret: false,
+    },
+    EnvVar {
         name: "CFLOW_SANDBOX_MODE",
         key: "server.sandbox.mode",
         flag: None,

@@ -57,6 +57,8 @@ pub enum ServerError {
     Secrets(#[from] crate::secrets::SecretsError),
     #[error("the server stopped with an error: {0}")]
     Serve(io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Binds `addr` with errors a user can act on.
@@ -239,6 +241,7 @@ pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Runnin
         Some((cert, key)) => Some(crate::tls::load(cert, key).await?),
         None => None,
     };
+    config.hooks.destinations().map_err(ServerError::Config)?;
     // Checked before the store opens, so a bad key changes nothing.
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),

@@ -36,6 +36,8 @@ fn test_config(dir: &TempDir) -> ServerConfig {
     // A walk over every route fails authentication hundreds of times from one address; the
     // limiter's own test (`limits.rs`) sets it explicitly.
     config.rate_limit.per_ip_auth_failures_rps = 0;
+    // Test webhooks listen on loopback; `hooks_dest.rs` tests the default rule that refuses it.
+    config.hooks.allow_private_destinations = true;
     config
 }
 

@@ -19,6 +19,7 @@
 //!
 //! [`EventBus`]: crate::events::EventBus
 
+pub mod dest;
 pub mod outbox;
 pub mod pretask;
 pub mod send;
@@ -49,6 +50,11 @@ pub struct HookConfig {
     pub cache_ttl_ms: u64,
     /// Deliveries sent at once.
     pub concurrency: usize,
+    /// Whether webhooks may reach loopback, private, link-local and other non-public addresses
+    /// (see `dest.rs`). Off by default: a tenant admin must not reach the server's own network.
+    pub allow_private_destinations: bool,
+    /// Exceptions to that: host names, IP addresses and CIDR blocks webhooks may reach.
+    pub allowed_destinations: Vec<String>,
 }
 
 impl Default for HookConfig {
@@ -60,11 +66,18 @@ impl Default for HookConfig {
             lease_ms: 330_000,
             cache_ttl_ms: 5_000,
             concurrency: 16,
+            allow_private_destinations: false,
+            allowed_destinations: Vec::new(),
         }
     }
 }
 
 impl HookConfig {
+    /// The webhook destination rule these settings describe; an error names the bad entry.
+    pub fn destinations(&self) -> Result<dest::Destinations, String> {
+        dest::Destinations::new(self.allow_private_destinations, &self.allowed_destinations)
+    }
+
     /// The delay before attempt `attempts + 1` (after `attempts` failures): exponential from
     /// `retry_base_ms`, capped at `retry_max_ms`, with "equal jitter" (between half and all of
     /// it), so that a receiver coming back is not hit by every retry at once.
@@ -154,7 +167,10 @@ struct Inner {
     /// Swarm id → its project (a swarm's project never changes), for project-scoped hooks.
     projects: Mutex<HashMap<String, Option<String>>>,
     runner: send::Runner,
-    http: reqwest::Client,
+    /// Where webhooks may go; applied by `http`'s resolver and to IP-address URLs.
+    destinations: Arc<dest::Destinations>,
+    /// The webhook client, or why it could not be built (every webhook send then fails so).
+    http: Result<reqwest::Client, String>,
     metrics: HookMetrics,
     /// Wakes the sender when something was enqueued.
     wake: tokio::sync::Notify,
@@ -162,16 +178,29 @@ struct Inner {
 
 impl Hooks {
     pub fn new(config: &crate::config::ServerConfig) -> Self {
+        // `serve::start` refuses bad settings before this runs; should they get here anyway,
+        // the strictest rule applies.
+        let destinations = Arc::new(config.hooks.destinations().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "webhooks may reach public addresses only");
+            dest::Destinations::default()
+        }));
+        // No redirects and no proxy: the destination rule sees every connection's address.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(destinations.resolver())
             .user_agent(concat!("cflow-hooks/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks fail");
+                format!("the server could not build its webhook client: {e}")
+            });
         Hooks(Arc::new(Inner {
             config: config.hooks.clone(),
             cache: Mutex::default(),
             projects: Mutex::default(),
             runner: send::Runner::new(config),
+            destinations,
             http,
             metrics: HookMetrics::default(),
             wake: tokio::sync::Notify::new(),
@@ -186,8 +215,12 @@ impl Hooks {
         &self.0.metrics
     }
 
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.0.http
+    pub(crate) fn destinations(&self) -> &dest::Destinations {
+        &self.0.destinations
+    }
+
+    pub(crate) fn http(&self) -> Result<&reqwest::Client, &str> {
+        self.0.http.as_ref().map_err(String::as_str)
     }
 
     pub(crate) fn runner(&self) -> &send::Runner {

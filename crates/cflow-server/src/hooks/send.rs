@@ -171,11 +171,21 @@ async fn webhook(
             started,
         );
     };
+    // The host is checked here when it is an IP address (a name is checked by the client's
+    // resolver, at every connection).
+    let checked = reqwest::Url::parse(url)
+        .map_err(|e| format!("'{url}' is not a URL: {e}"))
+        .and_then(|u| state.hooks.destinations().check_url(&u));
+    if let Err(why) = checked {
+        return Outcome::failed(why, None, started);
+    }
+    let client = match state.hooks.http() {
+        Ok(c) => c,
+        Err(why) => return Outcome::failed(why, None, started),
+    };
     let timestamp = crate::state::now_ms() / 1000;
     let sig = signature(key.as_bytes(), timestamp, body);
-    let request = state
-        .hooks
-        .http()
+    let request = client
         .post(url)
         .timeout(timeout)
         .header("content-type", "application/json")

@@ -261,6 +261,12 @@ async fn new_hook(state: &AppState, tenant: &str, p: CreateHookParams) -> ApiRes
         }
         (None, Some(url)) => {
             spec::check_url(url)?;
+            let parsed = reqwest::Url::parse(url).map_err(|e| invalid("url", e.to_string()))?;
+            state
+                .hooks
+                .destinations()
+                .check_url(&parsed)
+                .map_err(|why| invalid("url", why))?;
             let Some(secret) = &p.secret else {
                 return Err(invalid(
                     "secret",

@@ -11,6 +11,7 @@ mod common;
 mod cost;
 mod events;
 mod hooks;
+mod hooks_dest;
 mod hooks_outbox;
 mod limits;
 mod llm_e2e;
