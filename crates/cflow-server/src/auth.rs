@@ -129,6 +129,7 @@ pub mod op {
         HookList => HookRead, "hook.list";
         HookCreate => HookWrite, "hook.create";
         HookDelete => HookWrite, "hook.delete";
+        HookUpdate => HookWrite, "hook.update";
         /// Sends a synthetic event to one hook: it runs the hook's command or calls its URL.
         HookTest => HookWrite, "hook.test";
         HookRetry => HookWrite, "hook.retry";

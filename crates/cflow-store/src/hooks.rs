@@ -116,6 +116,11 @@ pub(crate) enum HookOp {
         tenant_id: String,
         id: String,
     },
+    SetEnabled {
+        tenant_id: String,
+        id: String,
+        enabled: bool,
+    },
     Enqueue {
         tenant_id: String,
         deliveries: Vec<NewDelivery>,
@@ -202,6 +207,11 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &HookOp) -> Result<Step> {
             created_by,
         } => create(cx, tenant_id, new, created_by.as_deref()).await,
         HookOp::Delete { tenant_id, id } => delete(cx, tenant_id, id).await,
+        HookOp::SetEnabled {
+            tenant_id,
+            id,
+            enabled,
+        } => set_enabled(cx, tenant_id, id, *enabled).await,
         HookOp::Enqueue {
             tenant_id,
             deliveries,
@@ -322,6 +332,29 @@ async fn delete(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Step> {
         .execute(&mut *cx.conn)
         .await?;
     draft.detail = json!({"name": hook.name, "deliveries_dropped": dropped});
+    Ok(Step::done(Output::Hook(HookOutput::Hook(hook)), draft))
+}
+
+/// Turns a hook on or off. Off: events no longer become deliveries and pre-task checks skip
+/// it; deliveries already queued are still sent.
+async fn set_enabled(cx: &mut OpCx<'_>, tenant_id: &str, id: &str, enabled: bool) -> Result<Step> {
+    let mut draft = Draft::success(
+        Some(tenant_id),
+        "hook.update",
+        format!("hook/{id}"),
+        json!({ "enabled": enabled }),
+    );
+    let Some(mut hook) = get_hook(cx, tenant_id, id).await? else {
+        return Ok(Step::failed(Error::NotFound(format!("hook {id}")), draft));
+    };
+    sqlx::query("UPDATE hooks SET enabled = $1 WHERE tenant_id = $2 AND id = $3")
+        .bind(i64::from(enabled))
+        .bind(tenant_id.to_string())
+        .bind(id.to_string())
+        .execute(&mut *cx.conn)
+        .await?;
+    draft.detail = json!({ "name": hook.name, "enabled": enabled, "was": hook.enabled });
+    hook.enabled = enabled;
     Ok(Step::done(Output::Hook(HookOutput::Hook(hook)), draft))
 }
 

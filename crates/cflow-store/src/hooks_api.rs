@@ -43,6 +43,24 @@ impl Store {
         expect_output!(out, Output::Hook(HookOutput::Hook(h)) => h)
     }
 
+    /// Turns a hook on or off (audited as `hook.update`); `NotFound` when the tenant has no
+    /// such hook. Returns the hook as it is now.
+    pub async fn hook_set_enabled(
+        &self,
+        ctx: &AuditContext,
+        tenant_id: &str,
+        id: &str,
+        enabled: bool,
+    ) -> Result<Hook> {
+        let op = Op::Hook(HookOp::SetEnabled {
+            tenant_id: tenant_id.to_string(),
+            id: id.to_string(),
+            enabled,
+        });
+        let out = self.write(ctx, op).await?;
+        expect_output!(out, Output::Hook(HookOutput::Hook(h)) => h)
+    }
+
     /// A tenant's hook.
     pub async fn hook_get(&self, tenant_id: &str, id: &str) -> Result<Option<Hook>> {
         let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE tenant_id = $1 AND id = $2");

@@ -18,6 +18,10 @@ pub enum HookCmd {
     List,
     /// Remove a hook (its pending deliveries are not sent).
     Remove { id: String },
+    /// Turn a hook off: its events no longer become deliveries (queued ones are still sent).
+    Disable { id: String },
+    /// Turn a hook on again, from the next event.
+    Enable { id: String },
     /// Send a synthetic `hook.test` event to a hook now and show how it went.
     Test { id: String },
     /// A hook's deliveries, oldest first.
@@ -92,6 +96,24 @@ const DELIVERY_COLUMNS: &[&str] = &[
     "created_at",
 ];
 
+/// `cflow hook enable|disable ID`.
+async fn toggle(client: &Client, id: &str, enabled: bool, out: &Printer) -> Result<()> {
+    let req = client
+        .request(Method::PATCH, client.url(&["hooks", id]))
+        .json(&json!({ "enabled": enabled }));
+    let hook = client.json(req, Action::HookWrite).await?;
+    if out.is_json() {
+        out.json(&hook);
+    } else {
+        emit(&format!(
+            "hook {id} ({}) is {}",
+            hook["name"].as_str().unwrap_or_default(),
+            if enabled { "enabled" } else { "disabled" }
+        ));
+    }
+    Ok(())
+}
+
 pub async fn run(client: &Client, cmd: HookCmd, out: Printer) -> Result<()> {
     match cmd {
         HookCmd::Add(a) => {
@@ -133,6 +155,8 @@ pub async fn run(client: &Client, cmd: HookCmd, out: Printer) -> Result<()> {
                 emit(&format!("removed hook {id}"));
             }
         }
+        HookCmd::Disable { id } => toggle(client, &id, false, &out).await?,
+        HookCmd::Enable { id } => toggle(client, &id, true, &out).await?,
         HookCmd::Test { id } => {
             let req = client.request(Method::POST, client.url(&["hooks", &id, "test"]));
             let result = client.json(req, Action::HookWrite).await?;

@@ -1,4 +1,4 @@
-//! `cflow hook add | list | test | deliveries | remove` against a real `cflow up`: a command
+//! `cflow hook add | list | test | disable | enable | deliveries | remove` against a real `cflow up`: a command
 //! hook is added, listed, run for real by `test` (in the server's sandbox), its delivery is
 //! listed, and it is removed; a webhook without a known secret is refused with what to do.
 
@@ -44,6 +44,20 @@ fn hooks_are_added_listed_tested_and_removed() {
     .json();
     assert_eq!(tested["ok"], true, "{tested}");
     assert_eq!(tested["status"], 0, "{tested}");
+
+    let off = run(server
+        .cflow()
+        .args(["hook", "disable", &id, "--output", "json"]))
+    .json();
+    assert_eq!(off["enabled"], false, "{off}");
+    let listed = run(server.cflow().args(["hook", "list", "--output", "json"])).json();
+    assert_eq!(listed["items"][0]["enabled"], false, "{listed}");
+    let on = run(server.cflow().args(["hook", "enable", &id]));
+    let on = on.ok();
+    assert!(on.contains("notify") && on.contains("enabled"), "{on}");
+    let missing = run(server.cflow().args(["hook", "disable", "hk_missing"]));
+    let missing = missing.fails();
+    assert!(missing.contains("not found"), "{missing}");
 
     let deliveries = run(server.cflow().args([
         "hook",

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_hook, list_hooks))
-        .routes(routes!(get_hook, delete_hook))
+        .routes(routes!(get_hook, update_hook, delete_hook))
         .routes(routes!(test_hook))
         .routes(routes!(list_deliveries))
         .routes(routes!(retry_delivery))
@@ -392,6 +392,45 @@ async fn get_hook(
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<HookResponse>> {
     Ok(Json(load(&state, caller.tenant_id(), &id).await?.into()))
+}
+
+/// What `PATCH /api/v1/hooks/{id}` changes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateHookParams {
+    /// Off: the hook's events no longer become deliveries and pre-task checks skip it
+    /// (deliveries already queued are still sent); on again: from the next event.
+    pub enabled: bool,
+}
+
+/// Turn a hook off or on.
+#[utoipa::path(
+    patch, path = "/api/v1/hooks/{id}", tag = "hooks",
+    params(("id" = String, Path, description = "The hook's id")),
+    request_body = UpdateHookParams,
+    responses(
+        (status = 200, body = HookResponse),
+        (status = 400, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 401, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn update_hook(
+    State(state): State<AppState>,
+    caller: Caller<op::HookUpdate>,
+    PathParams(id): PathParams<String>,
+    JsonBody(p): JsonBody<UpdateHookParams>,
+) -> ApiResult<Json<HookResponse>> {
+    check_unscoped(&caller)?;
+    let tenant = caller.tenant_id();
+    let hook = state
+        .store
+        .hook_set_enabled(&caller.ctx, tenant, &id, p.enabled)
+        .await?;
+    state.hooks.invalidate(tenant);
+    Ok(Json(hook.into()))
 }
 
 /// Delete a hook with its deliveries (pending ones are not sent).

@@ -5,7 +5,7 @@
 //! (a webhook receiver, signature check) are shared with it.
 
 use crate::common::{eventually, expect_json, expect_problem};
-use crate::orchestration::Api;
+use crate::orchestration::{Api, coders};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use cflow_test_support::server::TestServer;
@@ -577,5 +577,104 @@ async fn memory_writes_reach_hooks() {
     assert_eq!(body["subject"], "notes/plan");
     assert_eq!(body["data"]["version"], 1);
     assert!(!String::from_utf8_lossy(&hit.body).contains("private-value-123"));
+    server.shutdown().await;
+}
+
+async fn patch(api: &Api<'_>, path: &str, body: Value) -> reqwest::Response {
+    api.server
+        .client()
+        .patch(api.server.at(path))
+        .bearer_auth(&api.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A hook turned off gets no deliveries for the events meanwhile; turned on again, it gets the
+/// next ones. Only its tenant's admins may toggle it; a bad body changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_hook_gets_no_deliveries_until_enabled_again() {
+    let server = TestServer::start_sqlite().await;
+    let (tenant, admin) = server.tenant_with_key("toggle", "admin").await;
+    let api = Api::new(&server, &admin);
+    put_secret(&api, "T_KEY", "toggle-key").await;
+    let receiver = Receiver::ok(0).await;
+    let hook = add_hook(
+        &api,
+        json!({"name": "swarms", "events": ["swarm.created"], "url": receiver.url(),
+               "secret": "T_KEY"}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/hooks/{id}");
+    let swarm = async |name: &str| {
+        api.create_swarm(json!({"name": name, "topology": "mesh", "agents": coders(0)}))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = swarm("s1").await;
+    eventually("the first delivery", WAIT, async || {
+        (receiver.hits().len() == 1).then_some(())
+    })
+    .await;
+
+    for bad in [
+        json!({"enabled": "no"}),
+        json!({"enabled": false, "name": "x"}),
+        json!({}),
+    ] {
+        let resp = patch(&api, &path, bad.clone()).await;
+        assert!(resp.status().is_client_error(), "{bad}: {}", resp.status());
+    }
+    let viewer = server.create_key(&tenant, "toggle-viewer", "viewer").await;
+    let as_viewer = Api::new(&server, &viewer);
+    expect_problem(
+        patch(&as_viewer, &path, json!({"enabled": false})).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let (_, other) = server.tenant_with_key("toggle-other", "admin").await;
+    let as_other = Api::new(&server, &other);
+    expect_problem(
+        patch(&as_other, &path, json!({"enabled": false})).await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_eq!(
+        api.get_json(&path).await["enabled"],
+        true,
+        "unchanged so far"
+    );
+
+    let off = expect_json(patch(&api, &path, json!({"enabled": false})).await, 200).await;
+    assert_eq!(off["enabled"], false, "{off}");
+    let skipped = swarm("s2").await;
+    let on = expect_json(patch(&api, &path, json!({"enabled": true})).await, 200).await;
+    assert_eq!(on["enabled"], true, "{on}");
+    let third = swarm("s3").await;
+    eventually("the delivery after re-enabling", WAIT, async || {
+        (receiver.hits().len() >= 2).then_some(())
+    })
+    .await;
+    // Events are matched in order, so s2's was seen (and skipped) before s3's was delivered.
+    let subjects: Vec<Value> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.json()["subject"].clone())
+        .collect();
+    assert_eq!(subjects, vec![json!(first), json!(third)], "not {skipped}");
+    let ledger = api.get_json("/api/v1/audit?limit=500").await;
+    let updates: Vec<&Value> = ledger["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "hook.update" && e["outcome"] == "success")
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:?}");
     server.shutdown().await;
 }

@@ -50,7 +50,7 @@ fn other_tenant(method: &str, path: &str) -> OtherTenant {
         ("delete", "/api/v1/budgets/{id}") => NotFound,
         // Alpha's hook and its delivery do not exist for beta; beta's own listing and
         // creation act in beta.
-        ("get" | "delete", "/api/v1/hooks/{id}")
+        ("get" | "delete" | "patch", "/api/v1/hooks/{id}")
         | ("post", "/api/v1/hooks/{id}/test")
         | ("get", "/api/v1/hooks/{id}/deliveries")
         | ("post", "/api/v1/hooks/deliveries/{id}/retry") => NotFound,
@@ -170,6 +170,7 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Option<Value> {
         ("post", "/api/v1/hooks/{id}/test") | ("post", "/api/v1/hooks/deliveries/{id}/retry") => {
             None
         }
+        ("patch", "/api/v1/hooks/{id}") => Some(json!({ "enabled": true })),
         ("post", "/api/v1/mcp/calls") => {
             Some(json!({ "tool": "walk", "transport": "http", "ok": true, "duration_ms": 1 }))
         }
@@ -408,7 +409,7 @@ async fn walk(server: TestServer) {
             }
         }
     }
-    assert_eq!(walked, 67, "every non-public operation was walked");
+    assert_eq!(walked, 68, "every non-public operation was walked");
 
     // Nothing of tenant alpha changed: the entry is at version 1 and the key is live.
     let entry = server
