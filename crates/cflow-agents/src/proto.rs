@@ -128,7 +128,19 @@ pub struct ReportBatch {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Report {
     /// The driver started the attempt.
-    Started { task_id: String, epoch: i64 },
+    Started {
+        task_id: String,
+        epoch: i64,
+        /// How long before this report was sent the attempt started (ms): a report can wait
+        /// behind the worker's report call in flight. The server records the start this long
+        /// before it received the report, on its own clock (no clock skew between machines).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        waited_ms: u64,
+        /// When the attempt started, on the worker's clock; `waited_ms` is computed from it when
+        /// the report is sent. Never sent.
+        #[serde(skip)]
+        at: Option<std::time::Instant>,
+    },
     /// Output as it happens (already capped by the driver); published as `task.log` events.
     Log {
         task_id: String,
@@ -153,9 +165,31 @@ pub enum Report {
 }
 
 impl Report {
+    /// The start of an attempt, now.
+    pub fn started(task_id: impl Into<String>, epoch: i64) -> Report {
+        Report::Started {
+            task_id: task_id.into(),
+            epoch,
+            waited_ms: 0,
+            at: Some(std::time::Instant::now()),
+        }
+    }
+
+    /// Sets a start report's `waited_ms` from when it started (just before it is sent).
+    pub fn stamp(&mut self) {
+        if let Report::Started {
+            waited_ms,
+            at: Some(at),
+            ..
+        } = self
+        {
+            *waited_ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+    }
+
     pub fn held(&self) -> Held {
         let (task_id, epoch) = match self {
-            Report::Started { task_id, epoch }
+            Report::Started { task_id, epoch, .. }
             | Report::Log { task_id, epoch, .. }
             | Report::Agent { task_id, epoch, .. }
             | Report::Finished { task_id, epoch, .. } => (task_id, epoch),
@@ -587,6 +621,10 @@ fn exec_spec(spec: &serde_json::Value) -> Result<ExecSpec, String> {
         artifacts,
         network,
     })
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

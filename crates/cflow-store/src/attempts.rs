@@ -60,8 +60,8 @@ pub(crate) enum AttemptOp {
         epoch: i64,
         outcome: Outcome,
         now: i64,
-        /// Also record the start (see `CompleteRequest::started`).
-        started: bool,
+        /// Also record the start, at this time (see `CompleteRequest::started_at`).
+        started_at: Option<i64>,
     },
     RequeueLost {
         task_id: String,
@@ -278,9 +278,10 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &AttemptOp) -> Result<Step> {
                 // A repeated start report (a retried request) changes nothing.
                 return Ok(Step::silent(Output::Assigned(a)));
             }
+            let now = start_time(*now, a.assigned_at, cx.now.max(*now));
             let sql = "state = 'running', started_at = $1";
-            fenced(cx, sql, task_id, *epoch, vec![Bind::I(Some(*now))]).await?;
-            set_task(cx, task_id, *epoch, TaskState::Running, None, None, *now).await?;
+            fenced(cx, sql, task_id, *epoch, vec![Bind::I(Some(now))]).await?;
+            set_task(cx, task_id, *epoch, TaskState::Running, None, None, now).await?;
             let draft = Draft::success(
                 Some(&h.tenant_id),
                 "task.start",
@@ -289,7 +290,7 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &AttemptOp) -> Result<Step> {
             );
             let a = Attempt {
                 state: AttemptState::Running,
-                started_at: Some(*now),
+                started_at: Some(now),
                 ..a
             };
             Ok(Step::done(Output::Assigned(a), draft))
@@ -325,8 +326,8 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &AttemptOp) -> Result<Step> {
             epoch,
             outcome,
             now,
-            started,
-        } => complete(cx, task_id, *epoch, outcome, *now, *started).await,
+            started_at,
+        } => complete(cx, task_id, *epoch, outcome, *now, *started_at).await,
         AttemptOp::RequeueLost {
             task_id,
             epoch,
@@ -540,13 +541,19 @@ pub(crate) async fn insert_attempts(
     Ok(())
 }
 
+/// A reported start time as recorded: never before the attempt's assignment (the worker's
+/// report cannot know the server's clock) nor after `latest`.
+pub(crate) fn start_time(reported: i64, assigned_at: i64, latest: i64) -> i64 {
+    reported.min(latest).max(assigned_at)
+}
+
 async fn complete(
     cx: &mut OpCx<'_>,
     task_id: &str,
     epoch: i64,
     outcome: &Outcome,
     now: i64,
-    started: bool,
+    started_at: Option<i64>,
 ) -> Result<Step> {
     let (h, a) = match live(cx, task_id, epoch).await {
         Ok(v) => v,
@@ -567,7 +574,7 @@ async fn complete(
             Bind::S(Some(tail(&outcome.stdout_tail))),
             Bind::S(Some(tail(&outcome.stderr_tail))),
             Bind::S(outcome.result.as_ref().map(|r| r.to_string())),
-            Bind::I(started.then_some(now)),
+            Bind::I(started_at.map(|s| start_time(s, a.assigned_at, now))),
             Bind::S(outcome.detail.as_ref().map(|d| d.to_string())),
         ],
     )

@@ -100,7 +100,7 @@ impl Store {
                     epoch,
                     outcome,
                     now,
-                    started: false,
+                    started_at: None,
                 },
             )
             .await?;

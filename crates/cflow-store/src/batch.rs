@@ -93,8 +93,8 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
                 epoch,
                 outcome,
                 now,
-                started,
-            } => Some((task_id.as_str(), *epoch, outcome, *now, *started)),
+                started_at,
+            } => Some((task_id.as_str(), *epoch, outcome, *now, *started_at)),
             _ => None,
         })
         .collect();
@@ -205,7 +205,7 @@ impl Store {
                     epoch: r.epoch,
                     outcome: r.outcome,
                     now: r.now,
-                    started: r.started,
+                    started_at: r.started_at,
                 })
             })
             .collect();

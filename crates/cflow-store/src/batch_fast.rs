@@ -18,7 +18,7 @@ use sqlx::AssertSqlSafe;
 use crate::attempts::{
     AGENT_INFO_COLUMNS, AgentInfo, Ending, HEAD_COLUMNS, Head, agent_info, assigned_draft,
     check_agent, check_live, completed_draft, insert_attempts, new_attempt, plan_ending,
-    stale_step, tail,
+    stale_step, start_time, tail,
 };
 use crate::audit::Draft;
 use crate::bulk::Ty::{Int, Text};
@@ -269,13 +269,14 @@ pub(crate) async fn assign(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<
     Ok(steps)
 }
 
-/// Start reports about distinct tasks.
+/// Start reports about distinct tasks: (task, epoch, when it started).
 pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Result<Vec<Step>> {
     let ids: Vec<&str> = reqs.iter().map(|r| r.0).collect();
     let live = read_live(cx, &ids).await?;
     let mut steps = Vec::with_capacity(reqs.len());
-    let mut by_now: BTreeMap<i64, Vec<(&str, i64)>> = BTreeMap::new();
-    for &(task_id, epoch, now) in reqs {
+    // (task, epoch, started_at) of the attempts that start now.
+    let mut rows: Vec<(&str, i64, i64)> = Vec::new();
+    for &(task_id, epoch, at) in reqs {
         let checked = match live.get(task_id) {
             None => Err(Error::NotFound(format!("task {task_id}"))),
             Some((h, a)) => check_live(task_id, epoch, h.clone(), a.clone()),
@@ -292,7 +293,8 @@ pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Resul
             steps.push(Step::silent(Output::Assigned(a)));
             continue;
         }
-        by_now.entry(now).or_default().push((task_id, epoch));
+        let at = start_time(at, a.assigned_at, cx.now.max(at));
+        rows.push((task_id, epoch, at));
         let draft = Draft::success(
             Some(&h.tenant_id),
             "task.start",
@@ -301,47 +303,53 @@ pub(crate) async fn start(cx: &mut OpCx<'_>, reqs: &[(&str, i64, i64)]) -> Resul
         );
         let a = Attempt {
             state: AttemptState::Running,
-            started_at: Some(now),
+            started_at: Some(at),
             ..a
         };
         steps.push(Step::done(Output::Assigned(a), draft));
     }
-    for (now, pairs) in &by_now {
-        let sql = format!(
-            "UPDATE attempts SET state = 'running', started_at = $1 WHERE state = 'assigned' \
-             AND (task_id, epoch) IN ({})",
-            bulk::rows_from(cx.backend, 2, &[("task_id", Text), ("epoch", Int)])
-        );
-        let rows: Vec<_> = pairs.iter().collect();
-        // The text holds only SQL written here; the pairs are in the one parameter.
-        let mut n = 0;
-        for text in bulk::rows_json(&rows)? {
-            n += sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(*now)
-                .bind(text)
-                .execute(&mut *cx.conn)
-                .await?
-                .rows_affected();
-        }
-        matched("attempts", n, pairs.len())?;
-        let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-        let n = update_tasks_in(
-            cx,
-            "UPDATE tasks SET state = 'running', reason = NULL, retry_at = NULL, updated_at = $1 \
-             WHERE state = 'assigned' AND id IN",
-            *now,
-            &ids,
-        )
-        .await?;
-        matched("tasks", n, ids.len())?;
+    if rows.is_empty() {
+        return Ok(steps);
     }
+    let sql = format!(
+        "UPDATE attempts SET state = 'running', started_at = v.started_at FROM ({}) AS v \
+         WHERE attempts.task_id = v.task_id AND attempts.epoch = v.epoch \
+         AND attempts.state = 'assigned'",
+        bulk::rows_from(
+            cx.backend,
+            1,
+            &[("task_id", Text), ("epoch", Int), ("started_at", Int)]
+        )
+    );
+    // The text holds only SQL written here; the rows are in the one parameter.
+    let n = execute_rows(cx, &sql, &rows).await?;
+    matched("attempts", n, rows.len())?;
+    let sql = format!(
+        "UPDATE tasks SET state = 'running', reason = NULL, retry_at = NULL, updated_at = v.ts \
+         FROM ({}) AS v WHERE tasks.id = v.id AND tasks.state = 'assigned'",
+        bulk::rows_from(cx.backend, 1, &[("id", Text), ("epoch", Int), ("ts", Int)])
+    );
+    // The same rows: the epoch column is read but not used.
+    let n = execute_rows(cx, &sql, &rows).await?;
+    matched("tasks", n, rows.len())?;
     Ok(steps)
 }
 
 /// Completions of distinct tasks; `None` when a task is a quorum replica (the caller then runs
 /// the elements one by one).
-/// One completion of a batch: task, epoch, outcome, time, and whether it also records the start.
-pub(crate) type CompleteReq<'a> = (&'a str, i64, &'a Outcome, i64, bool);
+/// A completion that ends its attempt: the task's head, the attempt, how it ends, the outcome,
+/// the time and the start it also records.
+type Ended<'a> = (
+    &'a Head,
+    &'a Attempt,
+    &'a Ending,
+    &'a Outcome,
+    i64,
+    Option<i64>,
+);
+
+/// One completion of a batch: task, epoch, outcome, time, and the start it also records.
+pub(crate) type CompleteReq<'a> = (&'a str, i64, &'a Outcome, i64, Option<i64>);
 
 pub(crate) async fn complete(
     cx: &mut OpCx<'_>,
@@ -371,7 +379,7 @@ pub(crate) async fn complete(
         });
     }
 
-    let ended: Vec<(&Head, &Attempt, &Ending, &Outcome, i64, bool)> = planned
+    let ended: Vec<Ended<'_>> = planned
         .iter()
         .zip(reqs)
         .filter_map(|(p, r)| match p {
@@ -416,7 +424,7 @@ pub(crate) async fn complete(
                     tail(&outcome.stdout_tail),
                     tail(&outcome.stderr_tail),
                     outcome.result.as_ref().map(|r| r.to_string()),
-                    started.then_some(*now),
+                    started.map(|s| start_time(s, a.assigned_at, *now)),
                     outcome.detail.as_ref().map(|d| d.to_string()),
                 )
             })

@@ -438,6 +438,7 @@ pub struct AssignRequest {
 pub struct StartRequest {
     pub task_id: String,
     pub epoch: i64,
+    /// When the attempt started (recorded as its `started_at`, never before its assignment).
     pub now: i64,
 }
 
@@ -448,9 +449,10 @@ pub struct CompleteRequest {
     pub epoch: i64,
     pub outcome: Outcome,
     pub now: i64,
-    /// The worker's start report came with this completion: the attempt's `started_at` is
-    /// recorded now by the completion, instead of by a start op (and ledger entry) of its own.
-    pub started: bool,
+    /// The worker's start report came with this completion, saying the attempt started at
+    /// this time: the completion records it (never before the assignment, never after `now`)
+    /// instead of a start op (and ledger entry) of its own.
+    pub started_at: Option<i64>,
 }
 
 /// Where [`crate::Store::ready_tasks_after`] resumes: the queue order's key of the last task of

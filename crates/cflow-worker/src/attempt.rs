@@ -152,10 +152,7 @@ async fn execute(ctx: &JobCtx, a: &Assignment, cancel: &CancellationToken) -> Fi
         }
         other => other,
     };
-    ctx.send(Report::Started {
-        task_id: a.task_id.clone(),
-        epoch: a.epoch,
-    });
+    ctx.send(Report::started(a.task_id.clone(), a.epoch));
     let job = Job {
         task_id: a.task_id.clone(),
         attempt: a.attempt,

@@ -50,6 +50,9 @@ impl Reporter {
             // What the acks are applied to, and what is sent again if the call fails on the way:
             // `Started` and `Finished` must arrive; a lost `Log` chunk is also in the final
             // output tails, so it is not worth a retry.
+            for r in &mut batch {
+                r.stamp();
+            }
             let sent: Vec<Sent> = batch.iter().map(Sent::of).collect();
             match self.link.report(&self.worker_id, batch).await {
                 Ok(acks) if acks.len() == sent.len() => {
@@ -145,7 +148,7 @@ struct Sent {
 impl Sent {
     fn of(r: &Report) -> Self {
         match r {
-            Report::Started { task_id, epoch } => Sent {
+            Report::Started { task_id, epoch, .. } => Sent {
                 task_id: task_id.clone(),
                 epoch: *epoch,
                 finished: false,

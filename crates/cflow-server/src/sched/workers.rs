@@ -471,13 +471,22 @@ impl Scheduler {
             .filter(|(i, r)| acks[*i].is_none() && matches!(r, Report::Finished { .. }))
             .map(|(_, r)| r.held())
             .collect();
-        let mut folded: HashSet<Held> = HashSet::new();
+        // When each start happened on the server's clock: when its report arrived, less the
+        // time the worker says it waited to be sent (at most a lease: never before assignment).
+        let lease = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+        let started_at = |r: &Report| match r {
+            Report::Started { waited_ms, .. } => {
+                now - i64::try_from(*waited_ms).unwrap_or(i64::MAX).min(lease)
+            }
+            _ => now,
+        };
+        let mut folded: HashMap<Held, i64> = HashMap::new();
         for (i, r) in reports.iter().enumerate() {
             if acks[i].is_none() && matches!(r, Report::Started { .. }) {
                 let h = r.held();
                 if finishing.contains(&h) {
                     acks[i] = Some(ReportAck::ok());
-                    folded.insert(h);
+                    folded.insert(h, started_at(r));
                 }
             }
         }
@@ -488,10 +497,10 @@ impl Scheduler {
         let reqs = starts
             .iter()
             .filter_map(|&i| match &reports[i] {
-                Report::Started { task_id, epoch } => Some(cflow_store::StartRequest {
+                Report::Started { task_id, epoch, .. } => Some(cflow_store::StartRequest {
                     task_id: task_id.clone(),
                     epoch: *epoch,
-                    now,
+                    now: started_at(&reports[i]),
                 }),
                 _ => None,
             })
@@ -505,13 +514,14 @@ impl Scheduler {
             let Report::Started { task_id, .. } = &reports[i] else {
                 continue;
             };
+            let at = started_at(&reports[i]);
             acks[i] = Some(match res {
                 Ok(_) => {
                     let (tenant, waited) = {
                         let st = self.lock();
                         st.running
                             .get(task_id)
-                            .map(|r| (r.task.tenant.clone(), now - r.task.enqueued_at))
+                            .map(|r| (r.task.tenant.clone(), at - r.task.enqueued_at))
                             .unwrap_or_default()
                     };
                     self.metrics.observe_start(waited);
@@ -628,10 +638,12 @@ impl Scheduler {
                         outcome_of(outcome),
                     ),
                     now,
-                    started: folded.contains(&Held {
-                        task_id: task_id.clone(),
-                        epoch: *epoch,
-                    }),
+                    started_at: folded
+                        .get(&Held {
+                            task_id: task_id.clone(),
+                            epoch: *epoch,
+                        })
+                        .copied(),
                 }),
                 _ => None,
             })
@@ -646,12 +658,12 @@ impl Scheduler {
                 let st = self.lock();
                 folded
                     .iter()
-                    .filter_map(|h| {
+                    .filter_map(|(h, at)| {
                         st.running.get(&h.task_id).map(|r| {
                             (
                                 r.task.tenant.clone(),
                                 h.task_id.clone(),
-                                now - r.task.enqueued_at,
+                                at - r.task.enqueued_at,
                             )
                         })
                     })

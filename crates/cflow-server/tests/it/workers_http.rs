@@ -113,16 +113,33 @@ async fn protocol(server: TestServer) {
     assert!(ids.contains(&"w-1") && !ids.contains(&"w-other"), "{list}");
 
     // Fencing: a stale epoch and a task the worker does not hold are refused, one ack each.
+    // The start happened 250 ms before its report was sent (it waited behind another report):
+    // the server records it that much earlier, on its own clock.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let before = crate::common::now_ms();
     let acks = report(
         &worker,
         "w-1",
         json!([
             {"type": "started", "task_id": task, "epoch": epoch - 1},
             {"type": "started", "task_id": "0190aaaa-0000-7000-8000-000000000000", "epoch": 1},
-            {"type": "started", "task_id": task, "epoch": epoch},
+            {"type": "started", "task_id": task, "epoch": epoch, "waited_ms": 250},
         ]),
     )
     .await;
+    let after = crate::common::now_ms();
+    let attempt = server
+        .state()
+        .store
+        .list_attempts(&tenant, &task)
+        .await
+        .unwrap()
+        .remove(0);
+    let started = attempt.started_at.unwrap();
+    assert!(
+        (before - 250..=after - 250).contains(&started) && started >= attempt.assigned_at,
+        "started_at {started} not 250 ms before the report ({before}..{after}): {attempt:?}"
+    );
     assert_eq!(acks[0]["status"], 409, "{acks:?}");
     assert!(
         matches!(acks[1]["status"].as_u64(), Some(404 | 409)),

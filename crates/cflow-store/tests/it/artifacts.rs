@@ -94,7 +94,7 @@ async fn a_completion_stores_its_detail_on_both_paths() {
                     epoch: 1,
                     outcome: o,
                     now: n + 1,
-                    started: true,
+                    started_at: Some(n + 1),
                 }
             })
             .collect();

@@ -78,7 +78,7 @@ async fn batched_attempt_ops_answer_per_element() {
             epoch,
             outcome: outcome(OutcomeKind::Succeeded),
             now: n,
-            started: false,
+            started_at: None,
         };
         let got = store
             .complete_attempts(
@@ -193,7 +193,7 @@ async fn set_based_batches_match_the_single_ops() {
             epoch: 1,
             outcome: outcome(kind),
             now: n + 5,
-            started: false,
+            started_at: None,
         };
         let got = store
             .complete_attempts(
@@ -229,6 +229,104 @@ async fn set_based_batches_match_the_single_ops() {
             (agent.tasks_done, agent.failures, agent.busy_ms),
             (1, 1, 10)
         );
+    })
+    .await;
+}
+
+/// A start is recorded at the time the worker reports it happened, never before the attempt's
+/// assignment: by a start op (set-based and single) and by a completion that carries it.
+#[tokio::test]
+async fn reported_start_times_are_recorded_within_the_attempt() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "starts").await;
+        let ag = agent(&store, &t).await;
+        let out = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![
+                    task("a", &[]),
+                    task("b", &[]),
+                    task("c", &[]),
+                    task("d", &[]),
+                ],
+            )
+            .await
+            .unwrap();
+        let ids: Vec<String> = out.iter().map(|s| s.id.clone()).collect();
+        let n = now();
+        let assigned = store
+            .assign_tasks(
+                &system(),
+                ids.iter()
+                    .map(|id| AssignRequest {
+                        task_id: id.clone(),
+                        agent_id: ag.id.clone(),
+                        worker_id: "w1".to_string(),
+                        lease_ms: LEASE,
+                        now: n,
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert!(assigned.iter().all(Result::is_ok), "{backend:?}");
+        let start = |id: &String, at: i64| StartRequest {
+            task_id: id.clone(),
+            epoch: 1,
+            now: at,
+        };
+        // Distinct tasks: the set-based path. One started 40 ms after its assignment, one
+        // reported as starting before it (a worker cannot know the server's clock).
+        let got = store
+            .start_attempts(
+                &system(),
+                vec![start(&ids[0], n + 40), start(&ids[1], n - 5_000)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].as_ref().unwrap().started_at,
+            Some(n + 40),
+            "{backend:?}"
+        );
+        assert_eq!(got[1].as_ref().unwrap().started_at, Some(n), "{backend:?}");
+        // A single op (the same task twice goes one by one).
+        let got = store
+            .start_attempts(
+                &system(),
+                vec![start(&ids[2], n + 7), start(&ids[2], n + 9)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].as_ref().unwrap().started_at,
+            Some(n + 7),
+            "{backend:?}"
+        );
+        // A completion that carries its start.
+        store
+            .complete_attempts(
+                &system(),
+                vec![CompleteRequest {
+                    task_id: ids[3].clone(),
+                    epoch: 1,
+                    outcome: outcome(OutcomeKind::Succeeded),
+                    now: n + 100,
+                    started_at: Some(n + 60),
+                }],
+            )
+            .await
+            .unwrap();
+        for (id, want) in [
+            (&ids[0], n + 40),
+            (&ids[1], n),
+            (&ids[2], n + 7),
+            (&ids[3], n + 60),
+        ] {
+            let attempts = store.list_attempts(&t, id).await.unwrap();
+            assert_eq!(attempts[0].started_at, Some(want), "{backend:?} {id}");
+        }
     })
     .await;
 }

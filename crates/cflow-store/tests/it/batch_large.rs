@@ -199,7 +199,7 @@ async fn huge_batches_take_the_one_parameter_path() {
                 epoch: 1,
                 outcome: outcome(i),
                 now: at + 3,
-                started: false,
+                started_at: None,
             })
             .collect();
         let got = store.complete_attempts(&system(), done).await.unwrap();

@@ -107,7 +107,7 @@ async fn lifecycle(store: &Store, backend: Backend) {
                             detail: None,
                         },
                         now: n,
-                        started: false,
+                        started_at: None,
                     })
                     .collect();
                 for s in store.complete_attempts(&system(), done).await.unwrap() {

@@ -247,7 +247,7 @@ async fn a_batch_of_replica_completions_votes_in_order() {
                 epoch: 1,
                 outcome: said("same"),
                 now: n,
-                started: false,
+                started_at: None,
             })
             .collect();
         let got = store.complete_attempts(&system(), reqs).await.unwrap();

@@ -164,10 +164,14 @@ async fn the_protocol_round_trips_over_http() {
                 Report::Started {
                     task_id: "ok".into(),
                     epoch: 1,
+                    waited_ms: 0,
+                    at: None,
                 },
                 Report::Started {
                     task_id: "stale".into(),
                     epoch: 1,
+                    waited_ms: 0,
+                    at: None,
                 },
             ],
         )
