@@ -88,6 +88,6 @@ mod tests {
                 assert_eq!(bearer, !public.contains(&path.as_str()), "{method} {path}");
             }
         }
-        assert_eq!(operations, 70, "{:#?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 71, "{:#?}", paths.keys().collect::<Vec<_>>());
     }
 }
