@@ -222,7 +222,7 @@ impl Store {
         }
         let redacted_url = db::redact(&url);
         // The connection that migrated becomes the writer's own.
-        let writer = WriterHandle::start(conn, url, backend, opts.max_batch);
+        let writer = WriterHandle::start(conn, url, backend, opts.max_batch)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,

@@ -29,7 +29,6 @@ use futures_util::FutureExt;
 use sqlx::AnyConnection;
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::attempts::AttemptOp;
 use crate::audit::{self, Draft};
@@ -336,27 +335,60 @@ enum Msg {
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Msg>,
     closed: AtomicBool,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Fires when the writer has stopped (or is dropped if its thread died).
+    task: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl WriterHandle {
-    /// Starts the writer task on `conn` (already migrated and set up).
-    pub fn start(conn: AnyConnection, url: String, backend: Backend, max_batch: usize) -> Self {
+    /// Starts the writer on a thread of its own with `conn` (already migrated and set up).
+    pub fn start(
+        conn: AnyConnection,
+        url: String,
+        backend: Backend,
+        max_batch: usize,
+    ) -> Result<Self> {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).max(1024));
+        // The writer is every change's critical path, so it runs on a thread and a runtime of
+        // its own: its many short waits on the database (a round trip per statement) are not
+        // queued behind request handlers on the shared runtime, whose workers pick up a task
+        // woken from outside (by the database thread) only after up to 61 local ones.
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        match backend {
+            // SQLite needs no I/O driver (its connection is a thread): parking on a futex is
+            // cheaper than on epoll.
+            Backend::Sqlite => runtime.enable_time(),
+            Backend::Postgres => runtime.enable_all(),
+        };
+        let runtime = runtime
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the store writer's runtime: {e}")))?;
+        let conn = match backend {
+            // A PostgreSQL socket belongs to the runtime it was opened on: the writer opens its
+            // own on its runtime (the first batch connects, as after a failure).
+            Backend::Postgres => None,
+            Backend::Sqlite => Some(conn),
+        };
         let writer = Writer {
             url,
             backend,
-            conn: Some(conn),
+            conn,
             rx,
             max_batch,
         };
-        let task = tokio::spawn(writer.run());
-        WriterHandle {
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("cflow-writer".into())
+            .spawn(move || {
+                runtime.block_on(writer.run());
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::Config(format!("cannot start the store writer's thread: {e}")))?;
+        Ok(WriterHandle {
             tx,
             closed: AtomicBool::new(false),
-            task: Mutex::new(Some(task)),
-        }
+            task: Mutex::new(Some(done_rx)),
+        })
     }
 
     /// Runs `op` and waits until it is committed (or failed).
@@ -519,7 +551,7 @@ impl Writer {
         }
     }
 
-    /// Adds what is queued to the batch. When the queue runs dry, yields to the runtime (at most
+    /// Adds what is queued to the batch. When the queue runs dry, yields its thread (at most
     /// [`GATHER_YIELDS`] times) and looks again: callers answered by the previous commit are
     /// usually about to send their next writes, and without this pause the writer would commit a
     /// batch of one and make them all wait a whole commit. Under light load the pause costs a
@@ -531,7 +563,8 @@ impl Writer {
                 Ok(msg) => self.take(msg, batch),
                 Err(_) if yields < GATHER_YIELDS => {
                     yields += 1;
-                    tokio::task::yield_now().await;
+                    // Nothing else runs on the writer's runtime: let the callers' threads run.
+                    std::thread::yield_now();
                 }
                 Err(_) => break,
             }
