@@ -383,7 +383,9 @@ async fn new_task(
         let exists = match seen.swarms.get(swarm) {
             Some(e) => *e,
             None => {
-                let e = state.store.get_swarm(tenant, swarm).await?.is_some();
+                // The scheduler holds every live swarm: only a stopped or unknown one costs a read.
+                let e = state.sched.has_swarm(tenant, swarm)
+                    || state.store.get_swarm(tenant, swarm).await?.is_some();
                 seen.swarms.insert(swarm.clone(), e);
                 e
             }

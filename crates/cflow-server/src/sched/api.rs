@@ -223,6 +223,15 @@ impl Scheduler {
         (live, idle)
     }
 
+    /// Whether the scheduler holds `swarm_id` of `tenant` (every swarm that is not stopped). A
+    /// `false` proves nothing: ask the store.
+    pub fn has_swarm(&self, tenant: &str, swarm_id: &str) -> bool {
+        self.lock()
+            .swarms
+            .get(swarm_id)
+            .is_some_and(|s| s.rec.tenant_id == tenant)
+    }
+
     pub fn swarm_live(&self, tenant: &str, swarm_id: &str) -> SwarmLive {
         let st = self.lock();
         let Some(s) = st
