@@ -8,6 +8,10 @@
 //! is from an earlier boot or has left the ring, the stream starts with a `reset` event: the
 //! client must re-read the state it cares about (the store is the truth; events are
 //! notifications). That is the documented contract — events are not a durable log.
+//!
+//! The live feed is a broadcast channel much smaller than the ring. A reader that falls behind
+//! it (the hook dispatcher under a burst) reads what it missed from the ring with
+//! [`EventBus::since`], and loses events only once they have left the ring too.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -50,6 +54,15 @@ struct Inner {
 struct Ring {
     next_seq: u64,
     events: VecDeque<Arc<Event>>,
+}
+
+/// What the ring still holds after a `seq`: see [`EventBus::since`].
+#[derive(Debug)]
+pub struct Since {
+    /// The events after the `seq` (all tenants), oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// How many events after the `seq` have already left the ring: those just before `events`.
+    pub lost: u64,
 }
 
 /// Where a subscriber starts.
@@ -165,6 +178,24 @@ impl EventBus {
         }
     }
 
+    /// The oldest `max` events with `seq` above `after` that the ring still holds (every
+    /// tenant's, in `seq` order), and how many events after `after` it no longer holds.
+    pub fn since(&self, after: u64, max: usize) -> Since {
+        let ring = self.0.ring.lock().unwrap_or_else(|e| e.into_inner());
+        // Seqs in the ring are contiguous, so an event's index is its distance from the oldest.
+        let oldest = ring.events.front().map_or(ring.next_seq, |e| e.seq);
+        let lost = oldest.saturating_sub(after.saturating_add(1));
+        let len = ring.events.len();
+        let start = usize::try_from(after.saturating_add(1).saturating_sub(oldest))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        let end = start.saturating_add(max).min(len);
+        Since {
+            events: ring.events.range(start..end).cloned().collect(),
+            lost,
+        }
+    }
+
     fn parse_id(&self, id: &str) -> Option<u64> {
         let (boot, seq) = id.rsplit_once('-')?;
         if boot != self.0.boot {
@@ -198,5 +229,39 @@ mod tests {
         assert!(stale.reset, "an id from another boot resets");
         let now = bus.subscribe("t1", Resume::Now);
         assert!(!now.reset && now.backlog.is_empty());
+    }
+
+    fn seqs(since: &Since) -> Vec<u64> {
+        since.events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn since_returns_the_ring_after_a_seq_and_counts_what_left_it() {
+        let bus = EventBus::new(16);
+        let empty = bus.since(0, 100);
+        assert!(empty.events.is_empty());
+        assert_eq!(empty.lost, 0);
+        for i in 0..10 {
+            bus.publish("*", "worker.idle", &format!("w{i}"), json!({}));
+            bus.publish("t1", "task.queued", &format!("task{i}"), json!({}));
+        }
+        // Seqs 1..=20 in a ring of 16: it holds 5..=20, every tenant's.
+        let mid = bus.since(10, 100);
+        assert_eq!(seqs(&mid), (11..=20).collect::<Vec<_>>());
+        assert_eq!(mid.lost, 0);
+        assert_eq!(mid.events[0].tenant_id, "*");
+        assert_eq!(mid.events[1].tenant_id, "t1");
+        assert_eq!(seqs(&bus.since(10, 3)), [11, 12, 13]);
+        let edge = bus.since(4, 100);
+        assert_eq!((seqs(&edge), edge.lost), ((5..=20).collect(), 0));
+        let gone = bus.since(0, 100);
+        assert_eq!((seqs(&gone), gone.lost), ((5..=20).collect(), 4));
+        let one = bus.since(3, 2);
+        assert_eq!((seqs(&one), one.lost), (vec![5, 6], 1));
+        for after in [20, 25] {
+            let none = bus.since(after, 100);
+            assert!(none.events.is_empty() && none.lost == 0, "after {after}");
+        }
+        assert!(bus.since(10, 0).events.is_empty());
     }
 }

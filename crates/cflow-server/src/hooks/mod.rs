@@ -15,7 +15,10 @@
 //! between that commit and the dispatcher's enqueue is not durable: a crash inside it loses
 //! that event's notifications (the change itself is committed and visible in the store and the
 //! ledger). Everything enqueued is delivered at least once, across restarts; a receiver dedupes
-//! on `X-Cflow-Delivery`, which stays the same across retries.
+//! on `X-Cflow-Delivery`, which stays the same across retries. A dispatcher that falls behind a
+//! burst reads what it missed from the bus's ring (the newest 65,536 events); only a backlog
+//! larger than the ring loses the oldest events' notifications, logged with their exact count
+//! (`missed`).
 //!
 //! [`EventBus`]: crate::events::EventBus
 

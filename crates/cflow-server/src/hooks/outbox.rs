@@ -5,7 +5,7 @@
 
 use super::send;
 use super::spec::{self, Settings};
-use crate::events::{Event, Resume};
+use crate::events::{Event, EventBus, Resume};
 use crate::state::{AppState, now_ms};
 use cflow_store::{Hook, HookDelivery, NewDelivery, SendResult};
 use serde_json::{Value, json};
@@ -45,45 +45,129 @@ pub fn envelope(hook: &Hook, e: &Event) -> Value {
 
 /// Turns events into deliveries until `stopped`.
 pub async fn dispatcher(state: AppState, mut stopped: watch::Receiver<bool>) {
-    let mut live = state.events.subscribe("*", Resume::Now).live;
+    let sub = state.events.subscribe("*", Resume::Now);
+    let mut live = sub.live;
+    let mut cursor = Cursor::new(sub.last_seq);
     loop {
-        let first = tokio::select! {
+        // Biased: a cursor catching up from the ring is ready at once, round after round, and
+        // the stop signal must still be heard.
+        let batch = tokio::select! {
+            biased;
             () = until_stopped(&mut stopped) => return,
-            r = live.recv() => r,
+            b = cursor.next(&state.events, &mut live, ROUND) => b,
         };
+        let lost = std::mem::take(&mut cursor.lost);
+        if lost > 0 {
+            // The bus ran ahead of the dispatcher by more than its ring holds: those events'
+            // notifications are lost, and the log says exactly how many.
+            tracing::warn!(
+                missed = lost,
+                "hooks: the dispatcher fell behind the event bus"
+            );
+        }
+        let Some(batch) = batch else {
+            return;
+        };
+        dispatch(&state, &batch).await;
+    }
+}
+
+/// The dispatcher's place on the bus. It hands on every event once, in `seq` order: when the
+/// live receiver lags (its channel is much smaller than the bus's ring), what it skipped is read
+/// from the ring, and the live events that read already covered are dropped as duplicates.
+struct Cursor {
+    /// The `seq` of the last event handed on (or counted lost).
+    last: u64,
+    /// The events after `last` come from the ring until it is drained: the live receiver
+    /// skipped some of them.
+    behind: bool,
+    /// Events that left the ring before they could be read, not yet reported.
+    lost: u64,
+}
+
+impl Cursor {
+    fn new(last: u64) -> Self {
+        Self {
+            last,
+            behind: false,
+            lost: 0,
+        }
+    }
+
+    /// The next events, at most `max` (those already waiting are taken together); `None` once
+    /// the bus is gone. Cancel-safe: it awaits only with nothing taken, so a round dropped at
+    /// that point loses nothing.
+    async fn next(
+        &mut self,
+        bus: &EventBus,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+        max: usize,
+    ) -> Option<Vec<Arc<Event>>> {
         let mut batch = Vec::new();
-        let mut take = |r: Result<Arc<Event>, broadcast::error::RecvError>| match r {
-            Ok(e) => {
-                batch.push(e);
-                true
+        loop {
+            if !self.behind {
+                match live.recv().await {
+                    Ok(e) => self.offer(e, &mut batch),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.behind = true,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                // The bus ran ahead of the dispatcher: those events' notifications are lost
-                // (the documented non-durable window), and the log says how many.
-                tracing::warn!(
-                    missed = n,
-                    "hooks: the dispatcher fell behind the event bus"
-                );
-                true
+            let open = self.fill(bus, live, max, &mut batch);
+            if !batch.is_empty() {
+                return Some(batch);
             }
-            Err(broadcast::error::RecvError::Closed) => false,
-        };
-        if !take(first) {
+            if !open {
+                return None;
+            }
+        }
+    }
+
+    /// Adds to `batch`, up to `max`, the events that need no waiting: from the ring while
+    /// behind, then those the live receiver holds. `false` when the bus is gone.
+    fn fill(
+        &mut self,
+        bus: &EventBus,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+        max: usize,
+        batch: &mut Vec<Arc<Event>>,
+    ) -> bool {
+        while batch.len() < max {
+            if self.behind {
+                let room = max - batch.len();
+                let since = bus.since(self.last, room);
+                self.lost += since.lost;
+                self.last += since.lost;
+                // Fewer than asked for: the ring is drained, and the live receiver is back at
+                // or before the next event (or it reports another lag).
+                self.behind = since.events.len() == room;
+                for e in since.events {
+                    self.last = e.seq;
+                    batch.push(e);
+                }
+                continue;
+            }
+            match live.try_recv() {
+                Ok(e) => self.offer(e, batch),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.behind = true,
+                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Err(broadcast::error::TryRecvError::Closed) => return false,
+            }
+        }
+        true
+    }
+
+    /// Takes one live event: a duplicate of one read from the ring is dropped, and a gap (which
+    /// a lag report should have announced) is filled from the ring.
+    fn offer(&mut self, e: Arc<Event>, batch: &mut Vec<Arc<Event>>) {
+        if self.behind || e.seq <= self.last {
             return;
         }
-        while batch.len() < ROUND {
-            match live.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "hooks: the dispatcher fell behind the event bus"
-                    );
-                }
-                Err(_) => break,
-            }
+        if e.seq != self.last + 1 {
+            self.behind = true;
+            return;
         }
-        dispatch(&state, &batch).await;
+        self.last = e.seq;
+        batch.push(e);
     }
 }
 
@@ -326,5 +410,98 @@ pub async fn sender(state: AppState, mut stopped: watch::Receiver<bool>) {
         tracing::warn!(
             "hooks: sends still running at shutdown were abandoned; they will be retried"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Publishes `n` events, alternating between two tenants and the platform.
+    fn publish(bus: &EventBus, n: usize) {
+        for i in 0..n {
+            let tenant = ["t1", "t2", "*"][i % 3];
+            bus.publish(tenant, "task.queued", &format!("task{i}"), json!({}));
+        }
+    }
+
+    /// Drives the cursor as the dispatcher does until it has handed on (or lost) every event up
+    /// to `until`, and returns the seqs it handed on.
+    async fn drain(
+        cursor: &mut Cursor,
+        bus: &EventBus,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+        until: u64,
+    ) -> Vec<u64> {
+        let mut seen = Vec::new();
+        let deadline = Duration::from_secs(30);
+        while cursor.last < until {
+            let batch = tokio::time::timeout(deadline, cursor.next(bus, live, ROUND))
+                .await
+                .expect("the cursor stalled before the last event")
+                .expect("the bus is open");
+            assert!(!batch.is_empty() && batch.len() <= ROUND, "{}", batch.len());
+            seen.extend(batch.iter().map(|e| e.seq));
+        }
+        seen
+    }
+
+    /// Nothing is left once the cursor has reached the bus's newest event: the live events the
+    /// ring already covered are all dropped, not handed on again.
+    fn assert_drained(
+        cursor: &mut Cursor,
+        bus: &EventBus,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+    ) {
+        let mut rest = Vec::new();
+        assert!(cursor.fill(bus, live, ROUND, &mut rest));
+        let rest: Vec<_> = rest.iter().map(|e| e.seq).collect();
+        assert!(rest.is_empty() && !cursor.behind, "left over: {rest:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lagged_cursor_reads_every_event_once_in_order_from_the_ring() {
+        let bus = EventBus::new(65_536);
+        let sub = bus.subscribe("*", Resume::Now);
+        let mut live = sub.live;
+        let mut cursor = Cursor::new(sub.last_seq);
+        // Far more than the live channel's 4,096, while nobody reads: the receiver lags.
+        publish(&bus, 10_000);
+        let mut seen = drain(&mut cursor, &bus, &mut live, 5_000).await;
+        // A second burst while the first is half read: the receiver lags again.
+        publish(&bus, 10_000);
+        seen.extend(drain(&mut cursor, &bus, &mut live, 20_000).await);
+        assert_drained(&mut cursor, &bus, &mut live);
+        // A trickle goes through the live receiver alone.
+        publish(&bus, 10);
+        seen.extend(drain(&mut cursor, &bus, &mut live, 20_010).await);
+        assert_drained(&mut cursor, &bus, &mut live);
+        assert_eq!(seen, (1..=20_010).collect::<Vec<_>>());
+        assert_eq!(cursor.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_counts_exactly_the_events_that_left_a_small_ring() {
+        let bus = EventBus::new(1_000);
+        let sub = bus.subscribe("*", Resume::Now);
+        let mut live = sub.live;
+        let mut cursor = Cursor::new(sub.last_seq);
+        // Smaller than the live channel: the receiver still has all of them, none is lost.
+        publish(&bus, 3_000);
+        let mut seen = drain(&mut cursor, &bus, &mut live, 3_000).await;
+        assert_drained(&mut cursor, &bus, &mut live);
+        assert_eq!(seen, (1..=3_000).collect::<Vec<_>>());
+        assert_eq!(cursor.lost, 0);
+        // Past the channel and the ring: only the ring's newest 1,000 can be read.
+        publish(&bus, 5_000);
+        seen = drain(&mut cursor, &bus, &mut live, 8_000).await;
+        assert_drained(&mut cursor, &bus, &mut live);
+        assert_eq!(seen, (7_001..=8_000).collect::<Vec<_>>());
+        assert_eq!(std::mem::take(&mut cursor.lost), 4_000);
+        publish(&bus, 10);
+        seen = drain(&mut cursor, &bus, &mut live, 8_010).await;
+        assert_drained(&mut cursor, &bus, &mut live);
+        assert_eq!(seen, (8_001..=8_010).collect::<Vec<_>>());
+        assert_eq!(cursor.lost, 0);
     }
 }
