@@ -1,12 +1,14 @@
 //! `GET /api/v1/events`: the caller's tenant's state changes as server-sent events, filtered by
-//! type prefix, resumable with `Last-Event-ID`. When events were missed (the id left the ring,
-//! is from an earlier boot, or this client fell behind the live feed) the stream sends a `reset`
-//! event: the client must re-read the state it cares about. See `crate::events`.
+//! type prefix, resumable with `Last-Event-ID`. A client that falls behind the live feed (a
+//! channel much smaller than the ring) catches up from the ring. When events were really missed
+//! (the id left the ring or is from an earlier boot, or the client fell so far behind that what
+//! it skipped left the ring too) the stream sends a `reset` event: the client must re-read the
+//! state it cares about. See `crate::events`.
 
 use super::time;
 use crate::auth::{Caller, op};
 use crate::error::{ApiError, ApiResult, ProblemResponse};
-use crate::events::{Event, Resume};
+use crate::events::{Event, EventBus, Resume};
 use crate::extract::Query;
 use crate::state::AppState;
 use axum::extract::State;
@@ -75,19 +77,34 @@ fn to_sse(e: &Event) -> SseEvent {
         .data(data.to_string())
 }
 
+/// How many events one catch-up read takes from the ring: what a lagging client holds in memory
+/// at a time, whatever the size of the ring.
+const REFILL: usize = 1024;
+
 fn reset(why: &str) -> SseEvent {
     SseEvent::default()
         .event("reset")
         .data(json!({ "reason": why }).to_string())
 }
 
-/// The stream's state between two events.
+/// The stream's state between two events. It hands on every wanted event once, in `seq` order:
+/// when the live receiver lags, what it skipped is read from the ring in chunks, and the live
+/// events that those reads already covered are dropped as duplicates (as the hooks dispatcher's
+/// cursor does).
 struct Feed {
     tenant: String,
     prefixes: Vec<String>,
     reset: Option<&'static str>,
+    /// Events to hand on (those wanted) before reading more: the `Last-Event-ID` replay, then
+    /// each chunk read from the ring while catching up.
     backlog: VecDeque<Arc<Event>>,
+    bus: EventBus,
     live: Receiver<Arc<Event>>,
+    /// The events after `last_seq` come from the ring until it is drained: the live receiver
+    /// skipped some of them.
+    behind: bool,
+    /// The `seq` of the last event taken, wanted or not (or counted lost), so a catch-up read
+    /// starts after everything already looked at.
     last_seq: u64,
     /// Ends the stream when the server shuts down (graceful shutdown waits for open responses).
     sched: crate::sched::Scheduler,
@@ -103,28 +120,53 @@ impl Feed {
         if let Some(why) = self.reset.take() {
             return Some(reset(why));
         }
-        while let Some(e) = self.backlog.pop_front() {
-            if self.wanted(&e) {
-                return Some(to_sse(&e));
-            }
-        }
         loop {
+            while let Some(e) = self.backlog.pop_front() {
+                // A replayed event is at or below `last_seq` already; one read from the ring
+                // moves it on.
+                self.last_seq = self.last_seq.max(e.seq);
+                if self.wanted(&e) {
+                    return Some(to_sse(&e));
+                }
+            }
+            if self.behind {
+                if let Some(why) = self.refill() {
+                    return Some(reset(why));
+                }
+                continue;
+            }
             let received = tokio::select! {
                 r = self.live.recv() => r,
                 () = self.sched.stopped() => return None,
             };
             match received {
-                Ok(e) if e.seq > self.last_seq && self.wanted(&e) => {
+                // Already read from the ring (or from the replay).
+                Ok(e) if e.seq <= self.last_seq => {}
+                // A gap that no lag report announced: fill it from the ring all the same.
+                Ok(e) if e.seq != self.last_seq + 1 => self.behind = true,
+                Ok(e) => {
                     self.last_seq = e.seq;
-                    return Some(to_sse(&e));
+                    if self.wanted(&e) {
+                        return Some(to_sse(&e));
+                    }
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    return Some(reset("this client fell behind and missed events"));
-                }
+                Err(RecvError::Lagged(_)) => self.behind = true,
                 Err(RecvError::Closed) => return None,
             }
         }
+    }
+
+    /// Reads the next chunk after `last_seq` from the ring into the backlog. Events that left
+    /// the ring before this client read them are lost, wanted or not (they can no longer be
+    /// told apart): then the reason for a `reset`, which goes before the chunk.
+    fn refill(&mut self) -> Option<&'static str> {
+        let since = self.bus.since(self.last_seq, REFILL);
+        self.last_seq += since.lost;
+        // Fewer than asked for: the ring is drained, and the live receiver is back at or before
+        // the next event (or it reports another lag).
+        self.behind = since.events.len() == REFILL;
+        self.backlog.extend(since.events);
+        (since.lost > 0).then_some("this client fell behind and missed events")
     }
 }
 
@@ -137,7 +179,8 @@ fn stream(feed: Feed) -> impl Stream<Item = Result<SseEvent, Infallible>> {
 
 /// The tenant's events as `text/event-stream`; each has `id: <boot>-<seq>`, `event: <type>` and
 /// `data: {id, type, subject, data, at}`. Resume with `Last-Event-ID`; a `reset` event means some
-/// events were missed and state must be re-read.
+/// events were missed (they left the server's ring before this client could read them) and state
+/// must be re-read.
 #[utoipa::path(
     get, path = "/api/v1/events", tag = "events",
     params(
@@ -181,7 +224,9 @@ async fn events(
             .reset
             .then_some("the events after Last-Event-ID are no longer available"),
         backlog: sub.backlog.into(),
+        bus: state.events.clone(),
         live: sub.live,
+        behind: false,
         last_seq: sub.last_seq,
         sched: state.sched.clone(),
     };

@@ -1,6 +1,7 @@
 //! The event stream (`GET /api/v1/events`, server-sent events): a task's life from
 //! `task.queued` to `task.succeeded`, resuming with `Last-Event-ID` replays only what came after
-//! it, a lost position gets a `reset`, and another tenant's events never appear.
+//! it, a lost position gets a `reset`, another tenant's events never appear, and a client that
+//! falls behind a burst catches up from the ring (a `reset` only when the ring lost events too).
 
 use crate::common::{expect_problem, now_ms};
 use crate::orchestration::{Api, RUN_TIMEOUT, coders};
@@ -225,4 +226,69 @@ async fn shutdown_ends_open_event_streams() {
     let done = tokio::time::timeout(RUN_TIMEOUT, server.shutdown()).await;
     drop(stream);
     assert!(done.is_ok(), "shutdown waited for the open event stream");
+}
+
+/// Reads `n` events that must be the burst events `first..first + n` in order, with ids one apart.
+async fn expect_burst(stream: &mut SseReader, first: u64, n: u64) {
+    let mut last: Option<u64> = None;
+    for i in first..first + n {
+        let e = stream.next().await;
+        assert_eq!(e.event, "test.burst", "expected burst event {i}, got {e:?}");
+        assert_eq!(e.data["data"]["i"], i, "{e:?}");
+        let s = seq(e.id.as_deref().unwrap());
+        assert!(last.is_none_or(|l| s > l), "{s} after {last:?}");
+        last = Some(s);
+    }
+}
+
+/// Publishes `n` burst events for `tenant`, each between events the stream filters out (another
+/// tenant's, and a type it did not ask for), without yielding: on this single-threaded runtime
+/// the server cannot read the live channel meanwhile, so its stream falls behind by all of them.
+fn burst(server: &TestServer, tenant: &str, range: std::ops::Range<u64>) {
+    let bus = &server.state().events;
+    for i in range {
+        bus.publish("rival", "test.burst", &format!("r{i}"), json!({"i": i}));
+        bus.publish(tenant, "test.burst", &format!("e{i}"), json!({"i": i}));
+        bus.publish(tenant, "noise.burst", &format!("n{i}"), json!({"i": i}));
+    }
+}
+
+/// A burst far deeper than the live channel (4,096) but within the ring reaches a client that
+/// was not reading, every event in order, with no `reset`.
+#[tokio::test]
+async fn a_client_behind_a_burst_catches_up_from_the_ring_without_reset() {
+    let server = TestServer::start_sqlite().await;
+    let (tenant, admin) = server.tenant_with_key("acme", "admin").await;
+    let api = Api::new(&server, &admin);
+    let mut stream = SseReader::open(&api, "?types=test.", None).await;
+    burst(&server, &tenant, 0..10_000);
+    expect_burst(&mut stream, 0, 10_000).await;
+    // Live again: the next event comes straight through.
+    burst(&server, &tenant, 10_000..10_001);
+    expect_burst(&mut stream, 10_000, 1).await;
+    drop(stream);
+    server.shutdown().await;
+}
+
+/// A client that falls behind by more than the ring holds gets a `reset`, then the events the
+/// ring still has, then the live feed.
+#[tokio::test]
+async fn a_client_behind_more_than_the_ring_gets_a_reset() {
+    let server = TestServer::start_with(|c| c.event_buffer = 1_500).await;
+    let (tenant, admin) = server.tenant_with_key("acme", "admin").await;
+    let api = Api::new(&server, &admin);
+    let mut stream = SseReader::open(&api, "?types=test.", None).await;
+    // 6,000 events; the ring keeps the newest 1,500: the three of each `i` in 1,500..2,000.
+    burst(&server, &tenant, 0..2_000);
+    let reset = stream.next().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(
+        reset.data["reason"],
+        "this client fell behind and missed events"
+    );
+    expect_burst(&mut stream, 1_500, 500).await;
+    burst(&server, &tenant, 2_000..2_001);
+    expect_burst(&mut stream, 2_000, 1).await;
+    drop(stream);
+    server.shutdown().await;
 }
