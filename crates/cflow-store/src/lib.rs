@@ -169,6 +169,9 @@ pub struct StoreOptions {
     pub max_read_connections: u32,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// SQLite: WAL frames (pages) past which the writer checkpoints between two batches, so the
+    /// WAL starts over instead of growing under a steady load (8,192 frames: about 32 MiB).
+    pub wal_restart_frames: u32,
 }
 
 impl Default for StoreOptions {
@@ -176,6 +179,7 @@ impl Default for StoreOptions {
         Self {
             max_read_connections: 8,
             max_batch: 512,
+            wal_restart_frames: 8192,
         }
     }
 }
@@ -217,12 +221,17 @@ impl Store {
         let mut conn = db::connect(&url, backend).await?;
         db::migrate(&mut conn, backend).await?;
         let pool = db::read_pool(&url, backend, opts.max_read_connections).await?;
-        if backend == Backend::Sqlite {
-            db::checkpointer(pool.clone());
-        }
+        let wal = (backend == Backend::Sqlite).then(|| {
+            let watch = Arc::new(db::WalWatch {
+                restart_frames: i64::from(opts.wal_restart_frames),
+                wanted: Default::default(),
+            });
+            db::checkpointer(pool.clone(), watch.clone());
+            watch
+        });
         let redacted_url = db::redact(&url);
         // The connection that migrated becomes the writer's own.
-        let writer = WriterHandle::start(conn, url, backend, opts.max_batch)?;
+        let writer = WriterHandle::start(conn, url, backend, opts.max_batch, wal)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,

@@ -21,8 +21,8 @@
 //! batches) and under SQLite's write lock (`BEGIN IMMEDIATE`).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -346,6 +346,7 @@ impl WriterHandle {
         url: String,
         backend: Backend,
         max_batch: usize,
+        wal: Option<Arc<db::WalWatch>>,
     ) -> Result<Self> {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).max(1024));
@@ -375,6 +376,7 @@ impl WriterHandle {
             conn,
             rx,
             max_batch,
+            wal,
         };
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -526,6 +528,8 @@ struct Writer {
     conn: Option<AnyConnection>,
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
+    /// SQLite's WAL, watched by `db::checkpointer`.
+    wal: Option<Arc<db::WalWatch>>,
 }
 
 impl Writer {
@@ -545,9 +549,29 @@ impl Writer {
                 tracing::error!("the store writer panicked in a batch; its callers get an error");
                 self.conn = None;
             }
+            self.checkpoint_if_wanted().await;
         }
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
+        }
+    }
+
+    /// Checkpoints on the writer's own connection, between two batches, when the checkpointer
+    /// asked for it (see `db::checkpointer`): with nothing appended in between, the next write
+    /// transaction starts the WAL over.
+    async fn checkpoint_if_wanted(&mut self) {
+        let Some(wal) = &self.wal else { return };
+        if !wal.wanted.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *conn)
+            .await
+        {
+            tracing::warn!(error = %e, "the store writer's WAL checkpoint failed");
         }
     }
 
