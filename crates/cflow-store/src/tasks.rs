@@ -6,6 +6,8 @@
 //! transaction (so dependency states cannot change under it), and only then written. It gets one
 //! audit entry, `task.submit`, listing the ids it created and the ids its idempotency keys
 //! matched: one entry per task would double the rows a 10,000-task submission writes.
+//! Submissions that reach the writer together are applied as one run (`submit_many`), each
+//! still all or nothing with its own answer and entry.
 
 use std::collections::{HashMap, HashSet};
 
@@ -334,12 +336,59 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
 
 /// Writer op: a whole submission, or nothing of it.
 pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]) -> Result<Step> {
-    let mut draft = Draft::success(Some(tenant_id), "task.submit", "tasks".into(), json!({}));
+    let mut steps = submit_many(cx, tenant_id, &[tasks]).await?;
+    steps
+        .pop()
+        .ok_or_else(|| Error::State("a submission got no answer".into()))
+}
 
-    // Idempotency keys that already name a task resolve to that task, which stays as it is.
-    let keys: Vec<String> = tasks
+/// Whether a run of submissions can go through [`submit_many`] together: one tenant, and no
+/// idempotency key in two of them (the second would have to see the first's task).
+pub(crate) fn can_join(
+    keys: &mut HashSet<(String, String)>,
+    tenant_id: &str,
+    tasks: &[NewTask],
+) -> bool {
+    let mine: Vec<(String, String)> = tasks
         .iter()
         .filter_map(|t| t.idempotency_key.clone())
+        .map(|k| (tenant_id.to_string(), k))
+        .collect();
+    if mine.iter().any(|k| keys.contains(k)) {
+        return false;
+    }
+    keys.extend(mine);
+    true
+}
+
+/// One submission of a run, between reading and writing.
+struct Pending<'a> {
+    tasks: &'a [NewTask],
+    results: Vec<Option<Submitted>>,
+    /// Indexes of the tasks that are new (not matched by an idempotency key).
+    fresh: Vec<usize>,
+    /// The new tasks' ids, in `fresh` order.
+    ids: Vec<String>,
+    dag_tasks: Vec<DagTask>,
+}
+
+/// Writer op for a run of submissions of one tenant with pairwise distinct idempotency keys
+/// (see [`can_join`]): each stays its own all-or-nothing submission with its own answer and
+/// audit entry, exactly as if applied one after another, but the run reads what it checks
+/// (idempotency keys, dependencies, swarms, agents) and writes its rows in a few statements in
+/// all instead of a few per submission; at a thousand single-task requests a second, that was
+/// a quarter of the writer's time. Exact because the submissions cannot see each other: a new
+/// task's id is made here, so none can depend on a task of another, and distinct keys cannot
+/// resolve to another's task.
+pub(crate) async fn submit_many(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    subs: &[&[NewTask]],
+) -> Result<Vec<Step>> {
+    // Idempotency keys that already name a task resolve to that task, which stays as it is.
+    let keys: Vec<String> = subs
+        .iter()
+        .flat_map(|tasks| tasks.iter().filter_map(|t| t.idempotency_key.clone()))
         .collect();
     let known: HashMap<String, (String, TaskState)> =
         states_of(cx, tenant_id, "idempotency_key", &keys)
@@ -347,93 +396,177 @@ pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]
             .into_iter()
             .map(|(key, id, state)| (key, (id, state)))
             .collect();
-    let mut results: Vec<Option<Submitted>> = vec![None; tasks.len()];
-    let mut alias: HashMap<&str, String> = HashMap::new();
-    let mut fresh = Vec::new();
-    for (i, t) in tasks.iter().enumerate() {
-        match t.idempotency_key.as_ref().and_then(|k| known.get(k)) {
-            Some((id, state)) => {
-                if let Some(l) = &t.local_id {
-                    alias.insert(l, id.clone());
-                }
-                results[i] = Some(Submitted {
-                    id: id.clone(),
-                    state: *state,
-                    existing: true,
-                });
-            }
-            None => fresh.push(i),
-        }
-    }
 
-    // Every new task gets its id now; dependencies on resubmitted tasks point at the originals.
-    let ids: Vec<String> = fresh.iter().map(|_| crate::tenants::new_id()).collect();
-    let dag_tasks: Vec<DagTask> = fresh
-        .iter()
-        .zip(&ids)
-        .map(|(&i, id)| {
-            let t = &tasks[i];
-            let deps = t
-                .depends_on
+    let mut pending = Vec::with_capacity(subs.len());
+    let mut outside = HashSet::new();
+    let mut swarm_ids = HashSet::new();
+    let mut agents = HashSet::new();
+    for &tasks in subs {
+        let mut results: Vec<Option<Submitted>> = vec![None; tasks.len()];
+        let mut alias: HashMap<&str, String> = HashMap::new();
+        let mut fresh = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            match t.idempotency_key.as_ref().and_then(|k| known.get(k)) {
+                Some((id, state)) => {
+                    if let Some(l) = &t.local_id {
+                        alias.insert(l, id.clone());
+                    }
+                    results[i] = Some(Submitted {
+                        id: id.clone(),
+                        state: *state,
+                        existing: true,
+                    });
+                }
+                None => fresh.push(i),
+            }
+        }
+        // Every new task gets its id now; dependencies on resubmitted tasks point at the
+        // originals.
+        let ids: Vec<String> = fresh.iter().map(|_| crate::tenants::new_id()).collect();
+        let dag_tasks: Vec<DagTask> = fresh
+            .iter()
+            .zip(&ids)
+            .map(|(&i, id)| {
+                let t = &tasks[i];
+                let deps = t
+                    .depends_on
+                    .iter()
+                    .map(|d| alias.get(d.as_str()).unwrap_or(d).clone());
+                DagTask::new(t.local_id.clone().unwrap_or_else(|| id.clone()), deps)
+            })
+            .collect();
+        let local: HashSet<&str> = dag_tasks.iter().map(|d| d.id.as_str()).collect();
+        outside.extend(
+            dag_tasks
                 .iter()
-                .map(|d| alias.get(d.as_str()).unwrap_or(d).clone());
-            DagTask::new(t.local_id.clone().unwrap_or_else(|| id.clone()), deps)
-        })
-        .collect();
-    let local: HashSet<&str> = dag_tasks.iter().map(|d| d.id.as_str()).collect();
-    let outside: Vec<String> = dag_tasks
-        .iter()
-        .flat_map(|d| d.depends_on.iter())
-        .filter(|d| !local.contains(d.as_str()))
-        .cloned()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+                .flat_map(|d| d.depends_on.iter())
+                .filter(|d| !local.contains(d.as_str()))
+                .cloned(),
+        );
+        for &i in &fresh {
+            swarm_ids.extend(tasks[i].swarm_id.clone());
+            agents.extend(tasks[i].agent_id.clone());
+        }
+        pending.push(Pending {
+            tasks,
+            results,
+            fresh,
+            ids,
+            dag_tasks,
+        });
+    }
+    let outside: Vec<String> = outside.into_iter().collect();
     let existing: HashMap<String, TaskState> = states_of(cx, tenant_id, "id", &outside)
         .await?
         .into_iter()
         .map(|(id, _, state)| (id, state))
         .collect();
-    let plan = match dag::plan(&dag_tasks, |id| existing.get(id).copied()) {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Step::failed(Error::Invalid(e.into()), draft)),
-    };
+    let swarm_ids: Vec<String> = swarm_ids.into_iter().collect();
+    let known_swarms = swarms_of(cx, tenant_id, &swarm_ids).await?;
+    let agents: Vec<String> = agents.into_iter().collect();
+    let known_agents: HashSet<String> = states_of_agents(cx, tenant_id, &agents).await?;
 
-    let swarm_ids: Vec<String> = fresh
-        .iter()
-        .filter_map(|&i| tasks[i].swarm_id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    for s in &swarm_ids {
-        let found = sqlx::query("SELECT id FROM swarms WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id.to_string())
-            .bind(s.clone())
-            .fetch_optional(&mut *cx.conn)
-            .await?;
-        if found.is_none() {
-            let e = ValidationError::new("swarm_id", format!("no swarm {s} in this tenant"));
-            return Ok(Step::failed(Error::Invalid(e), draft));
+    let mut steps = Vec::with_capacity(pending.len());
+    let mut rows = Vec::new();
+    let mut edges = Vec::new();
+    for p in pending {
+        let draft = Draft::success(Some(tenant_id), "task.submit", "tasks".into(), json!({}));
+        match plan_one(
+            cx.now,
+            tenant_id,
+            p,
+            &existing,
+            &known_swarms,
+            &known_agents,
+        ) {
+            Ok((results, mine, my_edges)) => {
+                rows.extend(mine);
+                edges.extend(my_edges);
+                let mut draft = draft;
+                draft.detail = json!({
+                    "created": results.iter().filter(|s| !s.existing).map(|s| &s.id).collect::<Vec<_>>(),
+                    "existing": results.iter().filter(|s| s.existing).map(|s| &s.id).collect::<Vec<_>>(),
+                });
+                steps.push(Step::done(Output::Submitted(results), draft));
+            }
+            Err(e) => steps.push(Step::failed(Error::Invalid(e), draft)),
         }
     }
+    insert_rows(cx, &rows).await?;
+    if !edges.is_empty() {
+        let sql = format!(
+            "INSERT INTO task_deps (task_id, dep_id) {}",
+            bulk::rows_from(cx.backend, 1, &[("task_id", Text), ("dep_id", Text)])
+        );
+        // The text holds only column names written here; every value is in the one parameter.
+        for text in bulk::rows_json(&edges)? {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(text)
+                .execute(&mut *cx.conn)
+                .await?;
+        }
+    }
+    Ok(steps)
+}
 
+/// The swarms of `ids` that the tenant has.
+async fn swarms_of(cx: &mut OpCx<'_>, tenant_id: &str, ids: &[String]) -> Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
+        "SELECT id FROM swarms WHERE tenant_id = $1 AND id IN ({})",
+        bulk::ids_from(cx.backend, 2)
+    );
+    // The text holds only SQL written here; the ids are in the one parameter.
+    let found = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+        .bind(tenant_id.to_string())
+        .bind(bulk::ids_json(ids.iter().map(String::as_str)))
+        .fetch_all(&mut *cx.conn)
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// A submission's answers, its task rows and its dependency edges (task, dependency).
+type Planned = (Vec<Submitted>, Vec<TaskRow>, Vec<(String, String)>);
+
+/// Decides one submission of a run from what the run read: its answer, rows and edges, or why
+/// it is refused (then it writes nothing).
+fn plan_one(
+    now: i64,
+    tenant_id: &str,
+    p: Pending<'_>,
+    existing: &HashMap<String, TaskState>,
+    known_swarms: &HashSet<String>,
+    known_agents: &HashSet<String>,
+) -> std::result::Result<Planned, ValidationError> {
+    let Pending {
+        tasks,
+        mut results,
+        fresh,
+        ids,
+        dag_tasks,
+    } = p;
+    let plan = dag::plan(&dag_tasks, |id| existing.get(id).copied())?;
+    for &i in &fresh {
+        if let Some(s) = &tasks[i].swarm_id
+            && !known_swarms.contains(s)
+        {
+            return Err(ValidationError::new(
+                "swarm_id",
+                format!("no swarm {s} in this tenant"),
+            ));
+        }
+    }
     // A preferred agent must be one of the tenant's.
-    let agents: Vec<String> = fresh
-        .iter()
-        .filter_map(|&i| tasks[i].agent_id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let known_agents: HashSet<String> = states_of_agents(cx, tenant_id, &agents).await?;
     for &i in &fresh {
         if let Some(a) = &tasks[i].agent_id
             && !known_agents.contains(a)
         {
-            let e = ValidationError::new(
+            return Err(ValidationError::new(
                 format!("tasks[{i}].agent"),
                 format!("no agent {a} in this tenant"),
-            );
-            return Ok(Step::failed(Error::Invalid(e), draft));
+            ));
         }
     }
 
@@ -463,7 +596,7 @@ pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]
             .iter()
             .map(|d| local_ids.get(d.as_str()).copied().unwrap_or(d.as_str()))
             .collect();
-        let mut row = TaskRow::new(tenant_id, ids[n].clone(), &tasks[i], cx.now);
+        let mut row = TaskRow::new(tenant_id, ids[n].clone(), &tasks[i], now);
         row.state = state;
         row.reason = reason;
         row.unmet = unmet;
@@ -480,28 +613,7 @@ pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]
         });
         rows.push(row);
     }
-    insert_rows(cx, &rows).await?;
-    if !edges.is_empty() {
-        let sql = format!(
-            "INSERT INTO task_deps (task_id, dep_id) {}",
-            bulk::rows_from(cx.backend, 1, &[("task_id", Text), ("dep_id", Text)])
-        );
-
-        // The text holds only column names written here; every value is in the one parameter.
-        for text in bulk::rows_json(&edges)? {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(text)
-                .execute(&mut *cx.conn)
-                .await?;
-        }
-    }
-
-    let results: Vec<Submitted> = results.into_iter().flatten().collect();
-    draft.detail = json!({
-        "created": results.iter().filter(|s| !s.existing).map(|s| &s.id).collect::<Vec<_>>(),
-        "existing": results.iter().filter(|s| s.existing).map(|s| &s.id).collect::<Vec<_>>(),
-    });
-    Ok(Step::done(Output::Submitted(results), draft))
+    Ok((results.into_iter().flatten().collect(), rows, edges))
 }
 
 impl Store {

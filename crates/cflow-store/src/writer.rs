@@ -318,6 +318,38 @@ fn plain_put_run(reqs: &[Request], start: usize) -> usize {
     end
 }
 
+/// Most submissions [`submit_run`] joins, and most tasks in all of them.
+const SUBMIT_GROUP: usize = 64;
+const SUBMIT_GROUP_TASKS: usize = crate::tasks::MAX_SUBMIT;
+
+/// The end of the run of submissions that starts at `start` and `tasks::submit_many` can apply
+/// together (one tenant, no idempotency key twice, see `tasks::can_join`).
+fn submit_run(reqs: &[Request], start: usize) -> usize {
+    let Op::SubmitTasks {
+        tenant_id: first, ..
+    } = &reqs[start].op
+    else {
+        return start;
+    };
+    let mut keys = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut end = start;
+    while end < reqs.len() && end - start < SUBMIT_GROUP {
+        match &reqs[end].op {
+            Op::SubmitTasks { tenant_id, tasks }
+                if tenant_id == first
+                    && total + tasks.len() <= SUBMIT_GROUP_TASKS
+                    && crate::tasks::can_join(&mut keys, tenant_id, tasks) =>
+            {
+                total += tasks.len();
+                end += 1;
+            }
+            _ => break,
+        }
+    }
+    end
+}
+
 struct Request {
     ctx: AuditContext,
     op: Op,
@@ -698,8 +730,21 @@ impl Writer {
                 backend,
                 now,
             };
-            let end = plain_put_run(reqs, start);
-            let steps = if end - start > 1 {
+            let end = submit_run(reqs, start).max(plain_put_run(reqs, start));
+            let steps = if let (true, Op::SubmitTasks { tenant_id, .. }) =
+                (end - start > 1, &reqs[start].op)
+            {
+                let subs: Vec<&[NewTask]> = reqs[start..end]
+                    .iter()
+                    .filter_map(|r| match &r.op {
+                        Op::SubmitTasks { tasks, .. } => Some(tasks.as_slice()),
+                        _ => None,
+                    })
+                    .collect();
+                crate::tasks::submit_many(&mut cx, tenant_id, &subs)
+                    .await
+                    .map_err(classify)?
+            } else if end - start > 1 {
                 let puts = reqs[start..end].iter().filter_map(|r| match &r.op {
                     Op::MemoryPut {
                         tenant_id,

@@ -334,3 +334,114 @@ async fn ready_tasks_come_by_priority_then_age_across_tenants() {
     })
     .await;
 }
+
+/// Submissions that reach the writer together are applied as one run (`tasks::submit_many`):
+/// each must still be its own all-or-nothing submission. 240 concurrent submissions mix good
+/// ones, ones refused (an unknown swarm, a dependency of another tenant's task), ones that share
+/// an idempotency key (the writer keeps those in separate runs: both answer the same task) and
+/// ones that depend on an existing task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_stay_separate_when_applied_together() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "runs").await;
+        let other = tenant(&store, "other").await;
+        let foreign = store
+            .submit_tasks(&ctx(&other), &other, vec![task("f", &[])])
+            .await
+            .unwrap();
+        let sw = store
+            .create_swarm(&ctx(&t), &t, crate::swarms::new_swarm("s", 1))
+            .await
+            .unwrap();
+        let base = store
+            .submit_tasks(&ctx(&t), &t, vec![task("base", &[])])
+            .await
+            .unwrap()[0]
+            .id
+            .clone();
+        let mut handles = Vec::new();
+        for i in 0..240usize {
+            let (store, t) = (store.clone(), t.clone());
+            let (sw, base, foreign) = (sw.id.clone(), base.clone(), foreign[0].id.clone());
+            handles.push(tokio::spawn(async move {
+                let tasks = match i % 6 {
+                    // Two tasks in the swarm, the second after the first.
+                    0 => vec![
+                        NewTask {
+                            swarm_id: Some(sw.clone()),
+                            ..task("a", &[])
+                        },
+                        NewTask {
+                            swarm_id: Some(sw),
+                            ..task("b", &["a"])
+                        },
+                    ],
+                    1 => vec![NewTask {
+                        swarm_id: Some(format!("no-such-swarm-{i}")),
+                        ..task("x", &[])
+                    }],
+                    2 => vec![task("ok", &[]), task("bad", &[&foreign])],
+                    // Submissions 3 and 4 of each block of 6 share a key.
+                    3 | 4 => vec![NewTask {
+                        idempotency_key: Some(format!("key-{}", i / 6)),
+                        ..task("k", &[])
+                    }],
+                    _ => vec![task("after", &[&base])],
+                };
+                store.submit_tasks(&ctx(&t), &t, tasks).await
+            }));
+        }
+        let mut created = 0;
+        let mut by_key: std::collections::HashMap<usize, Vec<String>> = Default::default();
+        for (i, h) in handles.into_iter().enumerate() {
+            let out = h.await.unwrap();
+            match (i % 6, out) {
+                (0, Ok(s)) => {
+                    let states: Vec<TaskState> = s.iter().map(|s| s.state).collect();
+                    assert_eq!(
+                        states,
+                        [TaskState::Queued, TaskState::Pending],
+                        "{backend:?}"
+                    );
+                    created += 2;
+                }
+                (1, Err(Error::Invalid(v))) => assert_eq!(v.field, "swarm_id", "{backend:?}"),
+                (2, Err(Error::Invalid(v))) => assert_eq!(v.field, "depends_on", "{backend:?}"),
+                (3 | 4, Ok(s)) => {
+                    created += usize::from(!s[0].existing);
+                    by_key.entry(i / 6).or_default().push(s[0].id.clone());
+                }
+                (5, Ok(s)) => {
+                    assert_eq!(s[0].state, TaskState::Pending, "{backend:?}");
+                    created += 1;
+                }
+                (_, other) => panic!("{backend:?}: submission {i}: {other:?}"),
+            }
+        }
+        assert_eq!(by_key.len(), 40);
+        for ids in by_key.values() {
+            assert_eq!(ids.len(), 2);
+            assert_eq!(ids[0], ids[1], "{backend:?}: one key, one task");
+        }
+        // 40 × 2 in the swarm, 40 keyed, 40 after `base`; nothing of the refused 80.
+        assert_eq!(created, 160, "{backend:?}");
+        let all = all_tasks(&store, &t).await;
+        assert_eq!(all.len(), 161, "{backend:?}: the run's tasks and `base`");
+        assert!(all.iter().all(|x| x.spec == json!({"command": ["true"]})));
+        let audit = store
+            .audit_list(&Default::default(), &page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        let ok = audit
+            .iter()
+            .filter(|e| e.action == "task.submit" && e.tenant_id.as_deref() == Some(t.as_str()))
+            .filter(|e| e.outcome == "success")
+            .count();
+        // `base`, and one per accepted submission (a matched key is accepted too).
+        assert_eq!(ok, 1 + 40 + 80 + 40, "{backend:?}");
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    })
+    .await;
+}
