@@ -171,17 +171,22 @@ async fn states_of(
     Ok(out)
 }
 
-/// The tenant's agents among `ids`.
-async fn states_of_agents(
+/// The ids among `ids` of the tenant's rows in `table`.
+async fn ids_of_tenant(
     cx: &mut OpCx<'_>,
+    table: Table,
     tenant_id: &str,
     ids: &[String],
 ) -> Result<HashSet<String>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
+    let table = match table {
+        Table::Agents => "agents",
+        Table::Swarms => "swarms",
+    };
     let sql = format!(
-        "SELECT id FROM agents WHERE tenant_id = $1 AND id IN ({})",
+        "SELECT id FROM {table} WHERE tenant_id = $1 AND id IN ({})",
         bulk::ids_from(cx.backend, 2)
     );
     // The text holds only SQL written here; the ids are in the one parameter.
@@ -191,6 +196,13 @@ async fn states_of_agents(
         .fetch_all(&mut *cx.conn)
         .await?;
     Ok(found.into_iter().collect())
+}
+
+/// The tables [`ids_of_tenant`] reads.
+#[derive(Clone, Copy)]
+enum Table {
+    Agents,
+    Swarms,
 }
 
 /// A task row as inserted.
@@ -462,9 +474,9 @@ pub(crate) async fn submit_many(
         .map(|(id, _, state)| (id, state))
         .collect();
     let swarm_ids: Vec<String> = swarm_ids.into_iter().collect();
-    let known_swarms = swarms_of(cx, tenant_id, &swarm_ids).await?;
+    let known_swarms = ids_of_tenant(cx, Table::Swarms, tenant_id, &swarm_ids).await?;
     let agents: Vec<String> = agents.into_iter().collect();
-    let known_agents: HashSet<String> = states_of_agents(cx, tenant_id, &agents).await?;
+    let known_agents = ids_of_tenant(cx, Table::Agents, tenant_id, &agents).await?;
 
     let mut steps = Vec::with_capacity(pending.len());
     let mut rows = Vec::new();
@@ -507,24 +519,6 @@ pub(crate) async fn submit_many(
         }
     }
     Ok(steps)
-}
-
-/// The swarms of `ids` that the tenant has.
-async fn swarms_of(cx: &mut OpCx<'_>, tenant_id: &str, ids: &[String]) -> Result<HashSet<String>> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let sql = format!(
-        "SELECT id FROM swarms WHERE tenant_id = $1 AND id IN ({})",
-        bulk::ids_from(cx.backend, 2)
-    );
-    // The text holds only SQL written here; the ids are in the one parameter.
-    let found = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
-        .bind(tenant_id.to_string())
-        .bind(bulk::ids_json(ids.iter().map(String::as_str)))
-        .fetch_all(&mut *cx.conn)
-        .await?;
-    Ok(found.into_iter().collect())
 }
 
 /// A submission's answers, its task rows and its dependency edges (task, dependency).
