@@ -433,6 +433,19 @@ pub struct AssignRequest {
     pub now: i64,
 }
 
+/// An offer to start a new task at once: the scheduler reserved an idle agent for it before
+/// submitting (see [`crate::Store::submit_tasks_direct`]). The task is created with `task_id`
+/// and, when the agent can still take it, assigned in the same transaction as its submission.
+#[derive(Debug, Clone)]
+pub struct DirectAssign {
+    /// The new task's id (a UUIDv7 made by the caller; unused when an idempotency key names an
+    /// existing task).
+    pub task_id: String,
+    pub agent_id: String,
+    pub worker_id: String,
+    pub lease_ms: i64,
+}
+
 /// One element of [`crate::Store::start_attempts`]; see [`crate::Store::start_attempt`].
 #[derive(Debug, Clone)]
 pub struct StartRequest {

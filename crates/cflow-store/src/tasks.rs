@@ -19,9 +19,11 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::attempts::check_lease;
 use crate::audit::Draft;
+use crate::batch_fast::AssignReq;
 use crate::bulk::Ty::{self, Int, Text};
-use crate::orch_types::{Attempt, NewTask, Submitted, Task, TaskFilter};
+use crate::orch_types::{Attempt, DirectAssign, NewTask, Submitted, Task, TaskFilter};
 use crate::swarms::{check_labels, check_names, json_col, parse};
 use crate::types::{AuditContext, Page, PageRequest};
 use crate::writer::{Op, OpCx, Output, Step};
@@ -347,8 +349,13 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
 }
 
 /// Writer op: a whole submission, or nothing of it.
-pub(crate) async fn submit(cx: &mut OpCx<'_>, tenant_id: &str, tasks: &[NewTask]) -> Result<Step> {
-    let mut steps = submit_many(cx, tenant_id, &[tasks]).await?;
+pub(crate) async fn submit(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    tasks: &[NewTask],
+    direct: &[Option<DirectAssign>],
+) -> Result<Step> {
+    let mut steps = submit_many(cx, tenant_id, &[(tasks, direct)]).await?;
     steps
         .pop()
         .ok_or_else(|| Error::State("a submission got no answer".into()))
@@ -376,6 +383,8 @@ pub(crate) fn can_join(
 /// One submission of a run, between reading and writing.
 struct Pending<'a> {
     tasks: &'a [NewTask],
+    /// Empty, or one offer per task.
+    direct: &'a [Option<DirectAssign>],
     results: Vec<Option<Submitted>>,
     /// Indexes of the tasks that are new (not matched by an idempotency key).
     fresh: Vec<usize>,
@@ -392,15 +401,20 @@ struct Pending<'a> {
 /// a quarter of the writer's time. Exact because the submissions cannot see each other: a new
 /// task's id is made here, so none can depend on a task of another, and distinct keys cannot
 /// resolve to another's task.
+///
+/// A new, ready task with a [`DirectAssign`] offer is then assigned to the offered agent in the
+/// same transaction, with the same checks as any assignment (`batch_fast::assign`); when the
+/// agent can no longer take it, the task simply stays queued. That saves the scheduler a second
+/// trip through the writer between a submission and its start.
 pub(crate) async fn submit_many(
     cx: &mut OpCx<'_>,
     tenant_id: &str,
-    subs: &[&[NewTask]],
+    subs: &[(&[NewTask], &[Option<DirectAssign>])],
 ) -> Result<Vec<Step>> {
     // Idempotency keys that already name a task resolve to that task, which stays as it is.
     let keys: Vec<String> = subs
         .iter()
-        .flat_map(|tasks| tasks.iter().filter_map(|t| t.idempotency_key.clone()))
+        .flat_map(|(tasks, _)| tasks.iter().filter_map(|t| t.idempotency_key.clone()))
         .collect();
     let known: HashMap<String, (String, TaskState)> =
         states_of(cx, tenant_id, "idempotency_key", &keys)
@@ -413,7 +427,7 @@ pub(crate) async fn submit_many(
     let mut outside = HashSet::new();
     let mut swarm_ids = HashSet::new();
     let mut agents = HashSet::new();
-    for &tasks in subs {
+    for &(tasks, direct) in subs {
         let mut results: Vec<Option<Submitted>> = vec![None; tasks.len()];
         let mut alias: HashMap<&str, String> = HashMap::new();
         let mut fresh = Vec::new();
@@ -434,7 +448,13 @@ pub(crate) async fn submit_many(
         }
         // Every new task gets its id now; dependencies on resubmitted tasks point at the
         // originals.
-        let ids: Vec<String> = fresh.iter().map(|_| crate::tenants::new_id()).collect();
+        let ids: Vec<String> = fresh
+            .iter()
+            .map(|&i| match direct.get(i) {
+                Some(Some(d)) => d.task_id.clone(),
+                _ => crate::tenants::new_id(),
+            })
+            .collect();
         let dag_tasks: Vec<DagTask> = fresh
             .iter()
             .zip(&ids)
@@ -461,6 +481,7 @@ pub(crate) async fn submit_many(
         }
         pending.push(Pending {
             tasks,
+            direct,
             results,
             fresh,
             ids,
@@ -478,11 +499,15 @@ pub(crate) async fn submit_many(
     let agents: Vec<String> = agents.into_iter().collect();
     let known_agents = ids_of_tenant(cx, Table::Agents, tenant_id, &agents).await?;
 
-    let mut steps = Vec::with_capacity(pending.len());
+    // Each submission's answers (or why it was refused) and audit entries.
+    let mut planned: Vec<std::result::Result<Accepted, Step>> = Vec::with_capacity(pending.len());
     let mut rows = Vec::new();
     let mut edges = Vec::new();
+    // (submission, task) of each offer to take up once the rows are written.
+    let mut offered: Vec<(usize, usize, &DirectAssign)> = Vec::new();
     for p in pending {
         let draft = Draft::success(Some(tenant_id), "task.submit", "tasks".into(), json!({}));
+        let direct = p.direct;
         match plan_one(
             cx.now,
             tenant_id,
@@ -499,9 +524,18 @@ pub(crate) async fn submit_many(
                     "created": results.iter().filter(|s| !s.existing).map(|s| &s.id).collect::<Vec<_>>(),
                     "existing": results.iter().filter(|s| s.existing).map(|s| &s.id).collect::<Vec<_>>(),
                 });
-                steps.push(Step::done(Output::Submitted(results), draft));
+                for (i, s) in results.iter().enumerate() {
+                    if let Some(Some(d)) = direct.get(i)
+                        && !s.existing
+                        && s.state == TaskState::Queued
+                        && s.id == d.task_id
+                    {
+                        offered.push((planned.len(), i, d));
+                    }
+                }
+                planned.push(Ok((results, vec![draft])));
             }
-            Err(e) => steps.push(Step::failed(Error::Invalid(e), draft)),
+            Err(e) => planned.push(Err(Step::failed(Error::Invalid(e), draft))),
         }
     }
     insert_rows(cx, &rows).await?;
@@ -518,8 +552,51 @@ pub(crate) async fn submit_many(
                 .await?;
         }
     }
-    Ok(steps)
+    let mut attempts: Vec<Vec<Option<Attempt>>> = planned
+        .iter()
+        .map(|p| match p {
+            Ok((results, _)) => vec![None; results.len()],
+            Err(_) => Vec::new(),
+        })
+        .collect();
+    if !offered.is_empty() {
+        let reqs: Vec<AssignReq<'_>> = offered
+            .iter()
+            .map(|(_, _, d)| AssignReq {
+                task_id: &d.task_id,
+                agent_id: &d.agent_id,
+                worker_id: &d.worker_id,
+                lease_ms: d.lease_ms,
+                now: cx.now,
+            })
+            .collect();
+        let assigned = crate::batch_fast::assign(cx, &reqs).await?;
+        for (&(sub, i, _), step) in offered.iter().zip(assigned) {
+            let Ok((results, drafts)) = &mut planned[sub] else {
+                continue;
+            };
+            drafts.extend(step.audit);
+            if let Ok(Output::Assigned(a)) = step.result {
+                results[i].state = TaskState::Assigned;
+                attempts[sub][i] = Some(a);
+            }
+        }
+    }
+    Ok(planned
+        .into_iter()
+        .zip(attempts)
+        .map(|(p, attempts)| match p {
+            Ok((results, audit)) => Step {
+                result: Ok(Output::Submitted(results, attempts)),
+                audit,
+            },
+            Err(step) => step,
+        })
+        .collect())
 }
+
+/// An accepted submission's answers and audit entries.
+type Accepted = (Vec<Submitted>, Vec<Draft>);
 
 /// A submission's answers, its task rows and its dependency edges (task, dependency).
 type Planned = (Vec<Submitted>, Vec<TaskRow>, Vec<(String, String)>);
@@ -536,6 +613,7 @@ fn plan_one(
 ) -> std::result::Result<Planned, ValidationError> {
     let Pending {
         tasks,
+        direct: _,
         mut results,
         fresh,
         ids,
@@ -620,6 +698,42 @@ impl Store {
         tenant_id: &str,
         tasks: Vec<NewTask>,
     ) -> Result<Vec<Submitted>> {
+        let (submitted, _) = self
+            .submit_tasks_direct(ctx, tenant_id, tasks, Vec::new())
+            .await?;
+        Ok(submitted)
+    }
+
+    /// [`Store::submit_tasks`] that also assigns new, ready tasks at once where `direct` offers
+    /// an agent (empty, or one element per task): each such task is created with the offered id
+    /// and assigned in the same transaction if the agent can still take it (its swarm active,
+    /// the agent in service), and stays queued otherwise. Answers each task's submission (state
+    /// `assigned` when it was) and its attempt when it was assigned.
+    pub async fn submit_tasks_direct(
+        &self,
+        ctx: &AuditContext,
+        tenant_id: &str,
+        tasks: Vec<NewTask>,
+        direct: Vec<Option<DirectAssign>>,
+    ) -> Result<(Vec<Submitted>, Vec<Option<Attempt>>)> {
+        if !direct.is_empty() {
+            if direct.len() != tasks.len() {
+                let rule = format!(
+                    "must be empty or hold one element per task ({} tasks, got {})",
+                    tasks.len(),
+                    direct.len()
+                );
+                return Err(Error::Invalid(ValidationError::new("direct", rule)));
+            }
+            let mut ids = HashSet::new();
+            for d in direct.iter().flatten() {
+                check_lease(d.lease_ms)?;
+                if uuid::Uuid::parse_str(&d.task_id).is_err() || !ids.insert(d.task_id.as_str()) {
+                    let rule = format!("'{}' is not a fresh task id (a UUID)", d.task_id);
+                    return Err(Error::Invalid(ValidationError::new("direct.task_id", rule)));
+                }
+            }
+        }
         if tasks.is_empty() || tasks.len() > MAX_SUBMIT {
             let rule = format!("must hold 1 to {MAX_SUBMIT} tasks (got {})", tasks.len());
             return Err(Error::Invalid(ValidationError::new("tasks", rule)));
@@ -640,9 +754,10 @@ impl Store {
         let op = Op::SubmitTasks {
             tenant_id: tenant_id.to_string(),
             tasks,
+            direct,
         };
         let out = self.write(ctx, op).await?;
-        expect_output!(out, Output::Submitted(s) => s)
+        expect_output!(out, Output::Submitted(s, a) => (s, a))
     }
 
     /// A task of the tenant (another tenant's is `None`).

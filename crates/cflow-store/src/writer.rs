@@ -33,7 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::attempts::AttemptOp;
 use crate::audit::{self, Draft};
 use crate::orch_types::{
-    Agent, Attempt, Cancelled, Message, NewMessage, NewTask, Settled, Submitted, Swarm, TenantQuota,
+    Agent, Attempt, Cancelled, DirectAssign, Message, NewMessage, NewTask, Settled, Submitted,
+    Swarm, TenantQuota,
 };
 use crate::swarms::SwarmOp;
 use crate::types::{
@@ -93,6 +94,8 @@ pub(crate) enum Op {
     SubmitTasks {
         tenant_id: String,
         tasks: Vec<NewTask>,
+        /// Empty, or one element per task: see [`crate::DirectAssign`].
+        direct: Vec<Option<DirectAssign>>,
     },
     Attempt(AttemptOp),
     /// Several attempt ops sent as one message, answered element by element.
@@ -159,7 +162,9 @@ pub(crate) enum Output {
     Swarm(Swarm),
     Agent(Agent),
     Agents(Vec<Agent>),
-    Submitted(Vec<Submitted>),
+    /// Each task's answer, and the attempt of each task assigned at once (see
+    /// [`crate::DirectAssign`]), in submission order.
+    Submitted(Vec<Submitted>, Vec<Option<Attempt>>),
     Assigned(Attempt),
     Settled(Settled),
     Cancelled(Cancelled),
@@ -247,7 +252,11 @@ async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
         } => memory::delete(cx, tenant_id, namespace, key, *precondition).await,
         Op::PurgeExpired { now, limit } => memory::purge(cx, *now, *limit).await,
         Op::Swarm(op) => swarms::apply(cx, op).await,
-        Op::SubmitTasks { tenant_id, tasks } => tasks::submit(cx, tenant_id, tasks).await,
+        Op::SubmitTasks {
+            tenant_id,
+            tasks,
+            direct,
+        } => tasks::submit(cx, tenant_id, tasks, direct).await,
         Op::Attempt(op) => attempts::apply(cx, op).await,
         Op::AttemptBatch(ops) => batch::apply(cx, ops).await,
         Op::PutArtifact { req, sha256 } => artifacts::put(cx, req, sha256).await,
@@ -336,10 +345,11 @@ fn submit_run(reqs: &[Request], start: usize) -> usize {
     let mut end = start;
     while end < reqs.len() && end - start < SUBMIT_GROUP {
         match &reqs[end].op {
-            Op::SubmitTasks { tenant_id, tasks }
-                if tenant_id == first
-                    && total + tasks.len() <= SUBMIT_GROUP_TASKS
-                    && crate::tasks::can_join(&mut keys, tenant_id, tasks) =>
+            Op::SubmitTasks {
+                tenant_id, tasks, ..
+            } if tenant_id == first
+                && total + tasks.len() <= SUBMIT_GROUP_TASKS
+                && crate::tasks::can_join(&mut keys, tenant_id, tasks) =>
             {
                 total += tasks.len();
                 end += 1;
@@ -734,10 +744,12 @@ impl Writer {
             let steps = if let (true, Op::SubmitTasks { tenant_id, .. }) =
                 (end - start > 1, &reqs[start].op)
             {
-                let subs: Vec<&[NewTask]> = reqs[start..end]
+                let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[start..end]
                     .iter()
                     .filter_map(|r| match &r.op {
-                        Op::SubmitTasks { tasks, .. } => Some(tasks.as_slice()),
+                        Op::SubmitTasks { tasks, direct, .. } => {
+                            Some((tasks.as_slice(), direct.as_slice()))
+                        }
                         _ => None,
                     })
                     .collect();

@@ -13,7 +13,7 @@ use cflow_store::{
 };
 use serde_json::json;
 
-use super::state::QTask;
+use super::state::{Pick, QTask};
 use super::{AgentLive, SchedError, SchedResult, Scheduler, SwarmLive};
 use crate::state::now_ms;
 
@@ -539,22 +539,70 @@ impl Scheduler {
         }
         self.check_pinned_drivers(tenant, &tasks)?;
         self.check_submit_budget(tenant, &tasks).await?;
-        let submitted = self.store.submit_tasks(ctx, tenant, tasks.clone()).await?;
         let now = now_ms();
+        let mut picks = self.reserve_new(tenant, &tasks, now);
+        let offers = if picks.iter().any(Option::is_some) {
+            let lease = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+            picks
+                .iter()
+                .map(|p| {
+                    p.as_ref().map(|p| cflow_store::DirectAssign {
+                        task_id: p.task.id.clone(),
+                        agent_id: p.agent.clone(),
+                        worker_id: p.worker.clone(),
+                        lease_ms: lease,
+                    })
+                })
+                .collect()
+        } else {
+            picks.clear();
+            Vec::new()
+        };
+        let (submitted, attempts) = match self
+            .store
+            .submit_tasks_direct(ctx, tenant, tasks.clone(), offers)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let mut st = self.lock();
+                for p in picks.into_iter().flatten() {
+                    st.unreserve(p, false, now);
+                }
+                return Err(e.into());
+            }
+        };
+        picks.resize_with(submitted.len(), || None);
         // Tasks without dependencies or replicas are queued from what was submitted; the others
         // are read back (resolved dependency ids, replica tasks).
         let mut ready = Vec::new();
         let mut direct = Vec::new();
-        for (s, new) in submitted.iter().zip(tasks) {
+        let mut started = Vec::new();
+        let mut unreserved = Vec::new();
+        for (((s, new), pick), attempt) in submitted.iter().zip(tasks).zip(picks).zip(attempts) {
             if s.existing {
+                unreserved.extend(pick.map(|p| (p, false)));
                 continue;
             }
+            let state = match s.state {
+                // Assigned in the submission's transaction: it was queued first.
+                cflow_core::task::TaskState::Assigned => cflow_core::task::TaskState::Queued,
+                other => other,
+            };
             self.publish(
                 tenant,
-                &format!("task.{}", s.state.as_str()),
+                &format!("task.{}", state.as_str()),
                 &s.id,
                 json!({"swarm_id": new.swarm_id, "priority": new.priority, "submitted": true}),
             );
+            if let Some(pick) = pick {
+                match attempt {
+                    Some(a) => started.push((pick, a)),
+                    // The agent could not take it after all: it waits in the queue.
+                    None => unreserved.push((pick, s.state == cflow_core::task::TaskState::Queued)),
+                }
+                continue;
+            }
             // A quorum parent that is ready is `running` at once: its replicas are queued.
             if new.replicas > 1 && s.state == cflow_core::task::TaskState::Running {
                 ready.push(s.id.clone());
@@ -569,15 +617,51 @@ impl Scheduler {
                 ready.push(s.id.clone());
             }
         }
+        let mut events = Vec::with_capacity(started.len());
         {
             let mut st = self.lock();
+            for (pick, a) in started {
+                events.push((
+                    a.task_id.clone(),
+                    json!({"agent_id": a.agent_id, "worker_id": a.worker_id, "epoch": a.epoch}),
+                ));
+                let attempt = u32::try_from(a.attempt_no).unwrap_or(u32::MAX);
+                st.assigned(pick, a.epoch, attempt, BTreeMap::new());
+            }
+            for (pick, requeue) in unreserved {
+                st.unreserve(pick, requeue, now);
+            }
             for q in direct {
                 st.enqueue(q);
             }
         }
+        self.metrics.assigned(events.len() as u64);
+        for (id, data) in events {
+            self.publish(tenant, "task.assigned", &id, data);
+        }
         self.wake.notify_one();
         self.enqueue_ids(tenant, &ready, now).await?;
         Ok(submitted)
+    }
+
+    /// Idle agents reserved for the new, ready tasks of a submission (see
+    /// [`super::state::State::reserve_new`]), one element per task; the ids of the tasks that
+    /// may start at once are made here.
+    fn reserve_new(&self, tenant: &str, tasks: &[NewTask], now: i64) -> Vec<Option<Pick>> {
+        if !self.lock().queue.is_empty() {
+            return Vec::new();
+        }
+        let candidates: Vec<Option<QTask>> = tasks
+            .iter()
+            .map(|t| {
+                // A task with dependencies or replicas is not ready as submitted.
+                (t.depends_on.is_empty() && t.replicas <= 1).then(|| {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    QTask::from_new(&id, tenant, t.clone(), now)
+                })
+            })
+            .collect();
+        self.lock().reserve_new(&candidates, now)
     }
 
     /// Loads tasks that the store just queued and puts them in the ready queue (replica tasks

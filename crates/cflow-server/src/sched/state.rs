@@ -488,6 +488,52 @@ impl State {
         picks
     }
 
+    /// Reserves idle agents for tasks being submitted (their ids made by the caller) when
+    /// nothing waits in the queue: then these tasks are exactly what [`State::pick_batch`]
+    /// would pick next, so the submission can assign them in its own transaction (see
+    /// `cflow_store::DirectAssign`) without changing any scheduling decision. Higher priority
+    /// first, with the same checks as `pick_batch` (tenant quota, budget, an eligible agent
+    /// and worker); a task that gets `None` is queued as usual once submitted.
+    pub fn reserve_new(&mut self, tasks: &[Option<QTask>], now: i64) -> Vec<Option<Pick>> {
+        let mut picks: Vec<Option<Pick>> = tasks.iter().map(|_| None).collect();
+        if !self.queue.is_empty() {
+            return picks;
+        }
+        let mut order: Vec<(usize, &QTask)> = tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+            .collect();
+        order.sort_by_key(|(_, t)| std::cmp::Reverse(t.priority));
+        let mut stuck: HashSet<u64> = HashSet::new();
+        for (i, t) in order {
+            let quota_ok = self
+                .tenants
+                .get(&t.tenant)
+                .is_none_or(|r| r.max_running.is_none_or(|m| r.running < m));
+            if !quota_ok {
+                break;
+            }
+            if stuck.contains(&t.class)
+                || super::budget::budget_holds(
+                    (&self.spent, &self.usage_pending),
+                    &self.agents,
+                    &self.swarms,
+                    t,
+                )
+            {
+                continue;
+            }
+            match self.choose(t, now) {
+                Some(p) => picks[i] = Some(p),
+                None => {
+                    stuck.insert(t.class);
+                }
+            }
+        }
+        picks
+    }
+
     fn choose(&mut self, t: &QTask, now: i64) -> Option<Pick> {
         let view = View {
             agents: &self.agents,

@@ -151,7 +151,8 @@ async fn dag_runs_end_to_end(server: TestServer) {
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(submitted[0]["local_id"], "a");
-    assert_eq!(submitted[0]["state"], "queued");
+    // Nothing else waits and two agents are idle: `a` is assigned in its submission's commit.
+    assert_eq!(submitted[0]["state"], "assigned");
     assert_eq!(submitted[1]["state"], "pending");
     assert_eq!(submitted[2]["existing"], false);
 

@@ -658,3 +658,67 @@ async fn a_tenant_quota_caps_its_running_tasks_and_agents_recycle() {
     })
     .await;
 }
+
+/// With nothing waiting in the queue, a submission's ready tasks are assigned to idle agents in
+/// the submission's own commit, the highest priority first; once something waits (here a task
+/// of a paused swarm), new tasks queue behind it as usual and the dispatcher assigns them.
+#[tokio::test]
+async fn idle_agents_take_new_tasks_in_their_submission_only_when_nothing_waits() {
+    each_backend(|store, backend| async move {
+        let sched = start(&store, SchedConfig::default()).await;
+        let t = tenant(&store, "direct").await;
+        let s = swarm(&sched, &t, vec![pool("coder", "exec", 1)]).await;
+        let mut low = exec(&s, "true");
+        low.priority = 10;
+        let mut high = exec(&s, "true");
+        high.priority = 90;
+        let sub = sched
+            .submit(&ctx(), &t, vec![low, high], None)
+            .await
+            .unwrap();
+        let states: Vec<TaskState> = sub.iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [TaskState::Queued, TaskState::Assigned],
+            "{backend:?}: one idle agent, taken by the higher priority"
+        );
+        let high_attempts = store.list_attempts(&t, &sub[1].id).await.unwrap();
+        assert_eq!(high_attempts.len(), 1, "{backend:?}");
+        let ids: Vec<String> = sub.iter().map(|s| s.id.clone()).collect();
+        let done = wait_done(&store, &t, &ids, Duration::from_secs(20)).await;
+        assert_eq!(done, [TaskState::Succeeded, TaskState::Succeeded]);
+
+        let paused = swarm(&sched, &t, vec![pool("coder", "exec", 1)]).await;
+        sched
+            .set_swarm_state(&ctx(), &t, &paused, cflow_store::SwarmState::Paused)
+            .await
+            .unwrap();
+        let waiting = sched
+            .submit(&ctx(), &t, vec![exec(&paused, "true")], None)
+            .await
+            .unwrap();
+        assert_eq!(waiting[0].state, TaskState::Queued, "{backend:?}");
+        let behind = sched
+            .submit(&ctx(), &t, vec![exec(&s, "true")], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            behind[0].state,
+            TaskState::Queued,
+            "{backend:?}: a task waits, so the new one queues"
+        );
+        let done = wait_done(&store, &t, &[behind[0].id.clone()], Duration::from_secs(20)).await;
+        assert_eq!(done, [TaskState::Succeeded]);
+        assert_eq!(
+            store
+                .get_task(&t, &waiting[0].id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            TaskState::Queued
+        );
+        sched.shutdown();
+    })
+    .await;
+}

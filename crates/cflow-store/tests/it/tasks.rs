@@ -445,3 +445,157 @@ async fn concurrent_submissions_stay_separate_when_applied_together() {
     })
     .await;
 }
+
+fn offer(agent: &cflow_store::Agent) -> Option<cflow_store::DirectAssign> {
+    Some(cflow_store::DirectAssign {
+        task_id: uuid::Uuid::now_v7().to_string(),
+        agent_id: agent.id.clone(),
+        worker_id: "local".into(),
+        lease_ms: crate::attempts::LEASE,
+    })
+}
+
+/// A submission that offers an agent for a new, ready task assigns it in the same transaction
+/// (both entries audited); a task not ready, a matched idempotency key, or an agent that cannot
+/// take it (its swarm paused) leaves the task as a plain submission would; a refused
+/// submission writes nothing.
+#[tokio::test]
+async fn a_submission_can_assign_its_ready_tasks_at_once() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "direct").await;
+        let ag = crate::attempts::agent(&store, &t).await;
+        let keyed = NewTask {
+            idempotency_key: Some("k".into()),
+            ..task("k", &[])
+        };
+        let first = store
+            .submit_tasks(&ctx(&t), &t, vec![keyed.clone()])
+            .await
+            .unwrap();
+
+        let offers = vec![offer(&ag), offer(&ag), offer(&ag), None];
+        let (sub, attempts) = store
+            .submit_tasks_direct(
+                &ctx(&t),
+                &t,
+                vec![task("a", &[]), task("b", &["a"]), keyed, task("d", &[])],
+                offers.clone(),
+            )
+            .await
+            .unwrap();
+        let states: Vec<TaskState> = sub.iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [
+                TaskState::Assigned,
+                TaskState::Pending,
+                TaskState::Queued,
+                TaskState::Queued
+            ],
+            "{backend:?}"
+        );
+        assert_eq!(
+            sub[0].id,
+            offers[0].as_ref().unwrap().task_id,
+            "{backend:?}"
+        );
+        assert_eq!(sub[2].id, first[0].id, "{backend:?}: the key's task");
+        assert!(sub[2].existing);
+        let a = attempts[0].as_ref().expect("the ready task's attempt");
+        assert!(attempts[1..].iter().all(Option::is_none), "{backend:?}");
+        assert_eq!((a.epoch, a.attempt_no), (1, 1), "{backend:?}");
+        assert_eq!(a.agent_id, ag.id);
+        let stored = crate::attempts::get(&store, &t, &sub[0].id).await;
+        assert_eq!(stored.state, TaskState::Assigned, "{backend:?}");
+        let listed = store.list_attempts(&t, &sub[0].id).await.unwrap();
+        assert_eq!(listed, vec![a.clone()], "{backend:?}");
+        // The attempt runs and ends like any other.
+        store
+            .start_attempt(&ctx(&t), &sub[0].id, a.epoch, crate::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::attempts::get(&store, &t, &sub[1].id).await.state,
+            TaskState::Pending
+        );
+
+        // The swarm paused meanwhile: the task is submitted and stays queued.
+        store
+            .set_swarm_state(&ctx(&t), &t, &ag.swarm_id, cflow_store::SwarmState::Paused)
+            .await
+            .unwrap();
+        let (sub, attempts) = store
+            .submit_tasks_direct(&ctx(&t), &t, vec![task("p", &[])], vec![offer(&ag)])
+            .await
+            .unwrap();
+        assert_eq!(sub[0].state, TaskState::Queued, "{backend:?}");
+        assert_eq!(attempts, vec![None]);
+        assert!(
+            store
+                .list_attempts(&t, &sub[0].id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A refused submission assigns nothing and creates nothing.
+        let before = all_tasks(&store, &t).await.len();
+        let err = store
+            .submit_tasks_direct(
+                &ctx(&t),
+                &t,
+                vec![NewTask {
+                    swarm_id: Some("no-such-swarm".into()),
+                    ..task("x", &[])
+                }],
+                vec![offer(&ag)],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref v) if v.field == "swarm_id"),
+            "{err:?}"
+        );
+        assert_eq!(all_tasks(&store, &t).await.len(), before, "{backend:?}");
+        // Offers must be one per task, with fresh ids.
+        let err = store
+            .submit_tasks_direct(&ctx(&t), &t, vec![task("y", &[])], vec![None, None])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref v) if v.field == "direct"),
+            "{err:?}"
+        );
+        let mut dup = offer(&ag);
+        dup.as_mut().unwrap().task_id = "not-a-uuid".into();
+        let err = store
+            .submit_tasks_direct(&ctx(&t), &t, vec![task("z", &[])], vec![dup])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref v) if v.field == "direct.task_id"),
+            "{err:?}"
+        );
+        assert_eq!(all_tasks(&store, &t).await.len(), before, "{backend:?}");
+
+        let audit = store
+            .audit_list(&Default::default(), &page(1000, None))
+            .await
+            .unwrap()
+            .items;
+        let of = |action: &str, resource: &str| {
+            audit
+                .iter()
+                .filter(|e| e.action == action && e.resource == resource)
+                .map(|e| e.outcome.clone())
+                .collect::<Vec<_>>()
+        };
+        let first_task = format!("task/{}", listed[0].task_id);
+        assert_eq!(of("task.assign", &first_task), ["success"], "{backend:?}");
+        let paused_task = format!("task/{}", sub[0].id);
+        assert_eq!(of("task.assign", &paused_task), ["conflict"], "{backend:?}");
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    })
+    .await;
+}
