@@ -15,7 +15,8 @@ use crate::{Error, Result, Store};
 /// Writer op: applies each element in order, as if each were its own op of the batch. A batch
 /// of one kind of op on distinct tasks takes the set-based path of `batch_fast`.
 pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> {
-    let steps = match fast(cx, ops).await? {
+    let refs: Vec<&AttemptOp> = ops.iter().collect();
+    let steps = match fast(cx, &refs).await? {
         Some(steps) => steps,
         None => {
             let mut steps = Vec::with_capacity(ops.len());
@@ -37,21 +38,55 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> 
     })
 }
 
-/// The set-based path when it is exact for `ops`, else `None`.
-async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>> {
+/// Writer op for a run of attempt batches from different callers (`writer::attempt_run`):
+/// when the set-based path is exact for all their elements together (one kind of op, distinct
+/// tasks), they are applied as one set, and each caller gets its own elements' answers and
+/// audit entries; otherwise each batch is applied as its own op. At a thousand tasks a second
+/// most completions arrive one per message, and a writer batch often holds several of them.
+pub(crate) async fn apply_many(cx: &mut OpCx<'_>, groups: &[&[AttemptOp]]) -> Result<Vec<Step>> {
+    let all: Vec<&AttemptOp> = groups.iter().flat_map(|g| g.iter()).collect();
+    if groups.len() > 1
+        && let Some(steps) = fast(cx, &all).await?
+    {
+        let mut steps = steps.into_iter();
+        return Ok(groups
+            .iter()
+            .map(|g| {
+                let mut results = Vec::with_capacity(g.len());
+                let mut audit = Vec::with_capacity(g.len());
+                for step in steps.by_ref().take(g.len()) {
+                    results.push(step.result);
+                    audit.extend(step.audit);
+                }
+                Step {
+                    result: Ok(Output::Batch(results)),
+                    audit,
+                }
+            })
+            .collect());
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        out.push(apply(cx, g).await?);
+    }
+    Ok(out)
+}
+
+/// The set-based path when it is exact for `ops`, else `None` (having written nothing).
+async fn fast(cx: &mut OpCx<'_>, ops: &[&AttemptOp]) -> Result<Option<Vec<Step>>> {
     let mut seen = HashSet::with_capacity(ops.len());
-    let distinct = ops.iter().all(|op| match op {
+    let distinct = ops.iter().all(|op| match *op {
         AttemptOp::Assign { task_id, .. }
         | AttemptOp::Start { task_id, .. }
         | AttemptOp::Complete { task_id, .. } => seen.insert(task_id.as_str()),
         _ => false,
     });
-    if !distinct || ops.len() < 2 {
+    if !distinct || ops.is_empty() {
         return Ok(None);
     }
     let assigns: Option<Vec<AssignReq<'_>>> = ops
         .iter()
-        .map(|op| match op {
+        .map(|op| match *op {
             AttemptOp::Assign {
                 task_id,
                 agent_id,
@@ -73,7 +108,7 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
     }
     let starts: Option<Vec<(&str, i64, i64)>> = ops
         .iter()
-        .map(|op| match op {
+        .map(|op| match *op {
             AttemptOp::Start {
                 task_id,
                 epoch,
@@ -87,7 +122,7 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Option<Vec<Step>>>
     }
     let completes: Option<Vec<batch_fast::CompleteReq<'_>>> = ops
         .iter()
-        .map(|op| match op {
+        .map(|op| match *op {
             AttemptOp::Complete {
                 task_id,
                 epoch,

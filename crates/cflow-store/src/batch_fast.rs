@@ -191,17 +191,11 @@ pub(crate) struct AssignReq<'a> {
     pub now: i64,
 }
 
-/// Assignments of distinct tasks.
-pub(crate) async fn assign(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<Vec<Step>> {
-    let ids: Vec<&str> = reqs.iter().map(|r| r.task_id).collect();
-    let live = read_live(cx, &ids).await?;
-    let agent_ids: Vec<&str> = reqs
-        .iter()
-        .map(|r| r.agent_id)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let mut agents: HashMap<String, AgentInfo> = HashMap::new();
+/// What assignments check of each agent (and its swarm), by agent id, in one read.
+pub(crate) async fn agent_infos(
+    cx: &mut OpCx<'_>,
+    agent_ids: &[&str],
+) -> Result<HashMap<String, AgentInfo>> {
     let sql = format!(
         "SELECT {AGENT_INFO_COLUMNS} FROM agents a JOIN swarms s ON s.id = a.swarm_id \
          WHERE a.id IN ({})",
@@ -212,10 +206,25 @@ pub(crate) async fn assign(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<
         .bind(bulk::ids_json(agent_ids.iter().copied()))
         .fetch_all(&mut *cx.conn)
         .await?;
+    let mut agents = HashMap::with_capacity(rows.len());
     for r in rows {
         let a = agent_info(&r)?;
         agents.insert(a.id.clone(), a);
     }
+    Ok(agents)
+}
+
+/// Assignments of distinct tasks.
+pub(crate) async fn assign(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<Vec<Step>> {
+    let ids: Vec<&str> = reqs.iter().map(|r| r.task_id).collect();
+    let live = read_live(cx, &ids).await?;
+    let agent_ids: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.agent_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let agents = agent_infos(cx, &agent_ids).await?;
     let mut steps = Vec::with_capacity(reqs.len());
     let mut by_now: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
     let mut created: Vec<(&str, Attempt)> = Vec::new();

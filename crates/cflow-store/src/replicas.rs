@@ -60,6 +60,7 @@ fn row_of(t: &Task, now: i64) -> TaskRow {
         agent_id: t.agent_id.clone(),
         replica_of: t.replica_of.clone(),
         replica_index: t.replica_index,
+        epoch: 0,
         now,
     }
 }

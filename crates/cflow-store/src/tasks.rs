@@ -19,9 +19,8 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::attempts::check_lease;
+use crate::attempts::{Head, assigned_draft, check_agent, check_lease, new_attempt};
 use crate::audit::Draft;
-use crate::batch_fast::AssignReq;
 use crate::bulk::Ty::{self, Int, Text};
 use crate::orch_types::{Attempt, DirectAssign, NewTask, Submitted, Task, TaskFilter};
 use crate::swarms::{check_labels, check_names, json_col, parse};
@@ -229,6 +228,8 @@ pub(crate) struct TaskRow {
     pub agent_id: Option<String>,
     pub replica_of: Option<String>,
     pub replica_index: Option<i64>,
+    /// 0, or 1 for a task assigned as it is created (then also its attempt count).
+    pub epoch: i64,
     pub now: i64,
 }
 
@@ -254,6 +255,7 @@ impl TaskRow {
             agent_id: t.agent_id.clone(),
             replica_of: None,
             replica_index: None,
+            epoch: 0,
             now,
         }
     }
@@ -310,8 +312,8 @@ impl serde::Serialize for TaskRow {
         t.serialize_element(self.state.as_str())?;
         t.serialize_element(&self.reason)?;
         // attempts, epoch
-        t.serialize_element(&0)?;
-        t.serialize_element(&0)?;
+        t.serialize_element(&self.epoch)?;
+        t.serialize_element(&self.epoch)?;
         t.serialize_element(&self.unmet)?;
         // retry_at
         t.serialize_element(&None::<i64>)?;
@@ -538,7 +540,10 @@ pub(crate) async fn submit_many(
             Err(e) => planned.push(Err(Step::failed(Error::Invalid(e), draft))),
         }
     }
+    let (assigned, attempt_rows) = assign_new(cx, tenant_id, &mut rows, &offered).await?;
     insert_rows(cx, &rows).await?;
+    let attempt_rows: Vec<(&str, &Attempt)> = attempt_rows.iter().map(|a| (tenant_id, a)).collect();
+    crate::attempts::insert_attempts(cx, &attempt_rows).await?;
     if !edges.is_empty() {
         let sql = format!(
             "INSERT INTO task_deps (task_id, dep_id) {}",
@@ -559,27 +564,14 @@ pub(crate) async fn submit_many(
             Err(_) => Vec::new(),
         })
         .collect();
-    if !offered.is_empty() {
-        let reqs: Vec<AssignReq<'_>> = offered
-            .iter()
-            .map(|(_, _, d)| AssignReq {
-                task_id: &d.task_id,
-                agent_id: &d.agent_id,
-                worker_id: &d.worker_id,
-                lease_ms: d.lease_ms,
-                now: cx.now,
-            })
-            .collect();
-        let assigned = crate::batch_fast::assign(cx, &reqs).await?;
-        for (&(sub, i, _), step) in offered.iter().zip(assigned) {
-            let Ok((results, drafts)) = &mut planned[sub] else {
-                continue;
-            };
-            drafts.extend(step.audit);
-            if let Ok(Output::Assigned(a)) = step.result {
-                results[i].state = TaskState::Assigned;
-                attempts[sub][i] = Some(a);
-            }
+    for (&(sub, i, _), step) in offered.iter().zip(assigned) {
+        let Ok((results, drafts)) = &mut planned[sub] else {
+            continue;
+        };
+        drafts.extend(step.audit);
+        if let Ok(Output::Assigned(a)) = step.result {
+            results[i].state = TaskState::Assigned;
+            attempts[sub][i] = Some(a);
         }
     }
     Ok(planned
@@ -593,6 +585,85 @@ pub(crate) async fn submit_many(
             Err(step) => step,
         })
         .collect())
+}
+
+/// Takes up the offers of accepted submissions (`offered`: submission, task, offer) before their
+/// rows are written: each offered agent is checked as any assignment checks it
+/// (`attempts::check_agent`, one read for all), and a task whose agent can take it is written
+/// already `assigned` (epoch and attempts 1) with its attempt, instead of being inserted, read
+/// back and updated. Answers one step per offer (its `task.assign` entry, or why not) and the
+/// attempts to insert.
+async fn assign_new(
+    cx: &mut OpCx<'_>,
+    tenant_id: &str,
+    rows: &mut [TaskRow],
+    offered: &[(usize, usize, &DirectAssign)],
+) -> Result<(Vec<Step>, Vec<Attempt>)> {
+    if offered.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let agent_ids: Vec<&str> = offered
+        .iter()
+        .map(|(_, _, d)| d.agent_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let agents = crate::batch_fast::agent_infos(cx, &agent_ids).await?;
+    let mut at: HashMap<&str, usize> = offered
+        .iter()
+        .enumerate()
+        .map(|(k, (_, _, d))| (d.task_id.as_str(), k))
+        .collect();
+    let mut row_of = vec![None; offered.len()];
+    for (r, row) in rows.iter().enumerate() {
+        if let Some(k) = at.remove(row.id.as_str()) {
+            row_of[k] = Some(r);
+        }
+    }
+    let mut steps = Vec::with_capacity(offered.len());
+    let mut created = Vec::new();
+    for ((_, _, d), r) in offered.iter().zip(row_of) {
+        let draft = Draft::success(
+            Some(tenant_id),
+            "task.assign",
+            format!("task/{}", d.task_id),
+            json!({ "agent_id": d.agent_id, "worker_id": d.worker_id }),
+        );
+        let Some(row) = r.map(|r| &mut rows[r]) else {
+            let e = Error::NotFound(format!("task {}", d.task_id));
+            steps.push(Step::failed(e, draft));
+            continue;
+        };
+        let h = Head {
+            tenant_id: tenant_id.to_string(),
+            state: row.state,
+            epoch: 0,
+            attempts: 0,
+            max_attempts: row.max_attempts,
+            replicas: row.replicas,
+            replica_of: None,
+        };
+        if let Err(e) = check_agent(&d.agent_id, &h, agents.get(&d.agent_id)) {
+            steps.push(Step::failed(e, draft));
+            continue;
+        }
+        let a = new_attempt(
+            &d.task_id,
+            &d.agent_id,
+            &d.worker_id,
+            &h,
+            d.lease_ms,
+            cx.now,
+        );
+        row.state = TaskState::Assigned;
+        row.epoch = a.epoch;
+        steps.push(Step::done(
+            Output::Assigned(a.clone()),
+            assigned_draft(draft, &a),
+        ));
+        created.push(a);
+    }
+    Ok((steps, created))
 }
 
 /// An accepted submission's answers and audit entries.

@@ -360,6 +360,50 @@ fn submit_run(reqs: &[Request], start: usize) -> usize {
     end
 }
 
+/// Most attempt ops [`attempt_run`] joins.
+const ATTEMPT_GROUP_OPS: usize = 4096;
+
+/// The end of the run of attempt batches of one kind that starts at `start` (see
+/// `batch::apply_many`).
+fn attempt_run(reqs: &[Request], start: usize) -> usize {
+    let kind = group_of(&reqs[start].op);
+    let mut total = 0;
+    let mut end = start;
+    while end < reqs.len() {
+        match &reqs[end].op {
+            Op::AttemptBatch(ops)
+                if total + ops.len() <= ATTEMPT_GROUP_OPS && group_of(&reqs[end].op) == kind =>
+            {
+                total += ops.len();
+                end += 1;
+            }
+            _ => break,
+        }
+    }
+    end
+}
+
+/// Where an op goes when a batch is put in order before it runs: ops that runs can join
+/// (submissions by tenant, attempt batches by kind, memory puts) next to each other, every
+/// other op first, each group in arrival order. The ops of a batch were all in flight at once
+/// (each caller waits for its answer), so any order of them is one they could have arrived in.
+fn group_of(op: &Op) -> (u8, &str) {
+    match op {
+        Op::SubmitTasks { tenant_id, .. } => (1, tenant_id),
+        Op::AttemptBatch(ops) => (
+            2,
+            match ops.first() {
+                Some(AttemptOp::Assign { .. }) => "assign",
+                Some(AttemptOp::Start { .. }) => "start",
+                Some(AttemptOp::Complete { .. }) => "complete",
+                _ => "",
+            },
+        ),
+        Op::MemoryPut { .. } => (3, ""),
+        _ => (0, ""),
+    }
+}
+
 struct Request {
     ctx: AuditContext,
     op: Op,
@@ -583,6 +627,7 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
+            batch.sort_by(|a, b| group_of(&a.op).cmp(&group_of(&b.op)));
             // A bug that panics in one batch must not take every later write down with it.
             let outcome = AssertUnwindSafe(self.commit_batch(batch))
                 .catch_unwind()
@@ -609,11 +654,18 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut *conn)
+        let t0 = std::time::Instant::now();
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *conn)
             .await
         {
-            tracing::warn!(error = %e, "the store writer's WAL checkpoint failed");
+            Ok((_, frames, copied)) => tracing::trace!(
+                frames,
+                copied,
+                us = t0.elapsed().as_micros(),
+                "the store writer checkpointed the WAL"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the store writer's WAL checkpoint failed"),
         }
     }
 
@@ -740,7 +792,9 @@ impl Writer {
                 backend,
                 now,
             };
-            let end = submit_run(reqs, start).max(plain_put_run(reqs, start));
+            let end = submit_run(reqs, start)
+                .max(plain_put_run(reqs, start))
+                .max(attempt_run(reqs, start));
             let steps = if let (true, Op::SubmitTasks { tenant_id, .. }) =
                 (end - start > 1, &reqs[start].op)
             {
@@ -754,6 +808,17 @@ impl Writer {
                     })
                     .collect();
                 crate::tasks::submit_many(&mut cx, tenant_id, &subs)
+                    .await
+                    .map_err(classify)?
+            } else if let (true, Op::AttemptBatch(_)) = (end - start > 1, &reqs[start].op) {
+                let groups: Vec<&[AttemptOp]> = reqs[start..end]
+                    .iter()
+                    .filter_map(|r| match &r.op {
+                        Op::AttemptBatch(ops) => Some(ops.as_slice()),
+                        _ => None,
+                    })
+                    .collect();
+                batch::apply_many(&mut cx, &groups)
                     .await
                     .map_err(classify)?
             } else if end - start > 1 {

@@ -330,3 +330,113 @@ async fn reported_start_times_are_recorded_within_the_attempt() {
     })
     .await;
 }
+
+/// The writer joins attempt batches of different callers that reach it together (and puts a
+/// batch's ops in groups first): each caller must still get exactly its own answers. First 100
+/// concurrent single completions, every fourth with a stale epoch (one set-based run); then the
+/// tasks those left running each get the same report from two callers at once (not distinct, so
+/// applied one by one: one is accepted, the other is stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_attempt_reports_are_answered_per_caller() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "joined").await;
+        let ag = agent(&store, &t).await;
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            tasks.push(task(&format!("t{i}"), &[]));
+        }
+        // Ten dependents, each after one of the first ten tasks.
+        for i in 0..10 {
+            tasks.push(task(&format!("d{i}"), &[&format!("t{i}")]));
+        }
+        let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+        let ids: Vec<String> = out.iter().take(100).map(|s| s.id.clone()).collect();
+        let n = now();
+        let reqs = ids
+            .iter()
+            .map(|id| AssignRequest {
+                task_id: id.clone(),
+                agent_id: ag.id.clone(),
+                worker_id: "w1".to_string(),
+                lease_ms: LEASE,
+                now: n,
+            })
+            .collect();
+        for a in store.assign_tasks(&system(), reqs).await.unwrap() {
+            assert_eq!(a.unwrap().epoch, 1);
+        }
+        let report = |i: usize, epoch: i64| {
+            let store = store.clone();
+            let id = ids[i].clone();
+            tokio::spawn(async move {
+                let done = CompleteRequest {
+                    task_id: id,
+                    epoch,
+                    outcome: outcome(OutcomeKind::Succeeded),
+                    now: n,
+                    started_at: None,
+                };
+                (
+                    i,
+                    epoch,
+                    store.complete_attempts(&system(), vec![done]).await,
+                )
+            })
+        };
+        let mut waves = Vec::new();
+        waves.push(
+            (0..100)
+                .map(|i| report(i, if i % 4 == 3 { 7 } else { 1 }))
+                .collect::<Vec<_>>(),
+        );
+        let mut accepted = vec![0usize; 100];
+        for wave in 0..2 {
+            let handles = std::mem::take(&mut waves[wave]);
+            for h in handles {
+                let (i, epoch, got) = h.await.unwrap();
+                let got = got.unwrap();
+                assert_eq!(got.len(), 1, "{backend:?}");
+                match &got[0] {
+                    Ok(s) => {
+                        assert_eq!(epoch, 1, "{backend:?}: stale report of {i} accepted");
+                        assert_eq!(s.state, TaskState::Succeeded, "{backend:?}: {i}");
+                        if i < 10 {
+                            assert_eq!(s.queued.len(), 1, "{backend:?}: task {i}'s dependent");
+                        }
+                        accepted[i] += 1;
+                    }
+                    Err(e) => assert!(stale(e), "{backend:?}: {i}: {e:?}"),
+                }
+            }
+            if wave == 0 {
+                let left: Vec<usize> = (0..100).filter(|i| i % 4 == 3).collect();
+                assert!(left.iter().all(|&i| accepted[i] == 0), "{backend:?}");
+                let twice = left
+                    .iter()
+                    .flat_map(|&i| [report(i, 1), report(i, 1)])
+                    .collect();
+                waves.push(twice);
+            }
+        }
+        for (i, n) in accepted.iter().enumerate() {
+            assert_eq!(*n, 1, "{backend:?}: task {i} accepted {n} times");
+            assert_eq!(get(&store, &t, &ids[i]).await.state, TaskState::Succeeded);
+        }
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            ..AuditQuery::default()
+        };
+        let entries = store.audit_list(&q, &page(1000, None)).await.unwrap().items;
+        let ok = entries
+            .iter()
+            .filter(|e| e.action == "task.complete" && e.outcome == "success")
+            .count();
+        assert_eq!(
+            ok, 100,
+            "{backend:?}: one success entry per accepted report"
+        );
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{report:?}");
+    })
+    .await;
+}
