@@ -49,7 +49,8 @@ pub(crate) fn rows_from(backend: Backend, p: usize, cols: &[(&str, Ty)]) -> Stri
 pub(crate) fn ids_from(backend: Backend, p: usize) -> String {
     match backend {
         Backend::Sqlite => format!("SELECT value FROM json_each(${p})"),
-        Backend::Postgres => format!("SELECT jsonb_array_elements_text(${p}::jsonb)"),
+        // `cflow_ids` (migration 0011) is `jsonb_array_elements_text` estimated at one row.
+        Backend::Postgres => format!("SELECT cflow_ids(${p}::jsonb)"),
     }
 }
 

@@ -356,6 +356,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "claude policy",
                 include_str!("../migrations/postgres/0010_claude_policy.sql"),
             ),
+            (
+                11,
+                "bulk functions",
+                include_str!("../migrations/postgres/0011_bulk_functions.sql"),
+            ),
         ],
     };
     Migrator::with_migrations(

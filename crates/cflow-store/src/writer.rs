@@ -46,9 +46,11 @@ use crate::{
     swarms, tasks, tenants,
 };
 
-/// The key of the PostgreSQL advisory lock that serialises write batches across server nodes.
-/// Any constant works as long as every node uses the same one; this is "cflowaud" in ASCII.
-const AUDIT_LOCK_KEY: i64 = 0x6366_6c6f_7761_7564;
+/// How a batch's transaction starts on PostgreSQL: `BEGIN` and the transaction-scoped advisory
+/// lock that serialises write batches across server nodes, in one simple query (one round trip
+/// instead of two). Any key works as long as every node uses the same one; this one is
+/// "cflowaud" in ASCII (checked by a test).
+const PG_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(7162531483379397988)";
 
 /// Times the writer yields to let more writes arrive before it commits a batch.
 const GATHER_YIELDS: u32 = 2;
@@ -769,16 +771,9 @@ impl Writer {
             // Take the write lock up front: a deferred transaction that upgrades later can fail
             // with SQLITE_BUSY without waiting when another process holds the lock.
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => conn.begin().await,
+            Backend::Postgres => conn.begin_with(PG_BEGIN).await,
         }
         .map_err(|e| classify(e.into()))?;
-        if backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(AUDIT_LOCK_KEY)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify(e.into()))?;
-        }
         let t0 = std::time::Instant::now();
         let conn: &mut AnyConnection = &mut tx;
         let mut head = audit::head(conn).await.map_err(classify)?;
@@ -860,5 +855,17 @@ impl Writer {
             "write batch committed"
         );
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pg_begin_statement_takes_the_audit_lock() {
+        let key = i64::from_be_bytes(*b"cflowaud");
+        assert_eq!(
+            super::PG_BEGIN,
+            format!("BEGIN; SELECT pg_advisory_xact_lock({key})")
+        );
     }
 }

@@ -270,3 +270,57 @@ async fn huge_batches_take_the_one_parameter_path() {
     })
     .await;
 }
+
+/// On PostgreSQL a batch's ids come from a JSON parameter; `jsonb_array_elements_text` is
+/// estimated at 100 rows whatever it holds, which made the planner scan the whole tasks table
+/// for a batch of a few ids. The one-row function of migration 0011 makes it look them up by
+/// index: checked on the plan of a batched read, with 3,000 tasks stored.
+#[tokio::test]
+async fn postgres_plans_batched_reads_as_index_lookups() {
+    crate::each_backend_url(|store, backend, url| async move {
+        if backend != cflow_store::Backend::Postgres {
+            return;
+        }
+        let t = crate::tenant(&store, "plans").await;
+        let tasks: Vec<_> = (0..3000)
+            .map(|i| crate::tasks::task(&format!("t{i}"), &[]))
+            .collect();
+        let out = store
+            .submit_tasks(&crate::ctx(&t), &t, tasks)
+            .await
+            .unwrap();
+        let ids = format!(r#"["{}", "{}"]"#, out[0].id, out[1].id);
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("ANALYZE tasks")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let read = explain(
+            &mut conn,
+            format!("SELECT id FROM tasks WHERE id IN (SELECT cflow_ids('{ids}'::jsonb))"),
+        )
+        .await;
+        assert!(read.contains("Index"), "{read}");
+        assert!(!read.contains("Seq Scan on tasks"), "{read}");
+        // What the function replaces: the built-in's 100-row estimate scans the table.
+        let old = explain(
+            &mut conn,
+            format!(
+                "SELECT id FROM tasks WHERE id IN \
+                 (SELECT jsonb_array_elements_text('{ids}'::jsonb))"
+            ),
+        )
+        .await;
+        assert!(old.contains("Seq Scan on tasks"), "{old}");
+    })
+    .await;
+}
+
+async fn explain(conn: &mut sqlx::PgConnection, sql: String) -> String {
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+        .fetch_all(conn)
+        .await
+        .unwrap();
+    rows.join("\n")
+}
