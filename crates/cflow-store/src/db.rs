@@ -112,6 +112,27 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Creates a missing database file empty (SQLite takes an empty file as a new database) and
+/// readable by its owner only: it holds key hashes, sealed secrets, task specs and the audit
+/// ledger, and SQLite gives its WAL and shared-memory files the mode of the database file. An
+/// existing file keeps the mode its operator gave it.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Config(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Prepares a URL for opening: for SQLite, creates the file's directory and asks for the file to
 /// be created when missing (unless the URL already says which mode it wants).
 pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
@@ -132,6 +153,10 @@ pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
     let has_mode = url
         .split_once('?')
         .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("mode=")));
+    let creates = !has_mode || url.contains("mode=rwc");
+    if creates && let Some(path) = sqlite_path(url) {
+        create_private(&path)?;
+    }
     Ok(if has_mode {
         url.to_string()
     } else if url.contains('?') {

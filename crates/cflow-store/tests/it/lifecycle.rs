@@ -284,3 +284,34 @@ async fn sqlite_wal_starts_over_under_steady_writes() {
     );
     store.close().await;
 }
+
+/// A new SQLite database (and its WAL and shared-memory files) is readable by its owner only:
+/// it holds key hashes, sealed secrets and the ledger. An existing file keeps its mode.
+#[tokio::test]
+async fn a_new_sqlite_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("cflow.db");
+    let store = cflow_store::Store::open_sqlite(&path, cflow_store::StoreOptions::default())
+        .await
+        .unwrap();
+    store
+        .create_tenant(&crate::system(), "private")
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    let wal = path.with_file_name("cflow.db-wal");
+    assert!(wal.exists());
+    assert_eq!(mode(&wal), 0o600);
+    store.close().await;
+
+    let shared = dir.path().join("shared.db");
+    std::fs::write(&shared, b"").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = cflow_store::Store::open_sqlite(&shared, cflow_store::StoreOptions::default())
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(mode(&shared), 0o640, "an operator's choice stays");
+}
