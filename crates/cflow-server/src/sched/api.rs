@@ -648,19 +648,29 @@ impl Scheduler {
     /// [`super::state::State::reserve_new`]), one element per task; the ids of the tasks that
     /// may start at once are made here.
     fn reserve_new(&self, tenant: &str, tasks: &[NewTask], now: i64) -> Vec<Option<Pick>> {
-        if !self.lock().queue.is_empty() {
+        let idle = {
+            let st = self.lock();
+            if !st.queue.is_empty() {
+                return Vec::new();
+            }
+            st.swarms.values().map(|s| s.idle.len()).sum::<usize>()
+        };
+        if idle == 0 {
             return Vec::new();
         }
-        let candidates: Vec<Option<QTask>> = tasks
-            .iter()
-            .map(|t| {
-                // A task with dependencies or replicas is not ready as submitted.
-                (t.depends_on.is_empty() && t.replicas <= 1).then(|| {
-                    let id = uuid::Uuid::now_v7().to_string();
-                    QTask::from_new(&id, tenant, t.clone(), now)
-                })
-            })
+        // A task with dependencies or replicas is not ready as submitted. At most one task per
+        // idle agent can start, so only that many (the highest priorities) are offered: the
+        // rest of a bulk submission is queued as usual without being copied here first.
+        let mut ready: Vec<usize> = (0..tasks.len())
+            .filter(|&i| tasks[i].depends_on.is_empty() && tasks[i].replicas <= 1)
             .collect();
+        ready.sort_by_key(|&i| std::cmp::Reverse(tasks[i].priority));
+        ready.truncate(idle);
+        let mut candidates: Vec<Option<QTask>> = tasks.iter().map(|_| None).collect();
+        for i in ready {
+            let id = uuid::Uuid::now_v7().to_string();
+            candidates[i] = Some(QTask::from_new(&id, tenant, tasks[i].clone(), now));
+        }
         self.lock().reserve_new(&candidates, now)
     }
 
