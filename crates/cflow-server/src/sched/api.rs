@@ -621,12 +621,7 @@ impl Scheduler {
         {
             let mut st = self.lock();
             for (pick, a) in started {
-                events.push((
-                    a.task_id.clone(),
-                    json!({"agent_id": a.agent_id, "worker_id": a.worker_id, "epoch": a.epoch}),
-                ));
-                let attempt = u32::try_from(a.attempt_no).unwrap_or(u32::MAX);
-                st.assigned(pick, a.epoch, attempt, BTreeMap::new());
+                events.push((a.task_id.clone(), st.assigned(pick, &a, BTreeMap::new())));
             }
             for (pick, requeue) in unreserved {
                 st.unreserve(pick, requeue, now);

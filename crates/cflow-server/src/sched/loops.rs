@@ -236,13 +236,8 @@ impl Scheduler {
             for ((pick, res), inputs) in picks.into_iter().zip(results).zip(inputs) {
                 match res {
                     Ok(a) => {
-                        events.push((
-                            pick.task.tenant.clone(),
-                            pick.task.id.clone(),
-                            json!({"agent_id": pick.agent, "worker_id": pick.worker, "epoch": a.epoch}),
-                        ));
-                        let attempt = u32::try_from(a.attempt_no).unwrap_or(u32::MAX);
-                        st.assigned(pick, a.epoch, attempt, inputs);
+                        let (tenant, id) = (pick.task.tenant.clone(), pick.task.id.clone());
+                        events.push((tenant, id, st.assigned(pick, &a, inputs)));
                     }
                     Err(e) => failed.push((pick, e)),
                 }

@@ -12,7 +12,7 @@ use cflow_core::balance::{Balancer, Candidate, Strategy};
 use cflow_core::breaker::{CircuitBreaker, Permit};
 use cflow_core::fairshare::FairQueue;
 use cflow_core::topology::{Member, TopologyGraph};
-use cflow_store::{Agent, AgentState, Swarm, SwarmState, Task};
+use cflow_store::{Agent, AgentState, Attempt, Swarm, SwarmState, Task};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -661,18 +661,14 @@ impl State {
     }
 
     /// The attempt committed: it is running on its worker (delivered at the next poll).
-    pub fn assigned(
-        &mut self,
-        pick: Pick,
-        epoch: i64,
-        attempt_no: u32,
-        inputs: BTreeMap<String, Value>,
-    ) {
+    /// Answers the data of its `task.assigned` event.
+    pub fn assigned(&mut self, pick: Pick, a: &Attempt, inputs: BTreeMap<String, Value>) -> Value {
+        let epoch = a.epoch;
         let assignment = Assignment {
             task_id: pick.task.id.clone(),
             tenant_id: pick.task.tenant.clone(),
             epoch,
-            attempt: attempt_no,
+            attempt: u32::try_from(a.attempt_no).unwrap_or(u32::MAX),
             agent_id: pick.agent.clone(),
             driver: pick.driver.clone(),
             spec: (*pick.task.spec).clone(),
@@ -694,6 +690,7 @@ impl State {
                 permit: pick.permit,
             },
         );
+        serde_json::json!({"agent_id": a.agent_id, "worker_id": a.worker_id, "epoch": epoch})
     }
 
     /// An attempt ended (or was lost or cancelled): frees its agent, slot and quota.
