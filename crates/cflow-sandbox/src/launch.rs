@@ -332,6 +332,10 @@ fn init_main(
     if !matches!((&File::from(ready)).read_exact_or_eof(&mut byte), Ok(true)) {
         return SETUP_FAILED_EXIT;
     }
+    // Opened while init still has the launcher's credentials (in its new mount namespace, so
+    // they can be bound there): the sandbox's user (host `nobody` when cflow runs as root) may
+    // not search the directories above them, e.g. a data directory made by `mktemp -d` (0700).
+    let host = HostFds::open(spec);
     if in_ns {
         // Become the namespace's root, i.e. the mapped host user: until now init still has the
         // launcher's ids, which may be unmapped here (files could not even be created).
@@ -355,7 +359,7 @@ fn init_main(
             return SETUP_FAILED_EXIT;
         }
     }
-    match setup_init(spec, &mut layers, in_ns) {
+    match setup_init(spec, host, &mut layers, in_ns) {
         Ok((listener, egress)) => {
             report.line(&ReportLine::Layers {
                 layers: layers.clone(),
@@ -399,8 +403,48 @@ struct Egress {
     socket: OwnedFd,
 }
 
-fn setup_egress(spec: &LaunchSpec) -> Result<Option<Egress>, String> {
-    let Some(path) = &spec.egress_socket else {
+/// What init needs from the host's tree, opened before it changes its credentials; the fds are
+/// closed at the command's `exec`.
+struct HostFds {
+    /// The writable paths, to bind into the view.
+    sources: Result<mounts::Sources, String>,
+    /// The supervisor's egress proxy socket, if the policy has one.
+    egress_socket: Result<Option<OwnedFd>, String>,
+}
+
+impl HostFds {
+    fn open(spec: &LaunchSpec) -> HostFds {
+        let egress_socket = match &spec.egress_socket {
+            None => Ok(None),
+            Some(path) => open_path(path)
+                .map(Some)
+                .map_err(|e| format!("egress socket {}: {e}", path.display())),
+        };
+        HostFds {
+            sources: mounts::open_sources(&spec.writable),
+            egress_socket,
+        }
+    }
+}
+
+/// An `O_PATH` fd of `path` (no read or write access, just a handle to reach it later).
+fn open_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
+    // SAFETY: valid path; the fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setup_egress(
+    spec: &LaunchSpec,
+    socket: Result<Option<OwnedFd>, String>,
+) -> Result<Option<Egress>, String> {
+    let Some(socket) = socket? else {
         return Ok(None);
     };
     if spec.network != Network::Loopback {
@@ -408,14 +452,6 @@ fn setup_egress(spec: &LaunchSpec) -> Result<Option<Egress>, String> {
     }
     let listener = std::net::TcpListener::bind(("127.0.0.1", crate::egress::PORT))
         .map_err(|e| format!("egress listener on 127.0.0.1:{}: {e}", crate::egress::PORT))?;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "egress path with NUL")?;
-    // SAFETY: valid path; the fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("egress socket {}: {}", path.display(), errno()));
-    }
-    // SAFETY: fd was just returned by open and is owned by nobody else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(Some(Egress { listener, socket }))
 }
 
@@ -455,6 +491,7 @@ fn relay_egress(egress: Egress) {
 
 fn setup_init(
     spec: &LaunchSpec,
+    host: HostFds,
     layers: &mut Layers,
     in_ns: bool,
 ) -> Result<(Option<OwnedFd>, Option<Egress>), Fatal> {
@@ -487,7 +524,7 @@ fn setup_init(
             layer_result(layers, degraded, Layer::NetNs, loopback_up())?;
         }
         // Before the view hides the host: the proxy socket lives in the supervisor's directory.
-        egress = match setup_egress(spec) {
+        egress = match setup_egress(spec, host.egress_socket) {
             Ok(e) => e,
             Err(why) => {
                 return Err(Fatal {
@@ -496,7 +533,8 @@ fn setup_init(
                 });
             }
         };
-        let fs = mounts::open_sources(&spec.writable)
+        let fs = host
+            .sources
             .and_then(|sources| mounts::build(&sources, &spec.hidden, spec.limits.tmp_bytes));
         if let Err(why) = &fs
             && !degraded

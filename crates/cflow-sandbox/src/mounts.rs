@@ -114,7 +114,8 @@ pub struct Sources {
 }
 
 /// Opens every writable path while the host's tree is still visible (the staging tmpfs on `/tmp`
-/// would hide a workspace under `/tmp`).
+/// would hide a workspace under `/tmp`). Init calls it before it becomes the sandbox's
+/// user, who may not be allowed to search the directories above these paths.
 pub fn open_sources(writable: &[PathBuf]) -> Result<Sources, String> {
     let mut out = Vec::new();
     for path in writable {
@@ -139,6 +140,39 @@ pub fn open_sources(writable: &[PathBuf]) -> Result<Sources, String> {
         }));
     }
     Ok(Sources { writable: out })
+}
+
+/// Covers a directory with an empty tmpfs (made read-only once the writable paths beneath it
+/// are bound).
+fn cover(dir: &Path) -> Result<(), String> {
+    mount(
+        Some(Path::new("tmpfs")),
+        dir,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("size=64k,mode=0755"),
+    )
+}
+
+/// The first directory on the way to `target` that the sandbox's user may not search, if the
+/// walk meets one before it meets a missing entry. The sandbox's root is the host user it maps
+/// to (`nobody` when cflow runs as root), with no power over the host's other users' files: a
+/// workspace under a data directory made by `mktemp -d` (0700, owned by root) could not be
+/// reached. Covering that directory with a tmpfs hides nothing the user could see, and the path
+/// to the workspace is then made inside the cover.
+fn unsearchable_ancestor(target: &Path) -> Result<Option<PathBuf>, String> {
+    let mut dir = PathBuf::from("/");
+    for part in target.iter().skip(1) {
+        let next = dir.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(meta) if meta.is_dir() => dir = next,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(Some(dir)),
+            Err(e) => return Err(format!("{}: {e}", next.display())),
+        }
+    }
+    Ok(None)
 }
 
 /// Builds the view and pivots into it. Must run in a new mount namespace.
@@ -188,7 +222,8 @@ pub fn build(sources: &Sources, hidden: &[PathBuf], tmp_bytes: u64) -> Result<()
     }
 
     // Hidden paths: covered before the writable binds, so a workspace beneath a hidden data
-    // directory is bound on top of the cover.
+    // directory is bound on top of the cover. (A hidden path the sandbox's user cannot reach is
+    // out of sight already.)
     let mut covers = Vec::new();
     for path in hidden {
         let target = under_root(path);
@@ -196,13 +231,7 @@ pub fn build(sources: &Sources, hidden: &[PathBuf], tmp_bytes: u64) -> Result<()
             continue;
         };
         if meta.is_dir() {
-            mount(
-                Some(Path::new("tmpfs")),
-                &target,
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                Some("size=64k,mode=0755"),
-            )?;
+            cover(&target)?;
             covers.push(target);
         } else if meta.is_file() {
             mount(
@@ -218,7 +247,12 @@ pub fn build(sources: &Sources, hidden: &[PathBuf], tmp_bytes: u64) -> Result<()
     for (path, fd) in &sources.writable {
         let target = under_root(path);
         if !target.is_dir() {
-            // Beneath a cover: the mount point has to be made in the cover's tmpfs.
+            // Beneath a cover, or beneath a directory the sandbox's user may not search: the
+            // mount point has to be made in a tmpfs.
+            if let Some(dir) = unsearchable_ancestor(&target)? {
+                cover(&dir)?;
+                covers.push(dir);
+            }
             std::fs::create_dir_all(&target)
                 .map_err(|e| format!("mkdir {}: {e}", target.display()))?;
         }

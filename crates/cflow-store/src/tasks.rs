@@ -893,6 +893,36 @@ impl Store {
         rows.iter().map(task_from_row).collect()
     }
 
+    /// The result of each task's last succeeded attempt, for a page of the tenant's tasks, in
+    /// one query (a task without such an attempt, or whose attempt has no result, is absent).
+    pub async fn succeeded_results(
+        &self,
+        tenant_id: &str,
+        task_ids: &[&str],
+    ) -> Result<HashMap<String, serde_json::Value>> {
+        if task_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT task_id, result FROM attempts WHERE tenant_id = $1 AND task_id IN ({}) \
+             AND state = 'succeeded' AND result IS NOT NULL ORDER BY task_id, epoch",
+            bulk::ids_from(self.backend(), 2)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id.to_string())
+            .bind(bulk::ids_json(task_ids.iter().copied()))
+            .fetch_all(self.pool()?)
+            .await?;
+        let mut out = HashMap::new();
+        for r in &rows {
+            let task_id: String = r.try_get(0)?;
+            let result: String = r.try_get(1)?;
+            // Ordered by epoch: a later attempt's result replaces an earlier one's.
+            out.insert(task_id, json_col("attempts.result", &result)?);
+        }
+        Ok(out)
+    }
+
     /// Every attempt of one of the tenant's tasks, oldest first.
     pub async fn list_attempts(&self, tenant_id: &str, task_id: &str) -> Result<Vec<Attempt>> {
         let sql = format!(

@@ -113,6 +113,62 @@ async fn writes_into_a_hidden_data_dir_outside_tmp_fail() {
     assert!(stdout.contains("inside\n"), "stdout: {stdout}");
 }
 
+/// A data directory only root may search (`mktemp -d` makes it 0700), or one beneath such a
+/// directory: the sandbox's user (host `nobody`, cflow being root here) could not reach the
+/// workspace, and every command failed before it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_in_a_data_dir_only_its_owner_may_search() {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap()
+    };
+    // Under /tmp (replaced by the sandbox's own tmpfs), the data directory itself 0700.
+    let dir = tempfile::tempdir().unwrap();
+    private(dir.path());
+    let h = Harness::with_dir(dir, |_| {});
+    let out = h
+        .sh(
+            "private-data-dir",
+            "echo inside > inside.txt && cat inside.txt",
+            SHORT,
+        )
+        .await;
+    assert_eq!(
+        out.end,
+        JobEnd::Exited { code: 0 },
+        "stderr: {}",
+        out.stderr.text()
+    );
+    assert_eq!(out.stdout.text(), "inside\n");
+
+    // Outside /tmp, beneath a 0700 directory that holds something else too.
+    std::fs::create_dir_all(crate::OUTSIDE_TMP).unwrap();
+    let parent = tempfile::tempdir_in(crate::OUTSIDE_TMP).unwrap();
+    private(parent.path());
+    let secret = parent.path().join("secret.txt");
+    std::fs::write(&secret, "SECRET-CONTENT").unwrap();
+    let data = tempfile::tempdir_in(parent.path()).unwrap();
+    let h = Harness::with_dir(data, |_| {});
+    let line = format!(
+        "cat {secret}; ls -A {parent}; echo inside > inside.txt && cat inside.txt",
+        secret = secret.display(),
+        parent = parent.path().display(),
+    );
+    let out = h.sh("private-parent-dir", &line, SHORT).await;
+    let stdout = out.stdout.text();
+    assert_eq!(
+        out.end,
+        JobEnd::Exited { code: 0 },
+        "stderr: {}",
+        out.stderr.text()
+    );
+    assert!(stdout.contains("inside\n"), "stdout: {stdout}");
+    assert!(!stdout.contains("SECRET-CONTENT"), "stdout: {stdout}");
+    assert!(!stdout.contains("secret.txt"), "stdout: {stdout}");
+    // Nothing was written outside the workspace.
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "SECRET-CONTENT");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_not_readable() {
     for (base, task) in [

@@ -79,7 +79,8 @@ impl Harness {
         )
     }
 
-    fn with_dir(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Policy)) -> Self {
+    /// Like [`Harness::new`], on the data directory `dir`.
+    pub fn with_dir(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Policy)) -> Self {
         let mut config = cflow_sandbox::host::Config::under(
             dir.path(),
             PathBuf::from(env!("CARGO_BIN_EXE_cflow-sandbox")),

@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use cflow_core::task::{self as core_task, TaskState};
 use cflow_core::{ValidationError, agent_type, validate};
 use cflow_store::{Attempt, MAX_SUBMIT, NewTask, PageRequest, Task, TaskFilter};
-use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use utoipa::{IntoParams, ToSchema};
@@ -528,20 +527,22 @@ async fn list_tasks(
         limit: page_limit(q.limit)?,
     };
     let page = state.store.list_tasks(tenant, &filter, &page).await?;
-    // Results live on attempts: read them for the succeeded tasks, a few at a time.
-    let store = &state.store;
-    let items = stream::iter(page.items)
-        .map(|t| async move {
-            let result = if t.state == TaskState::Succeeded && t.result.is_none() {
-                result_of(&store.list_attempts(tenant, &t.id).await?)
-            } else {
-                None
-            };
-            Ok::<_, ApiError>(task_response(t, result))
+    // Results live on attempts: read those of the page's succeeded tasks in one query.
+    let want: Vec<&str> = page
+        .items
+        .iter()
+        .filter(|t| t.state == TaskState::Succeeded && t.result.is_none())
+        .map(|t| t.id.as_str())
+        .collect();
+    let mut results = state.store.succeeded_results(tenant, &want).await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|t| {
+            let result = results.remove(&t.id);
+            task_response(t, result)
         })
-        .buffered(4)
-        .try_collect()
-        .await?;
+        .collect();
     Ok(Json(TaskListResponse {
         items,
         next_cursor: page.next_cursor,

@@ -553,3 +553,75 @@ async fn a_restart_rebuilds_exactly_the_accepted_work() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_page_of_results_comes_from_each_tasks_last_succeeded_attempt() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "results").await;
+        let other = tenant(&store, "results-other").await;
+        let ag = agent(&store, &t).await;
+        let out = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                vec![
+                    task("retried", &[]),
+                    task("failed", &[]),
+                    task("queued", &[]),
+                ],
+            )
+            .await
+            .unwrap();
+        let (retried, failed, queued) = (&out[0].id, &out[1].id, &out[2].id);
+        let n = now();
+        // `retried`: its first attempt is lost, its second succeeds with its own result.
+        store
+            .assign_task(&system(), retried, &ag.id, "w1", LEASE, n)
+            .await
+            .unwrap();
+        store
+            .requeue_lost(&system(), retried, 1, n + LEASE + 1)
+            .await
+            .unwrap();
+        store
+            .assign_task(&system(), retried, &ag.id, "w2", LEASE, n + LEASE + 2)
+            .await
+            .unwrap();
+        let mut second = outcome(OutcomeKind::Succeeded);
+        second.result = Some(json!({"attempt": 2}));
+        store
+            .complete_attempt(&system(), retried, 2, second, n + LEASE + 3)
+            .await
+            .unwrap();
+        // `failed`: a failed attempt's result is not a task result.
+        store
+            .assign_task(&system(), failed, &ag.id, "w1", LEASE, n)
+            .await
+            .unwrap();
+        store
+            .complete_attempt(
+                &system(),
+                failed,
+                1,
+                outcome(OutcomeKind::Failed { retryable: false }),
+                n + 1,
+            )
+            .await
+            .unwrap();
+
+        let ids = [retried.as_str(), failed.as_str(), queued.as_str(), "nope"];
+        let results = store.succeeded_results(&t, &ids).await.unwrap();
+        assert_eq!(results.len(), 1, "{backend:?}: {results:?}");
+        assert_eq!(results[retried], json!({"attempt": 2}));
+        // Another tenant reads none of them; an empty page reads nothing.
+        assert!(
+            store
+                .succeeded_results(&other, &ids)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.succeeded_results(&t, &[]).await.unwrap().is_empty());
+    })
+    .await;
+}
