@@ -85,17 +85,22 @@ impl SmoothWrr {
             let w = i64::from(c.weight);
             total += w;
             // Look up before inserting so the hot path (a known agent) does not allocate.
-            if !self.current.contains_key(c.id) {
-                self.current.insert(c.id.to_string(), 0);
-            }
-            let cur = self.current.get_mut(c.id).expect("just inserted");
-            *cur += w;
+            let cur = match self.current.get_mut(c.id) {
+                Some(cur) => {
+                    *cur += w;
+                    *cur
+                }
+                None => {
+                    self.current.insert(c.id.to_string(), w);
+                    w
+                }
+            };
             let better = match best {
                 None => true,
-                Some((bw, bid)) => *cur > bw || (*cur == bw && c.id < bid),
+                Some((bw, bid)) => cur > bw || (cur == bw && c.id < bid),
             };
             if better {
-                best = Some((*cur, c.id));
+                best = Some((cur, c.id));
             }
         }
         let (_, id) = best?;

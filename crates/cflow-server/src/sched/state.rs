@@ -535,54 +535,68 @@ impl State {
     }
 
     fn choose(&mut self, t: &QTask, now: i64) -> Option<Pick> {
-        let view = View {
-            agents: &self.agents,
-            swarms: &self.swarms,
-            workers: &self.workers,
-            replica_agents: &self.replica_agents,
-        };
-        let mut found: Vec<(String, String, u32)> = Vec::new();
-        for id in view.agent_ids(t) {
-            let Some(a) = view.agents.get(id) else {
-                continue;
-            };
-            if !view.agent_ok(a, t, now) {
-                continue;
-            }
-            if let Some(w) = view.worker_for(a, t) {
-                let load = u32::try_from(a.tasks_since_start).unwrap_or(u32::MAX);
-                found.push((a.rec.id.clone(), w.to_string(), load));
-                if found.len() == CANDIDATES {
-                    break;
-                }
-            }
-        }
-        if found.is_empty() {
-            return None;
-        }
-        let candidates: Vec<Candidate<'_>> = found
-            .iter()
-            .map(|(id, _, load)| Candidate {
-                id: id.as_str(),
-                weight: 1,
-                running: *load,
-            })
-            .collect();
-        let (strategy, balancer) = match &t.swarm {
+        // The balancer is taken out of the state while the view borrows it (and put back
+        // below), so that the candidates can borrow their ids instead of copying them.
+        let (strategy, mut balancer) = match &t.swarm {
             Some(s) => {
                 let sw = self.swarms.get_mut(s)?;
-                (sw.rec.strategy, &mut sw.balancer)
+                (sw.rec.strategy, std::mem::take(&mut sw.balancer))
             }
             None => (
                 Strategy::WeightedRoundRobin,
-                self.tenant_balancers.entry(t.tenant.clone()).or_default(),
+                self.tenant_balancers
+                    .get_mut(&t.tenant)
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
             ),
         };
-        let agent_id = balancer.pick(strategy, &candidates)?.to_string();
-        let worker_id = found
-            .iter()
-            .find(|(a, _, _)| *a == agent_id)
-            .map(|(_, w, _)| w.clone())?;
+        let chosen = {
+            let view = View {
+                agents: &self.agents,
+                swarms: &self.swarms,
+                workers: &self.workers,
+                replica_agents: &self.replica_agents,
+            };
+            let mut candidates: Vec<Candidate<'_>> = Vec::new();
+            let mut workers: Vec<&str> = Vec::new();
+            for id in view.agent_ids(t) {
+                let Some(a) = view.agents.get(id) else {
+                    continue;
+                };
+                if !view.agent_ok(a, t, now) {
+                    continue;
+                }
+                if let Some(w) = view.worker_for(a, t) {
+                    candidates.push(Candidate {
+                        id: a.rec.id.as_str(),
+                        weight: 1,
+                        running: u32::try_from(a.tasks_since_start).unwrap_or(u32::MAX),
+                    });
+                    workers.push(w);
+                    if candidates.len() == CANDIDATES {
+                        break;
+                    }
+                }
+            }
+            balancer.pick(strategy, &candidates).and_then(|id| {
+                let i = candidates.iter().position(|c| c.id == id)?;
+                Some((id.to_string(), workers[i].to_string()))
+            })
+        };
+        match &t.swarm {
+            Some(s) => {
+                if let Some(sw) = self.swarms.get_mut(s) {
+                    sw.balancer = balancer;
+                }
+            }
+            None => match self.tenant_balancers.get_mut(&t.tenant) {
+                Some(b) => *b = balancer,
+                None => {
+                    self.tenant_balancers.insert(t.tenant.clone(), balancer);
+                }
+            },
+        }
+        let (agent_id, worker_id) = chosen?;
         let a = self.agents.get_mut(&agent_id)?;
         let permit = Some(a.breaker.allow(now)?);
         a.running = Some(t.id.clone());
