@@ -7,11 +7,10 @@
 //! and after it ended (a worker uploads just before it reports the ending), never for an older
 //! epoch.
 
+use crate::exec::GetCol;
 use cflow_core::validate;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::attempts::head;
 use crate::audit::Draft;
@@ -42,12 +41,13 @@ pub(crate) async fn put(cx: &mut OpCx<'_>, req: &ArtifactPut, sha256: &str) -> R
         tenant_id: Some(h.tenant_id.clone()),
         ..draft
     };
-    let row =
-        sqlx::query("SELECT worker_id, attempt_no FROM attempts WHERE task_id = $1 AND epoch = $2")
-            .bind(task_id.to_string())
-            .bind(epoch)
-            .fetch_optional(&mut *cx.conn)
-            .await?;
+    let row = crate::exec::query(
+        "SELECT worker_id, attempt_no FROM attempts WHERE task_id = $1 AND epoch = $2",
+    )
+    .bind(task_id.to_string())
+    .bind(epoch)
+    .fetch_optional(&mut *cx.conn)
+    .await?;
     let attempt = row
         .map(|r| -> Result<(String, i64)> { Ok((r.try_get(0)?, r.try_get(1)?)) })
         .transpose()?;
@@ -70,7 +70,7 @@ pub(crate) async fn put(cx: &mut OpCx<'_>, req: &ArtifactPut, sha256: &str) -> R
             return Ok(Step::failed(e, draft));
         }
     };
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO artifact_blobs (sha256, size, content) VALUES ($1, $2, $3) \
          ON CONFLICT (sha256) DO NOTHING",
     )
@@ -79,7 +79,7 @@ pub(crate) async fn put(cx: &mut OpCx<'_>, req: &ArtifactPut, sha256: &str) -> R
     .bind(req.bytes.clone())
     .execute(&mut *cx.conn)
     .await?;
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO artifacts (task_id, epoch, tenant_id, name, kind, sha256, size, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (task_id, epoch, name) DO UPDATE SET kind = excluded.kind, \
@@ -122,7 +122,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn meta_from_row(r: &AnyRow) -> Result<ArtifactMeta> {
+fn meta_from_row(r: &impl GetCol) -> Result<ArtifactMeta> {
     Ok(ArtifactMeta {
         task_id: r.try_get(0)?,
         epoch: r.try_get(1)?,
@@ -198,7 +198,7 @@ impl Store {
         .bind(sha256.to_string())
         .fetch_optional(self.pool()?)
         .await?;
-        row.map(|r| r.try_get::<Vec<u8>, _>(0))
+        row.map(|r| r.try_get::<Vec<u8>>(0))
             .transpose()
             .map_err(Error::from)
     }
@@ -213,7 +213,7 @@ impl Store {
         let Some(r) = row else {
             return Err(Error::NotFound(format!("tenant {tenant_id}")));
         };
-        r.try_get::<Option<String>, _>(0)?
+        r.try_get::<Option<String>>(0)?
             .map(|s| json_col("tenants.sandbox", &s))
             .transpose()
     }

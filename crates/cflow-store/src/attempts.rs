@@ -7,10 +7,10 @@
 //! [`Error::StaleEpoch`] with nothing changed. The task's next state always comes from
 //! `cflow_core::task::transition`, so the store and the scheduler share one state machine.
 
+use crate::exec::GetCol;
 use cflow_core::task::{Backoff, TaskEvent, TaskState, transition};
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::audit::Draft;
 use crate::orch_types::{
@@ -97,10 +97,10 @@ pub(crate) const HEAD_COLUMNS: &str =
     "tenant_id, state, epoch, attempts, max_attempts, replicas, replica_of";
 
 /// A [`Head`] whose columns start at column `b`.
-pub(crate) fn head_from_row(r: &AnyRow, b: usize) -> Result<Head> {
+pub(crate) fn head_from_row(r: &impl GetCol, b: usize) -> Result<Head> {
     Ok(Head {
         tenant_id: r.try_get(b)?,
-        state: parse("tasks.state", &r.try_get::<String, _>(b + 1)?)?,
+        state: parse("tasks.state", &r.try_get::<String>(b + 1)?)?,
         epoch: r.try_get(b + 2)?,
         attempts: r.try_get(b + 3)?,
         max_attempts: r.try_get(b + 4)?,
@@ -111,7 +111,7 @@ pub(crate) fn head_from_row(r: &AnyRow, b: usize) -> Result<Head> {
 
 pub(crate) async fn head(cx: &mut OpCx<'_>, task_id: &str) -> Result<Option<Head>> {
     let sql = format!("SELECT {HEAD_COLUMNS} FROM tasks WHERE id = $1");
-    let row = sqlx::query(AssertSqlSafe(sql))
+    let row = crate::exec::query(AssertSqlSafe(sql))
         .bind(task_id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
@@ -124,7 +124,7 @@ async fn live(cx: &mut OpCx<'_>, task_id: &str, epoch: i64) -> Result<(Head, Att
         return Err(Error::NotFound(format!("task {task_id}")));
     };
     let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = $1 AND epoch = $2");
-    let row = sqlx::query(AssertSqlSafe(sql))
+    let row = crate::exec::query(AssertSqlSafe(sql))
         .bind(task_id.to_string())
         .bind(epoch)
         .fetch_optional(&mut *cx.conn)
@@ -174,7 +174,7 @@ pub(crate) async fn fenced(
         n + 2
     );
     // The text holds only SQL written here and placeholders.
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut q = crate::exec::query(AssertSqlSafe(sql));
     for b in binds {
         q = match b {
             Bind::I(v) => q.bind(v),
@@ -213,7 +213,7 @@ async fn set_task(
     retry_at: Option<i64>,
     now: i64,
 ) -> Result<()> {
-    let done = sqlx::query(
+    let done = crate::exec::query(
         "UPDATE tasks SET state = $1, reason = $2, retry_at = $3, updated_at = $4 \
          WHERE id = $5 AND epoch = $6 AND state IN ('assigned', 'running')",
     )
@@ -373,7 +373,7 @@ async fn assign(
     let sql = format!(
         "SELECT {AGENT_INFO_COLUMNS} FROM agents a JOIN swarms s ON s.id = a.swarm_id WHERE a.id = $1"
     );
-    let agent = sqlx::query(AssertSqlSafe(sql))
+    let agent = crate::exec::query(AssertSqlSafe(sql))
         .bind(agent_id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
@@ -382,7 +382,7 @@ async fn assign(
         return Ok(Step::failed(e, draft));
     }
     let attempt = new_attempt(task_id, agent_id, worker_id, &h, lease_ms, now);
-    let done = sqlx::query(
+    let done = crate::exec::query(
         "UPDATE tasks SET state = 'assigned', epoch = $1, attempts = $2, updated_at = $3 \
          WHERE id = $4 AND epoch = $5 AND state = 'queued'",
     )
@@ -418,12 +418,12 @@ pub(crate) struct AgentInfo {
     pub swarm_state: SwarmState,
 }
 
-pub(crate) fn agent_info(r: &AnyRow) -> Result<AgentInfo> {
+pub(crate) fn agent_info(r: &impl GetCol) -> Result<AgentInfo> {
     Ok(AgentInfo {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
-        state: parse("agents.state", &r.try_get::<String, _>(2)?)?,
-        swarm_state: parse("swarms.state", &r.try_get::<String, _>(3)?)?,
+        state: parse("agents.state", &r.try_get::<String>(2)?)?,
+        swarm_state: parse("swarms.state", &r.try_get::<String>(3)?)?,
     })
 }
 
@@ -533,7 +533,7 @@ pub(crate) async fn insert_attempts(
         .collect::<Vec<_>>();
     // The text holds only column names written here; every value is in the one parameter.
     for text in bulk::rows_json(&rows)? {
-        sqlx::query(AssertSqlSafe(sql.clone()))
+        crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
             .execute(&mut *cx.conn)
             .await?;
@@ -582,7 +582,7 @@ async fn complete(
     set_task(cx, task_id, epoch, next, e.reason.clone(), e.retry_at, now).await?;
     let (done, failed) = e.counts();
     let busy = e.busy;
-    sqlx::query("UPDATE agents SET tasks_done = tasks_done + $1, failures = failures + $2, busy_ms = busy_ms + $3, updated_at = $4 WHERE id = $5")
+    crate::exec::query("UPDATE agents SET tasks_done = tasks_done + $1, failures = failures + $2, busy_ms = busy_ms + $3, updated_at = $4 WHERE id = $5")
         .bind(done)
         .bind(failed)
         .bind(busy)

@@ -1,7 +1,7 @@
 //! The [`Store`] methods for attempts: assignment, fenced worker reports, lease expiry,
 //! cancellation and retries. They validate input and send an [`AttemptOp`] to the writer.
 
-use sqlx::Row;
+use crate::exec::GetCol;
 
 use crate::attempts::{AttemptOp, check_lease};
 use crate::orch_types::{Attempt, Cancelled, ExpiredLease, Outcome, Settled};

@@ -1,11 +1,12 @@
 //! The audit ledger in the database: appending sealed entries (for the writer), listing and
 //! verifying the chain.
 
+use crate::exec::GetCol;
+use crate::exec::WConn;
 use cflow_core::audit::{AuditEntry, ChainVerifier, GENESIS_HASH, seal};
 use serde_json::Value;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AnyPool;
+use sqlx::AssertSqlSafe;
 
 use crate::types::{AuditContext, AuditQuery, Page, PageRequest, VerifyReport};
 use crate::{Backend, Result, bulk, page};
@@ -102,8 +103,8 @@ fn sorted_keys(v: Value) -> Value {
 }
 
 /// Reads the chain head; must run inside the writer's transaction, after its lock.
-pub(crate) async fn head(conn: &mut AnyConnection) -> Result<Head> {
-    let row = sqlx::query("SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1")
+pub(crate) async fn head(conn: &mut WConn) -> Result<Head> {
+    let row = crate::exec::query("SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
     Ok(match row {
@@ -126,7 +127,7 @@ const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outco
 /// `bulk`): one round trip and one bind, however many ops the batch had (unless the entries
 /// hold several MiB, which are split over a few statements).
 pub(crate) async fn insert(
-    conn: &mut AnyConnection,
+    conn: &mut WConn,
     backend: Backend,
     entries: &[AuditEntry],
 ) -> Result<()> {
@@ -176,7 +177,7 @@ pub(crate) async fn insert(
         .collect::<Vec<_>>();
     // The text holds only column names written here; every value is in the one parameter.
     for text in bulk::rows_json(&rows)? {
-        sqlx::query(AssertSqlSafe(sql.clone()))
+        crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
             .execute(&mut *conn)
             .await?;
@@ -184,7 +185,7 @@ pub(crate) async fn insert(
     Ok(())
 }
 
-fn from_row(r: &AnyRow) -> Result<AuditEntry> {
+fn from_row(r: &impl GetCol) -> Result<AuditEntry> {
     let detail_text: String = r.try_get(9)?;
     // A detail that is no longer JSON was tampered with; keeping its text (instead of failing)
     // lets the listing show it and the verifier name the entry.

@@ -72,7 +72,7 @@ async fn read_live(
         bulk::ids_from(cx.backend, 1)
     );
     // The text holds only column names written here; the ids are in the one parameter.
-    let packed: String = sqlx::query_scalar(AssertSqlSafe(sql))
+    let packed: String = crate::exec::query_scalar(AssertSqlSafe(sql))
         .bind(bulk::ids_json(ids.iter().copied()))
         .fetch_one(&mut *cx.conn)
         .await?;
@@ -145,7 +145,7 @@ async fn read_live(
 async fn update_tasks_in(cx: &mut OpCx<'_>, sql_head: &str, now: i64, ids: &[&str]) -> Result<u64> {
     let sql = format!("{sql_head} ({})", bulk::ids_from(cx.backend, 2));
     // The text holds only SQL written by the callers here.
-    let done = sqlx::query(AssertSqlSafe(sql))
+    let done = crate::exec::query(AssertSqlSafe(sql))
         .bind(now)
         .bind(bulk::ids_json(ids.iter().copied()))
         .execute(&mut *cx.conn)
@@ -163,7 +163,7 @@ async fn execute_rows<T: serde::Serialize>(
     let mut n = 0;
     for text in bulk::rows_json(rows)? {
         // The callers' text holds only SQL written in this file.
-        n += sqlx::query(AssertSqlSafe(sql.to_string()))
+        n += crate::exec::query(AssertSqlSafe(sql.to_string()))
             .bind(text)
             .execute(&mut *cx.conn)
             .await?
@@ -202,7 +202,7 @@ pub(crate) async fn agent_infos(
         bulk::ids_from(cx.backend, 1)
     );
     // The text holds only column names written here; the ids are in the one parameter.
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = crate::exec::query(AssertSqlSafe(sql))
         .bind(bulk::ids_json(agent_ids.iter().copied()))
         .fetch_all(&mut *cx.conn)
         .await?;
@@ -507,7 +507,7 @@ pub(crate) async fn complete(
             bulk::ids_from(cx.backend, 1)
         );
         // The text holds only SQL written here; the ids are in the one parameter.
-        let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+        let q = crate::exec::query_scalar::<String>(AssertSqlSafe(sql))
             .bind(bulk::ids_json(ended_ids.iter().copied()));
         with_deps.extend(q.fetch_all(&mut *cx.conn).await?);
     }

@@ -6,11 +6,11 @@
 //! audited (`budget.set`, `budget.delete`). Prices are not this crate's business: the caller
 //! computes the cost with `cflow_core::pricing` and the store keeps what it was told.
 
+use crate::exec::GetCol;
 use cflow_core::budget::{BudgetExceeded, Period};
 use cflow_core::{ValidationError, validate};
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::audit::Draft;
 use crate::types::AuditContext;
@@ -163,7 +163,7 @@ fn from_db(n: i64) -> u64 {
 const BUDGET_COLUMNS: &str =
     "id, tenant_id, project_id, period, limit_micros, created_at, updated_at";
 
-fn budget_from_row(r: &AnyRow) -> Result<Budget> {
+fn budget_from_row(r: &impl GetCol) -> Result<Budget> {
     let period: String = r.try_get(3)?;
     Ok(Budget {
         id: r.try_get(0)?,
@@ -188,7 +188,7 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &CostOp) -> Result<Step> {
 }
 
 async fn record(cx: &mut OpCx<'_>, c: &NewModelCall) -> Result<Step> {
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = crate::exec::query_scalar(
         "INSERT INTO model_calls (tenant_id, project_id, swarm_id, agent_id, task_id, provider, \
          model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_micros, \
          priced, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
@@ -221,7 +221,7 @@ async fn set_budget(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewBudget) -> Resu
         json!({ "project": new.project, "period": new.period.as_str(),
                 "limit_micros": new.limit_micros }),
     );
-    let tenant: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+    let tenant: Option<String> = crate::exec::query_scalar("SELECT id FROM tenants WHERE id = $1")
         .bind(tenant_id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
@@ -235,7 +235,7 @@ async fn set_budget(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewBudget) -> Resu
             },
         ));
     }
-    let existing = sqlx::query(AssertSqlSafe(format!(
+    let existing = crate::exec::query(AssertSqlSafe(format!(
         "SELECT {BUDGET_COLUMNS} FROM budgets WHERE tenant_id = $1 \
          AND COALESCE(project_id, '') = $2 AND period = $3"
     )))
@@ -247,12 +247,14 @@ async fn set_budget(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewBudget) -> Resu
     let budget = match existing {
         Some(row) => {
             let old = budget_from_row(&row)?;
-            sqlx::query("UPDATE budgets SET limit_micros = $1, updated_at = $2 WHERE id = $3")
-                .bind(db_int(new.limit_micros))
-                .bind(cx.now)
-                .bind(old.id.clone())
-                .execute(&mut *cx.conn)
-                .await?;
+            crate::exec::query(
+                "UPDATE budgets SET limit_micros = $1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(db_int(new.limit_micros))
+            .bind(cx.now)
+            .bind(old.id.clone())
+            .execute(&mut *cx.conn)
+            .await?;
             Budget {
                 limit_micros: new.limit_micros,
                 updated_at: cx.now,
@@ -269,7 +271,7 @@ async fn set_budget(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewBudget) -> Resu
                 created_at: cx.now,
                 updated_at: cx.now,
             };
-            sqlx::query(AssertSqlSafe(format!(
+            crate::exec::query(AssertSqlSafe(format!(
                 "INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             )))
             .bind(b.id.clone())
@@ -292,7 +294,7 @@ async fn set_budget(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewBudget) -> Resu
 }
 
 async fn delete_budget(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Step> {
-    let existing = sqlx::query(AssertSqlSafe(format!(
+    let existing = crate::exec::query(AssertSqlSafe(format!(
         "SELECT {BUDGET_COLUMNS} FROM budgets WHERE tenant_id = $1 AND id = $2"
     )))
     .bind(tenant_id.to_string())
@@ -309,7 +311,7 @@ async fn delete_budget(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<S
         return Ok(Step::failed(Error::NotFound(format!("budget {id}")), draft));
     };
     let b = budget_from_row(&row)?;
-    sqlx::query("DELETE FROM budgets WHERE tenant_id = $1 AND id = $2")
+    crate::exec::query("DELETE FROM budgets WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .execute(&mut *cx.conn)
@@ -332,8 +334,8 @@ const TOTALS: &str = "COUNT(*), \
      CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT)";
 
 /// A rollup row: the key, then [`TOTALS`].
-fn row_of(r: &AnyRow) -> Result<CostRow> {
-    let n = |i: usize| -> Result<u64> { Ok(from_db(r.try_get::<i64, _>(i)?)) };
+fn row_of(r: &impl GetCol) -> Result<CostRow> {
+    let n = |i: usize| -> Result<u64> { Ok(from_db(r.try_get::<i64>(i)?)) };
     Ok(CostRow {
         key: r.try_get(0)?,
         calls: n(1)?,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool};
+
+use crate::exec::WConn;
 use sqlx::{AssertSqlSafe, Connection, Executor, SqlSafeStr};
 
 use crate::{Backend, Error, Result};
@@ -179,16 +181,19 @@ pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
 pub(crate) async fn setup_connection(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
     match backend {
         Backend::Sqlite => {
-            let sql = format!(
-                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
-            );
-            conn.execute(AssertSqlSafe(sql)).await?;
+            conn.execute(AssertSqlSafe(sqlite_settings())).await?;
         }
         Backend::Postgres => {
             conn.execute("SET synchronous_commit = on").await?;
         }
     }
     Ok(())
+}
+
+fn sqlite_settings() -> String {
+    format!(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+    )
 }
 
 /// The size SQLite truncates the WAL file to when it starts it over (after a burst grew it).
@@ -199,6 +204,46 @@ pub(crate) async fn connect(url: &str, backend: Backend) -> Result<AnyConnection
     let mut conn = AnyConnection::connect(url).await?;
     setup_connection(&mut conn, backend).await?;
     Ok(conn)
+}
+
+/// The writer's connection to a SQLite file: a synchronous one (see `exec`) with the settings
+/// of [`setup_connection`], replacing `migrated` (closed); `migrated` itself for a database
+/// without a file (`:memory:`).
+pub(crate) async fn writer_conn(migrated: AnyConnection, url: &str) -> Result<WConn> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(WConn::Any(migrated));
+    };
+    let _ = sqlx::Connection::close(migrated).await;
+    open_lite(&path).map(WConn::Lite)
+}
+
+fn open_lite(path: &std::path::Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let fail = |e: rusqlite::Error| {
+        Error::Config(format!(
+            "cannot open the database file {} for writing: {e}",
+            path.display()
+        ))
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
+    conn.execute_batch(&sqlite_settings()).map_err(fail)?;
+    // Every statement the writer runs, prepared once.
+    conn.set_prepared_statement_cache_capacity(512);
+    Ok(conn)
+}
+
+/// Opens the writer's connection again after a failure.
+pub(crate) async fn connect_writer(url: &str, backend: Backend) -> Result<WConn> {
+    if backend == Backend::Sqlite
+        && let Some(path) = sqlite_path(url)
+    {
+        return open_lite(&path).map(WConn::Lite);
+    }
+    connect(url, backend).await.map(WConn::Any)
 }
 
 /// How often [`checkpointer`] copies the WAL into the database file.

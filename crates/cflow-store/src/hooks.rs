@@ -10,9 +10,8 @@
 //! audited; a delivery that goes dead is (`hook.dead`), and so is a re-queue (`hook.retry`).
 //! The `Store` methods are in `hooks_api`.
 
+use crate::exec::GetCol;
 use serde_json::{Value, json};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::audit::Draft;
 use crate::swarms::json_col;
@@ -163,30 +162,30 @@ pub(crate) const DELIVERY_COLUMNS: &str = "id, tenant_id, hook_id, event_id, eve
      state, attempts, next_attempt_at, claimed_until, last_status, last_error, created_at, \
      updated_at, delivered_at";
 
-pub(crate) fn hook_row(r: &AnyRow) -> Result<Hook> {
+pub(crate) fn hook_row(r: &impl GetCol) -> Result<Hook> {
     Ok(Hook {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         name: r.try_get(2)?,
         scope: r.try_get(3)?,
         scope_id: r.try_get(4)?,
-        events: json_col("hooks.events", &r.try_get::<String, _>(5)?)?,
+        events: json_col("hooks.events", &r.try_get::<String>(5)?)?,
         kind: r.try_get(6)?,
-        config: json_col("hooks.config", &r.try_get::<String, _>(7)?)?,
-        enabled: r.try_get::<i64, _>(8)? != 0,
+        config: json_col("hooks.config", &r.try_get::<String>(7)?)?,
+        enabled: r.try_get::<i64>(8)? != 0,
         created_at: r.try_get(9)?,
         created_by: r.try_get(10)?,
     })
 }
 
-pub(crate) fn delivery_row(r: &AnyRow) -> Result<HookDelivery> {
+pub(crate) fn delivery_row(r: &impl GetCol) -> Result<HookDelivery> {
     Ok(HookDelivery {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         hook_id: r.try_get(2)?,
         event_id: r.try_get(3)?,
         event_type: r.try_get(4)?,
-        payload: json_col("hook_deliveries.payload", &r.try_get::<String, _>(5)?)?,
+        payload: json_col("hook_deliveries.payload", &r.try_get::<String>(5)?)?,
         state: r.try_get(6)?,
         attempts: r.try_get(7)?,
         next_attempt_at: r.try_get(8)?,
@@ -233,7 +232,7 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &HookOp) -> Result<Step> {
 
 async fn get_hook(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Option<Hook>> {
     let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE tenant_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = crate::exec::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .fetch_optional(&mut *cx.conn)
@@ -243,7 +242,7 @@ async fn get_hook(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Option
 
 async fn get_delivery(cx: &mut OpCx<'_>, id: &str) -> Result<Option<HookDelivery>> {
     let sql = format!("SELECT {DELIVERY_COLUMNS} FROM hook_deliveries WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = crate::exec::query(sqlx::AssertSqlSafe(sql))
         .bind(id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
@@ -266,7 +265,7 @@ async fn create(
             "events": new.events,
         }),
     );
-    let taken = sqlx::query("SELECT 1 FROM hooks WHERE tenant_id = $1 AND name = $2")
+    let taken = crate::exec::query("SELECT 1 FROM hooks WHERE tenant_id = $1 AND name = $2")
         .bind(tenant_id.to_string())
         .bind(new.name.clone())
         .fetch_optional(&mut *cx.conn)
@@ -276,7 +275,7 @@ async fn create(
         return Ok(Step::failed(e, draft));
     }
     let events = serde_json::to_string(&new.events).unwrap_or_else(|_| "[]".into());
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO hooks (id, tenant_id, name, scope, scope_id, events, kind, config, enabled, \
          created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
@@ -320,13 +319,14 @@ async fn delete(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Step> {
     let Some(hook) = get_hook(cx, tenant_id, id).await? else {
         return Ok(Step::failed(Error::NotFound(format!("hook {id}")), draft));
     };
-    let dropped = sqlx::query("DELETE FROM hook_deliveries WHERE tenant_id = $1 AND hook_id = $2")
-        .bind(tenant_id.to_string())
-        .bind(id.to_string())
-        .execute(&mut *cx.conn)
-        .await?
-        .rows_affected();
-    sqlx::query("DELETE FROM hooks WHERE tenant_id = $1 AND id = $2")
+    let dropped =
+        crate::exec::query("DELETE FROM hook_deliveries WHERE tenant_id = $1 AND hook_id = $2")
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .execute(&mut *cx.conn)
+            .await?
+            .rows_affected();
+    crate::exec::query("DELETE FROM hooks WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .execute(&mut *cx.conn)
@@ -347,7 +347,7 @@ async fn set_enabled(cx: &mut OpCx<'_>, tenant_id: &str, id: &str, enabled: bool
     let Some(mut hook) = get_hook(cx, tenant_id, id).await? else {
         return Ok(Step::failed(Error::NotFound(format!("hook {id}")), draft));
     };
-    sqlx::query("UPDATE hooks SET enabled = $1 WHERE tenant_id = $2 AND id = $3")
+    crate::exec::query("UPDATE hooks SET enabled = $1 WHERE tenant_id = $2 AND id = $3")
         .bind(i64::from(enabled))
         .bind(tenant_id.to_string())
         .bind(id.to_string())
@@ -362,7 +362,7 @@ async fn enqueue(cx: &mut OpCx<'_>, tenant_id: &str, items: &[NewDelivery]) -> R
     let mut n = 0;
     for d in items {
         // The hook may have been deleted since the event was matched: then nothing is queued.
-        let done = sqlx::query(
+        let done = crate::exec::query(
             "INSERT INTO hook_deliveries (id, tenant_id, hook_id, event_id, event_type, payload, \
              state, attempts, next_attempt_at, created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7 \
@@ -394,7 +394,7 @@ async fn claim(cx: &mut OpCx<'_>, limit: i64, lease_ms: i64) -> Result<Step> {
          AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY next_attempt_at LIMIT $3) \
          RETURNING {DELIVERY_COLUMNS}"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = crate::exec::query(sqlx::AssertSqlSafe(sql))
         .bind(until)
         .bind(cx.now)
         .bind(limit)
@@ -412,7 +412,7 @@ async fn finish(
     result: &SendResult,
 ) -> Result<Step> {
     let (state, next, status, error, delivered_at) = columns(result, cx.now);
-    let done = sqlx::query(
+    let done = crate::exec::query(
         "UPDATE hook_deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, \
          claimed_until = NULL, last_status = $3, last_error = $4, updated_at = $5, \
          delivered_at = $6 WHERE id = $7 AND state = 'pending' AND claimed_until = $8",
@@ -467,7 +467,7 @@ async fn record(
 ) -> Result<Step> {
     let (state, next, status, error, delivered_at) = columns(result, cx.now);
     let id = crate::tenants::new_id();
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO hook_deliveries (id, tenant_id, hook_id, event_id, event_type, payload, \
          state, attempts, next_attempt_at, last_status, last_error, created_at, updated_at, \
          delivered_at) \
@@ -519,7 +519,7 @@ async fn requeue(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Step> {
         ));
         return Ok(Step::failed(e, draft));
     }
-    sqlx::query(
+    crate::exec::query(
         "UPDATE hook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
          claimed_until = NULL, updated_at = $1 WHERE id = $2 AND tenant_id = $3",
     )

@@ -1,6 +1,6 @@
 //! The `Store` methods of hooks and their outbox (the ops and rows are in `hooks`).
 
-use sqlx::Row;
+use crate::exec::GetCol;
 
 use crate::hooks::{
     DELIVERY_COLUMNS, HOOK_COLUMNS, Hook, HookDelivery, HookOp, HookOutput, NewDelivery, NewHook,
@@ -236,6 +236,6 @@ impl Store {
         )
         .fetch_one(self.pool()?)
         .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?)
+        Ok(row.try_get::<Option<i64>>(0)?)
     }
 }

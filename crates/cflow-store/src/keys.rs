@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::exec::GetCol;
+use crate::exec::WConn;
 use cflow_core::Role;
 use cflow_core::apikey;
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyPool;
 
 use crate::audit::Draft;
 use crate::tenants::new_id;
@@ -28,7 +28,7 @@ macro_rules! key_columns {
     };
 }
 
-fn from_row(r: &AnyRow) -> Result<ApiKey> {
+fn from_row(r: &impl GetCol) -> Result<ApiKey> {
     let role: String = r.try_get(4)?;
     let role = role.parse::<Role>().map_err(|e| Error::Corrupt {
         what: "api_keys.role".to_string(),
@@ -64,13 +64,8 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 }
 
 /// The project's id, creating the project when the tenant has none of that name.
-async fn ensure_project(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    name: &str,
-    now: i64,
-) -> Result<String> {
-    let existing = sqlx::query("SELECT id FROM projects WHERE tenant_id = $1 AND name = $2")
+async fn ensure_project(conn: &mut WConn, tenant_id: &str, name: &str, now: i64) -> Result<String> {
+    let existing = crate::exec::query("SELECT id FROM projects WHERE tenant_id = $1 AND name = $2")
         .bind(tenant_id.to_string())
         .bind(name.to_string())
         .fetch_optional(&mut *conn)
@@ -79,13 +74,15 @@ async fn ensure_project(
         return Ok(r.try_get(0)?);
     }
     let id = new_id();
-    sqlx::query("INSERT INTO projects (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(id.clone())
-        .bind(tenant_id.to_string())
-        .bind(name.to_string())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    crate::exec::query(
+        "INSERT INTO projects (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.clone())
+    .bind(tenant_id.to_string())
+    .bind(name.to_string())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(id)
 }
 
@@ -100,7 +97,7 @@ pub(crate) async fn insert_with_principal(
     let now = cx.now;
     let conn = &mut *cx.conn;
     let principal_id = new_id();
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO principals (id, tenant_id, kind, name, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(principal_id.clone())
@@ -114,7 +111,7 @@ pub(crate) async fn insert_with_principal(
         Some(p) => Some(ensure_project(conn, tenant_id, p, now).await?),
         None => None,
     };
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO role_bindings (principal_id, tenant_id, project_id, role, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
@@ -129,7 +126,7 @@ pub(crate) async fn insert_with_principal(
     // A 64-bit id collides essentially never, but checking costs one primary-key lookup.
     let (id, token) = loop {
         let (id, token) = apikey::format_token(random::<8>()?, random::<32>()?);
-        let taken = sqlx::query("SELECT id FROM api_keys WHERE id = $1")
+        let taken = crate::exec::query("SELECT id FROM api_keys WHERE id = $1")
             .bind(id.clone())
             .fetch_optional(&mut *conn)
             .await?
@@ -153,7 +150,7 @@ pub(crate) async fn insert_with_principal(
         revoked_at: None,
         last_used_at: None,
     };
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO api_keys (id, tenant_id, principal_id, name, secret_hash, role, project, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
@@ -179,7 +176,7 @@ pub(crate) async fn create(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewKey) -> 
         "project": new.project,
         "expires_at": new.expires_at,
     });
-    let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+    let exists = crate::exec::query("SELECT id FROM tenants WHERE id = $1")
         .bind(tenant_id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?
@@ -212,7 +209,7 @@ pub(crate) async fn revoke(cx: &mut OpCx<'_>, tenant_id: &str, key_id: &str) -> 
         key_columns!(),
         " FROM api_keys WHERE tenant_id = $1 AND id = $2"
     );
-    let row = sqlx::query(sql)
+    let row = crate::exec::query(sql)
         .bind(tenant_id.to_string())
         .bind(key_id.to_string())
         .fetch_optional(&mut *cx.conn)
@@ -227,7 +224,7 @@ pub(crate) async fn revoke(cx: &mut OpCx<'_>, tenant_id: &str, key_id: &str) -> 
     let mut key = from_row(&row)?;
     let already = key.revoked_at.is_some();
     if !already {
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3")
+        crate::exec::query("UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3")
             .bind(cx.now)
             .bind(tenant_id.to_string())
             .bind(key_id.to_string())
@@ -246,7 +243,7 @@ pub(crate) async fn revoke(cx: &mut OpCx<'_>, tenant_id: &str, key_id: &str) -> 
 
 /// Writer op (unaudited bookkeeping): records a key's last use.
 pub(crate) async fn touch(cx: &mut OpCx<'_>, key_id: &str, at: i64) -> Result<Step> {
-    sqlx::query(
+    crate::exec::query(
         "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
     )
     .bind(key_id.to_string())

@@ -8,7 +8,8 @@
 
 use std::collections::HashSet;
 
-use sqlx::{AssertSqlSafe, Row};
+use crate::exec::GetCol;
+use sqlx::AssertSqlSafe;
 
 use crate::bulk::{
     self,
@@ -38,7 +39,7 @@ pub(crate) async fn extend(
 
     // The text holds only SQL written here; the pairs are in the one parameter.
     for text in bulk::rows_json(held)? {
-        let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+        let rows = crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(until)
             .bind(worker_id.to_string())
             .bind(text)

@@ -105,6 +105,7 @@ mod bulk;
 mod cost;
 mod db;
 pub mod error;
+mod exec;
 pub mod hooks;
 mod hooks_api;
 mod keys;
@@ -230,7 +231,13 @@ impl Store {
             watch
         });
         let redacted_url = db::redact(&url);
-        // The connection that migrated becomes the writer's own.
+        let conn = match backend {
+            // The writer's own SQLite connection, on its thread (see `exec`).
+            Backend::Sqlite => Some(db::writer_conn(conn, &url).await?),
+            // A PostgreSQL socket belongs to the runtime it was opened on: the writer opens its
+            // own on its runtime (the first batch connects, as after a failure).
+            Backend::Postgres => None,
+        };
         let writer = WriterHandle::start(conn, url, backend, opts.max_batch, wal)?;
         Ok(Store {
             inner: Arc::new(Inner {

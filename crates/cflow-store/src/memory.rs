@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::exec::GetCol;
+use crate::exec::WConn;
 use serde_json::{Value, json};
-use sqlx::Row;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyPool;
 
 use crate::audit::Draft;
 use crate::types::{MemoryEntry, MemoryPut, Page, PageRequest, Precondition};
@@ -31,7 +31,7 @@ macro_rules! memory_columns {
 pub(crate) use memory_columns;
 
 /// Reads an entry from the columns of [`memory_columns`], starting at column 0.
-pub(crate) fn from_row(r: &AnyRow) -> Result<MemoryEntry> {
+pub(crate) fn from_row(r: &impl GetCol) -> Result<MemoryEntry> {
     let value: String = r.try_get(2)?;
     let tags: String = r.try_get(3)?;
     let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt {
@@ -56,13 +56,13 @@ fn resource(namespace: &str, key: &str) -> String {
 
 /// The version of the live entry, if there is one.
 async fn live_version(
-    conn: &mut AnyConnection,
+    conn: &mut WConn,
     tenant_id: &str,
     namespace: &str,
     key: &str,
     now: i64,
 ) -> Result<Option<i64>> {
-    let row = sqlx::query(
+    let row = crate::exec::query(
         "SELECT version FROM memory WHERE tenant_id = $1 AND namespace = $2 AND key = $3 \
          AND (expires_at IS NULL OR expires_at > $4)",
     )
@@ -161,7 +161,7 @@ pub(crate) async fn put(
         Precondition::Absent => UPSERT_IF_ABSENT,
         Precondition::Version(_) => UPDATE_IF_VERSION,
     };
-    let mut q = sqlx::query(sql)
+    let mut q = crate::exec::query(sql)
         .bind(tenant_id.to_string())
         .bind(put.namespace.clone())
         .bind(put.key.clone())
@@ -252,7 +252,7 @@ pub(crate) async fn put_many(
     sql.push_str(upsert_tail!());
     sql.push_str(" RETURNING tenant_id, namespace, key, version, created_at");
     // The text holds only placeholders; every value is bound.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut q = crate::exec::query(sqlx::AssertSqlSafe(sql));
     for (tenant_id, put, value_text) in puts {
         q = q
             .bind(tenant_id.to_string())
@@ -268,7 +268,7 @@ pub(crate) async fn put_many(
     let mut by_entry = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
         let id: (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        by_entry.insert(id, (r.try_get::<i64, _>(3)?, r.try_get::<i64, _>(4)?));
+        by_entry.insert(id, (r.try_get::<i64>(3)?, r.try_get::<i64>(4)?));
     }
     puts.iter()
         .map(|(tenant_id, put, _)| {
@@ -315,7 +315,7 @@ pub(crate) async fn delete(
     let deleted: Option<i64> = match precondition {
         Precondition::Absent => None,
         Precondition::None | Precondition::Version(_) => {
-            let mut q = sqlx::query(match precondition {
+            let mut q = crate::exec::query(match precondition {
                 Precondition::Version(_) => {
                     "DELETE FROM memory WHERE tenant_id = $1 AND namespace = $2 AND key = $3 \
                      AND (expires_at IS NULL OR expires_at > $4) AND version = $5 RETURNING version"
@@ -364,7 +364,7 @@ pub(crate) async fn purge(cx: &mut OpCx<'_>, now: i64, limit: i64) -> Result<Ste
              RETURNING tenant_id"
         }
     };
-    let rows = sqlx::query(sql)
+    let rows = crate::exec::query(sql)
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *cx.conn)

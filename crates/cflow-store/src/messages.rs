@@ -2,10 +2,9 @@
 //! by agents in id order with `after` as the cursor. Whether the swarm's topology allows a
 //! sender to reach a receiver is the scheduler's rule; the store checks ownership and shape.
 
+use crate::exec::GetCol;
 use cflow_core::ValidationError;
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::audit::Draft;
 use crate::orch_types::{Message, NewMessage};
@@ -21,7 +20,7 @@ pub const MAX_TOPIC_LEN: usize = 64;
 
 const COLUMNS: &str = "id, tenant_id, swarm_id, from_agent, to_agent, topic, body, created_at";
 
-fn from_row(r: &AnyRow) -> Result<Message> {
+fn from_row(r: &impl GetCol) -> Result<Message> {
     Ok(Message {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
@@ -29,7 +28,7 @@ fn from_row(r: &AnyRow) -> Result<Message> {
         from_agent: r.try_get(3)?,
         to_agent: r.try_get(4)?,
         topic: r.try_get(5)?,
-        body: json_col("messages.body", &r.try_get::<String, _>(6)?)?,
+        body: json_col("messages.body", &r.try_get::<String>(6)?)?,
         created_at: r.try_get(7)?,
     })
 }
@@ -64,7 +63,7 @@ pub(crate) async fn send(
         format!("swarm/{}/messages", m.swarm_id),
         json!({ "from": m.from_agent, "to": m.to_agent, "topic": m.topic }),
     );
-    let swarm = sqlx::query("SELECT id FROM swarms WHERE tenant_id = $1 AND id = $2")
+    let swarm = crate::exec::query("SELECT id FROM swarms WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id.to_string())
         .bind(m.swarm_id.clone())
         .fetch_optional(&mut *cx.conn)
@@ -76,12 +75,13 @@ pub(crate) async fn send(
     let agents = [("from", Some(&m.from_agent)), ("to", m.to_agent.as_ref())];
     for (field, agent) in agents {
         let Some(agent) = agent else { continue };
-        let in_swarm: Option<String> =
-            sqlx::query_scalar("SELECT swarm_id FROM agents WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant_id.to_string())
-                .bind(agent.clone())
-                .fetch_optional(&mut *cx.conn)
-                .await?;
+        let in_swarm: Option<String> = crate::exec::query_scalar(
+            "SELECT swarm_id FROM agents WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id.to_string())
+        .bind(agent.clone())
+        .fetch_optional(&mut *cx.conn)
+        .await?;
         let e = match in_swarm {
             None => Error::NotFound(format!("agent {agent}")),
             Some(s) if s != m.swarm_id => Error::Invalid(ValidationError::new(
@@ -92,7 +92,7 @@ pub(crate) async fn send(
         };
         return Ok(Step::failed(e, draft));
     }
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = crate::exec::query_scalar(
         "INSERT INTO messages (tenant_id, swarm_id, from_agent, to_agent, topic, body, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )

@@ -86,13 +86,15 @@ pub(crate) async fn update(
     if let Err(e) = check_pools(pools, swarm.max_agents) {
         return Ok(Step::failed(Error::Invalid(e), draft));
     }
-    sqlx::query("UPDATE swarms SET pools = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
-        .bind(json!(pools).to_string())
-        .bind(cx.now)
-        .bind(tenant_id.to_string())
-        .bind(swarm_id.to_string())
-        .execute(&mut *cx.conn)
-        .await?;
+    crate::exec::query(
+        "UPDATE swarms SET pools = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(json!(pools).to_string())
+    .bind(cx.now)
+    .bind(tenant_id.to_string())
+    .bind(swarm_id.to_string())
+    .execute(&mut *cx.conn)
+    .await?;
     swarm.pools = pools.to_vec();
     swarm.updated_at = cx.now;
     Ok(Step::done(Output::Swarm(swarm), draft))

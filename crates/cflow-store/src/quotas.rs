@@ -1,9 +1,9 @@
 //! Tenant quotas: each tenant's fair-share weight and running-task limit, read by the
 //! scheduler at start and changed by a superadmin.
 
+use crate::exec::GetCol;
 use cflow_core::ValidationError;
 use serde_json::json;
-use sqlx::Row;
 
 use crate::audit::Draft;
 use crate::orch_types::TenantQuota;
@@ -36,7 +36,7 @@ pub(crate) async fn set(cx: &mut OpCx<'_>, tenant_id: &str, q: &TenantQuota) -> 
         format!("tenant/{tenant_id}"),
         json!({ "weight": q.weight, "max_running": q.max_running }),
     );
-    let done = sqlx::query("UPDATE tenants SET weight = $1, max_running = $2 WHERE id = $3")
+    let done = crate::exec::query("UPDATE tenants SET weight = $1, max_running = $2 WHERE id = $3")
         .bind(q.weight)
         .bind(q.max_running)
         .bind(tenant_id.to_string())

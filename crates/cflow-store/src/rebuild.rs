@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::exec::GetCol;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::orch_types::{Agent, LiveAttempt, ReadyCursor, Swarm, Task};
 use crate::swarms::{AGENT_COLUMNS, SWARM_COLUMNS, agent_from_row, json_col, swarm_from_row};

@@ -7,10 +7,11 @@
 //! once agreement is out of reach it fails with `no quorum: …`, and either way the replicas still
 //! live are cancelled and reported for killing.
 
+use crate::exec::GetCol;
 use cflow_core::quorum::{self, QuorumDecision, Replica};
 use cflow_core::task::TaskState;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::orch_types::{Kill, Task};
 use crate::swarms::{json_col, parse};
@@ -81,7 +82,7 @@ pub(crate) async fn spawn(
         placeholders(1, parents.len())
     );
     // The text holds only placeholders.
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut q = crate::exec::query(AssertSqlSafe(sql));
     for id in parents {
         q = q.bind(id.clone());
     }
@@ -91,7 +92,7 @@ pub(crate) async fn spawn(
         let task = task_from_row(r)?;
         let replicas = replica_rows(&row_of(&task, now));
         insert_rows(cx, &replicas).await?;
-        sqlx::query("UPDATE tasks SET state = 'running', updated_at = $1 WHERE id = $2")
+        crate::exec::query("UPDATE tasks SET state = 'running', updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(task.id.clone())
             .execute(&mut *cx.conn)
@@ -121,18 +122,18 @@ fn output_of(result: Option<&str>, stdout: Option<&str>) -> Result<Value> {
 
 /// Takes the vote of `parent` again after one of its replicas ended.
 pub(crate) async fn vote(cx: &mut OpCx<'_>, parent: &str, now: i64) -> Result<Option<Decided>> {
-    let row = sqlx::query("SELECT state, quorum FROM tasks WHERE id = $1")
+    let row = crate::exec::query("SELECT state, quorum FROM tasks WHERE id = $1")
         .bind(parent.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let state: TaskState = parse("tasks.state", &row.try_get::<String, _>(0)?)?;
+    let state: TaskState = parse("tasks.state", &row.try_get::<String>(0)?)?;
     let quorum: i64 = row.try_get(1)?;
     if state.is_terminal() {
         // Already decided (or cancelled): a late replica changes nothing.
         return Ok(None);
     }
-    let rows = sqlx::query(
+    let rows = crate::exec::query(
         "SELECT t.id, t.state, t.epoch, a.state, a.worker_id, a.result, a.stdout_tail \
          FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.epoch = t.epoch \
          WHERE t.replica_of = $1 ORDER BY t.replica_index",
@@ -150,7 +151,7 @@ pub(crate) async fn vote(cx: &mut OpCx<'_>, parent: &str, now: i64) -> Result<Op
     }
     let mut reps = Vec::with_capacity(rows.len());
     for r in &rows {
-        let state: TaskState = parse("tasks.state", &r.try_get::<String, _>(1)?)?;
+        let state: TaskState = parse("tasks.state", &r.try_get::<String>(1)?)?;
         let attempt_state: Option<String> = r.try_get(3)?;
         let live = matches!(attempt_state.as_deref(), Some("assigned" | "running"));
         let (output, digest) = if state == TaskState::Succeeded {
@@ -230,7 +231,7 @@ pub(crate) async fn vote(cx: &mut OpCx<'_>, parent: &str, now: i64) -> Result<Op
     let mut kill = Vec::new();
     for r in reps.iter().filter(|r| !r.state.is_terminal()) {
         if let Some(worker) = &r.live_worker {
-            sqlx::query(
+            crate::exec::query(
                 "UPDATE attempts SET state = 'cancelled', ended_at = $1 WHERE task_id = $2 \
                  AND epoch = $3 AND state IN ('assigned', 'running')",
             )
@@ -245,7 +246,7 @@ pub(crate) async fn vote(cx: &mut OpCx<'_>, parent: &str, now: i64) -> Result<Op
                 epoch: r.epoch,
             });
         }
-        sqlx::query(
+        crate::exec::query(
             "UPDATE tasks SET state = 'cancelled', reason = $1, retry_at = NULL, updated_at = $2 \
              WHERE id = $3",
         )
@@ -255,7 +256,7 @@ pub(crate) async fn vote(cx: &mut OpCx<'_>, parent: &str, now: i64) -> Result<Op
         .execute(&mut *cx.conn)
         .await?;
     }
-    sqlx::query(
+    crate::exec::query(
         "UPDATE tasks SET state = $1, reason = $2, result = $3, updated_at = $4 WHERE id = $5",
     )
     .bind(next.as_str())
@@ -281,7 +282,7 @@ pub(crate) async fn cancel_replicas(
     parent: &str,
     now: i64,
 ) -> Result<Vec<Kill>> {
-    let rows = sqlx::query(
+    let rows = crate::exec::query(
         "SELECT t.id, t.epoch, a.worker_id FROM tasks t LEFT JOIN attempts a \
          ON a.task_id = t.id AND a.epoch = t.epoch AND a.state IN ('assigned', 'running') \
          WHERE t.replica_of = $1 AND t.state IN ('pending', 'queued', 'assigned', 'running') \
@@ -296,7 +297,7 @@ pub(crate) async fn cancel_replicas(
         let epoch: i64 = r.try_get(1)?;
         let worker: Option<String> = r.try_get(2)?;
         if let Some(worker_id) = worker {
-            sqlx::query(
+            crate::exec::query(
                 "UPDATE attempts SET state = 'cancelled', ended_at = $1 WHERE task_id = $2 \
                  AND epoch = $3",
             )
@@ -311,7 +312,7 @@ pub(crate) async fn cancel_replicas(
                 epoch,
             });
         }
-        sqlx::query(
+        crate::exec::query(
             "UPDATE tasks SET state = 'cancelled', reason = 'cancelled', retry_at = NULL, \
              updated_at = $1 WHERE id = $2",
         )

@@ -1,7 +1,7 @@
 //! The scheduler's view of retries after a restart: which tasks wait in `pending` for their
 //! backoff to end, and when.
 
-use sqlx::Row;
+use crate::exec::GetCol;
 
 use crate::{Result, Store};
 

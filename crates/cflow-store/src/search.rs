@@ -2,8 +2,8 @@
 //! `ts_rank` on PostgreSQL. Both take plain words (already split by
 //! `cflow_core::search::terms`) and match entries that contain every one of them.
 
+use crate::exec::GetCol;
 use sqlx::AnyPool;
-use sqlx::Row;
 
 use crate::memory::{from_row, memory_columns};
 use crate::types::SearchHit;

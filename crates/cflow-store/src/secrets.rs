@@ -2,8 +2,8 @@
 //! sees the clear value or the key (the server seals and opens with `cflow_core::secrets`).
 //! Writes are audited as `secret.put` and `secret.delete`, naming the secret and never its value.
 
+use crate::exec::GetCol;
 use serde_json::json;
-use sqlx::Row;
 
 use crate::audit::Draft;
 use crate::types::AuditContext;
@@ -64,13 +64,14 @@ async fn put(
     name: &str,
     sealed: &SealedSecret,
 ) -> Result<Step> {
-    let exists = sqlx::query("SELECT created_at FROM secrets WHERE tenant_id = $1 AND name = $2")
-        .bind(tenant_id.to_string())
-        .bind(name.to_string())
-        .fetch_optional(&mut *cx.conn)
-        .await?;
+    let exists =
+        crate::exec::query("SELECT created_at FROM secrets WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant_id.to_string())
+            .bind(name.to_string())
+            .fetch_optional(&mut *cx.conn)
+            .await?;
     let created_at = match exists {
-        Some(ref r) => r.try_get::<i64, _>(0)?,
+        Some(ref r) => r.try_get::<i64>(0)?,
         None => cx.now,
     };
     let draft = Draft::success(
@@ -79,7 +80,7 @@ async fn put(
         format!("secret/{name}"),
         json!({ "name": name, "created": exists.is_none() }),
     );
-    let tenant = sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
+    let tenant = crate::exec::query("SELECT 1 FROM tenants WHERE id = $1")
         .bind(tenant_id.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?;
@@ -93,7 +94,7 @@ async fn put(
             },
         ));
     }
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO secrets (tenant_id, name, nonce, ciphertext, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (tenant_id, name) DO UPDATE SET nonce = excluded.nonce, \
@@ -122,7 +123,7 @@ async fn delete(cx: &mut OpCx<'_>, tenant_id: &str, name: &str) -> Result<Step> 
         format!("secret/{name}"),
         json!({ "name": name }),
     );
-    let done = sqlx::query("DELETE FROM secrets WHERE tenant_id = $1 AND name = $2")
+    let done = crate::exec::query("DELETE FROM secrets WHERE tenant_id = $1 AND name = $2")
         .bind(tenant_id.to_string())
         .bind(name.to_string())
         .execute(&mut *cx.conn)

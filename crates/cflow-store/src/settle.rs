@@ -58,7 +58,7 @@ async fn dependents(
         let sql = format!(
             "UPDATE tasks SET unmet = unmet - 1, updated_at = $2 WHERE unmet > 0 AND {WAITING}"
         );
-        sqlx::query(AssertSqlSafe(sql))
+        crate::exec::query(AssertSqlSafe(sql))
             .bind(task_id.to_string())
             .bind(now)
             .execute(&mut *cx.conn)
@@ -67,7 +67,7 @@ async fn dependents(
             "SELECT id, replicas FROM tasks WHERE unmet = 0 AND retry_at IS NULL AND {WAITING} \
              ORDER BY id"
         );
-        let ready: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        let ready: Vec<(String, i64)> = crate::exec::query_as(AssertSqlSafe(sql))
             .bind(task_id.to_string())
             .fetch_all(&mut *cx.conn)
             .await?;
@@ -77,7 +77,7 @@ async fn dependents(
         let sql = format!(
             "UPDATE tasks SET state = 'queued', updated_at = $2 WHERE unmet = 0 AND retry_at IS NULL AND {WAITING}"
         );
-        sqlx::query(AssertSqlSafe(sql))
+        crate::exec::query(AssertSqlSafe(sql))
             .bind(task_id.to_string())
             .bind(now)
             .execute(&mut *cx.conn)
@@ -104,7 +104,7 @@ async fn dependents(
     let mut next = vec![task_id.to_string()];
     while let Some(dep) = next.pop() {
         let sql = format!("SELECT id FROM tasks WHERE {WAITING} ORDER BY id");
-        let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let ids: Vec<String> = crate::exec::query_scalar(AssertSqlSafe(sql))
             .bind(dep.clone())
             .fetch_all(&mut *cx.conn)
             .await?;
@@ -118,7 +118,7 @@ async fn dependents(
             bulk::ids_from(cx.backend, 3)
         );
         // The text holds only SQL written here; the ids are in the one parameter.
-        sqlx::query(AssertSqlSafe(sql))
+        crate::exec::query(AssertSqlSafe(sql))
             .bind(reason.clone())
             .bind(now)
             .bind(bulk::ids_json(ids.iter().map(String::as_str)))
@@ -167,12 +167,13 @@ pub(crate) async fn cancel(
         // A parent never has attempts of its own: its replicas are what runs.
         kill = replicas::cancel_replicas(cx, task_id, now).await?;
     } else if h.state.holds_lease() {
-        let worker: String =
-            sqlx::query_scalar("SELECT worker_id FROM attempts WHERE task_id = $1 AND epoch = $2")
-                .bind(task_id.to_string())
-                .bind(h.epoch)
-                .fetch_one(&mut *cx.conn)
-                .await?;
+        let worker: String = crate::exec::query_scalar(
+            "SELECT worker_id FROM attempts WHERE task_id = $1 AND epoch = $2",
+        )
+        .bind(task_id.to_string())
+        .bind(h.epoch)
+        .fetch_one(&mut *cx.conn)
+        .await?;
         fenced(
             cx,
             "state = 'cancelled', ended_at = $1",
@@ -187,7 +188,7 @@ pub(crate) async fn cancel(
             epoch: h.epoch,
         });
     }
-    sqlx::query("UPDATE tasks SET state = $1, reason = 'cancelled', updated_at = $2 WHERE id = $3 AND tenant_id = $4")
+    crate::exec::query("UPDATE tasks SET state = $1, reason = 'cancelled', updated_at = $2 WHERE id = $3 AND tenant_id = $4")
         .bind(next.as_str())
         .bind(now)
         .bind(task_id.to_string())
@@ -216,7 +217,7 @@ pub(crate) async fn cancel(
 pub(crate) async fn promote(cx: &mut OpCx<'_>, now: i64, limit: i64) -> Result<Step> {
     const DUE: &str = "state = 'pending' AND unmet = 0 AND retry_at IS NOT NULL AND retry_at <= $1";
     let sql = format!("SELECT id FROM tasks WHERE {DUE} ORDER BY retry_at, id LIMIT $2");
-    let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+    let ids: Vec<String> = crate::exec::query_scalar(AssertSqlSafe(sql))
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *cx.conn)
@@ -228,7 +229,7 @@ pub(crate) async fn promote(cx: &mut OpCx<'_>, now: i64, limit: i64) -> Result<S
             bulk::ids_from(cx.backend, 3)
         );
         // The text holds only SQL written here; the ids are in the one parameter.
-        sqlx::query(AssertSqlSafe(sql))
+        crate::exec::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(now)
             .bind(bulk::ids_json(ids.iter().map(String::as_str)))

@@ -6,11 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::exec::GetCol;
 use cflow_core::topology::Topology;
 use cflow_core::{ValidationError, validate};
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::audit::Draft;
 use crate::orch_types::SwarmState;
@@ -116,39 +115,39 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> R
     serde_json::from_str(s).map_err(|e| corrupt(what, e))
 }
 
-pub(crate) fn swarm_from_row(r: &AnyRow) -> Result<Swarm> {
+pub(crate) fn swarm_from_row(r: &impl GetCol) -> Result<Swarm> {
     Ok(Swarm {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         name: r.try_get(2)?,
-        topology: parse::<Topology>("swarms.topology", &r.try_get::<String, _>(3)?)?,
+        topology: parse::<Topology>("swarms.topology", &r.try_get::<String>(3)?)?,
         project: r.try_get(4)?,
         max_agents: r.try_get(5)?,
-        state: parse("swarms.state", &r.try_get::<String, _>(6)?)?,
+        state: parse("swarms.state", &r.try_get::<String>(6)?)?,
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,
-        strategy: parse("swarms.strategy", &r.try_get::<String, _>(9)?)?,
-        pools: json_col("swarms.pools", &r.try_get::<String, _>(10)?)?,
+        strategy: parse("swarms.strategy", &r.try_get::<String>(9)?)?,
+        pools: json_col("swarms.pools", &r.try_get::<String>(10)?)?,
     })
 }
 
-pub(crate) fn agent_from_row(r: &AnyRow) -> Result<Agent> {
+pub(crate) fn agent_from_row(r: &impl GetCol) -> Result<Agent> {
     Ok(Agent {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         swarm_id: r.try_get(2)?,
         agent_type: r.try_get(3)?,
         driver: r.try_get(4)?,
-        capabilities: json_col("agents.capabilities", &r.try_get::<String, _>(5)?)?,
-        labels: json_col("agents.labels", &r.try_get::<String, _>(6)?)?,
-        state: parse("agents.state", &r.try_get::<String, _>(7)?)?,
+        capabilities: json_col("agents.capabilities", &r.try_get::<String>(5)?)?,
+        labels: json_col("agents.labels", &r.try_get::<String>(6)?)?,
+        state: parse("agents.state", &r.try_get::<String>(7)?)?,
         tasks_done: r.try_get(8)?,
         failures: r.try_get(9)?,
         busy_ms: r.try_get(10)?,
         created_at: r.try_get(11)?,
         updated_at: r.try_get(12)?,
         sandbox: r
-            .try_get::<Option<String>, _>(13)?
+            .try_get::<Option<String>>(13)?
             .map(|s| json_col("agents.sandbox", &s))
             .transpose()?,
     })
@@ -184,7 +183,7 @@ pub(crate) async fn swarm_in_tx(
     id: &str,
 ) -> Result<Option<Swarm>> {
     let sql = format!("SELECT {SWARM_COLUMNS} FROM swarms WHERE tenant_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = crate::exec::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .fetch_optional(&mut *cx.conn)
@@ -201,7 +200,7 @@ async fn create_swarm(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewSwarm) -> Res
         json!({ "topology": new.topology.as_str(), "max_agents": new.max_agents,
                 "strategy": new.strategy.as_str(), "pools": new.pools }),
     );
-    let taken = sqlx::query("SELECT id FROM swarms WHERE tenant_id = $1 AND name = $2")
+    let taken = crate::exec::query("SELECT id FROM swarms WHERE tenant_id = $1 AND name = $2")
         .bind(tenant_id.to_string())
         .bind(new.name.clone())
         .fetch_optional(&mut *cx.conn)
@@ -226,7 +225,7 @@ async fn create_swarm(cx: &mut OpCx<'_>, tenant_id: &str, new: &NewSwarm) -> Res
         created_at: cx.now,
         updated_at: cx.now,
     };
-    sqlx::query(
+    crate::exec::query(
         "INSERT INTO swarms (id, tenant_id, name, topology, project, max_agents, state, \
          created_at, updated_at, strategy, pools) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -271,13 +270,15 @@ async fn set_swarm_state(
         let err = Error::State(format!("swarm {id} is stopped, which is final"));
         return Ok(Step::failed(err, draft));
     }
-    sqlx::query("UPDATE swarms SET state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
-        .bind(state.as_str())
-        .bind(cx.now)
-        .bind(tenant_id.to_string())
-        .bind(id.to_string())
-        .execute(&mut *cx.conn)
-        .await?;
+    crate::exec::query(
+        "UPDATE swarms SET state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(state.as_str())
+    .bind(cx.now)
+    .bind(tenant_id.to_string())
+    .bind(id.to_string())
+    .execute(&mut *cx.conn)
+    .await?;
     let draft = Draft {
         detail: json!({ "from": swarm.state.as_str(), "to": state.as_str() }),
         ..draft
@@ -315,7 +316,7 @@ async fn create_agents(
         ));
         return Ok(Step::failed(err, draft));
     }
-    let existing: i64 = sqlx::query_scalar(
+    let existing: i64 = crate::exec::query_scalar(
         "SELECT COUNT(*) FROM agents WHERE swarm_id = $1 AND state NOT IN ('stopped', 'failed')",
     )
     .bind(swarm_id.to_string())
@@ -350,7 +351,7 @@ async fn create_agents(
             updated_at: cx.now,
             sandbox: new.sandbox.clone(),
         };
-        sqlx::query(
+        crate::exec::query(
             "INSERT INTO agents (id, tenant_id, swarm_id, agent_type, driver, capabilities, \
              labels, state, tasks_done, failures, busy_ms, created_at, updated_at, sandbox) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $9, $10)",
@@ -404,7 +405,7 @@ async fn set_agent_state(
         json!({}),
     );
     let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = crate::exec::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .fetch_optional(&mut *cx.conn)
@@ -412,13 +413,15 @@ async fn set_agent_state(
     let Some(mut agent) = row.as_ref().map(agent_from_row).transpose()? else {
         return Ok(Step::failed(Error::NotFound(format!("agent {id}")), draft));
     };
-    sqlx::query("UPDATE agents SET state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
-        .bind(state.as_str())
-        .bind(cx.now)
-        .bind(tenant_id.to_string())
-        .bind(id.to_string())
-        .execute(&mut *cx.conn)
-        .await?;
+    crate::exec::query(
+        "UPDATE agents SET state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(state.as_str())
+    .bind(cx.now)
+    .bind(tenant_id.to_string())
+    .bind(id.to_string())
+    .execute(&mut *cx.conn)
+    .await?;
     let draft = Draft {
         detail: json!({ "from": agent.state.as_str(), "to": state.as_str() }),
         ..draft

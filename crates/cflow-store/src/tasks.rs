@@ -11,13 +11,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::exec::GetCol;
 use cflow_core::ValidationError;
 use cflow_core::dag::{self, DagTask, DepRef, Start};
 use cflow_core::task::{self as core_task, TaskState};
 use cflow_core::validate;
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::attempts::{Head, assigned_draft, check_agent, check_lease, new_attempt};
 use crate::audit::Draft;
@@ -42,22 +42,22 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, epoch, attempt_no, agent_id, 
      lease_expires_at, assigned_at, started_at, ended_at, exit_code, stdout_tail, stderr_tail, \
      result, detail";
 
-pub(crate) fn task_from_row(r: &AnyRow) -> Result<Task> {
+pub(crate) fn task_from_row(r: &impl GetCol) -> Result<Task> {
     Ok(Task {
         id: r.try_get(0)?,
         tenant_id: r.try_get(1)?,
         swarm_id: r.try_get(2)?,
-        spec: json_col("tasks.spec", &r.try_get::<String, _>(3)?)?,
+        spec: json_col("tasks.spec", &r.try_get::<String>(3)?)?,
         priority: r.try_get(4)?,
-        requires: json_col("tasks.requires", &r.try_get::<String, _>(5)?)?,
-        labels: json_col("tasks.labels", &r.try_get::<String, _>(6)?)?,
-        depends_on: json_col("tasks.depends_on", &r.try_get::<String, _>(7)?)?,
+        requires: json_col("tasks.requires", &r.try_get::<String>(5)?)?,
+        labels: json_col("tasks.labels", &r.try_get::<String>(6)?)?,
+        depends_on: json_col("tasks.depends_on", &r.try_get::<String>(7)?)?,
         timeout_ms: r.try_get(8)?,
         max_attempts: r.try_get(9)?,
         replicas: r.try_get(10)?,
         quorum: r.try_get(11)?,
         idempotency_key: r.try_get(12)?,
-        state: parse("tasks.state", &r.try_get::<String, _>(13)?)?,
+        state: parse("tasks.state", &r.try_get::<String>(13)?)?,
         reason: r.try_get(14)?,
         attempts: r.try_get(15)?,
         epoch: r.try_get(16)?,
@@ -69,18 +69,18 @@ pub(crate) fn task_from_row(r: &AnyRow) -> Result<Task> {
         replica_of: r.try_get(22)?,
         replica_index: r.try_get(23)?,
         result: r
-            .try_get::<Option<String>, _>(24)?
+            .try_get::<Option<String>>(24)?
             .map(|s| json_col("tasks.result", &s))
             .transpose()?,
     })
 }
 
-pub(crate) fn attempt_from_row(r: &AnyRow) -> Result<Attempt> {
+pub(crate) fn attempt_from_row(r: &impl GetCol) -> Result<Attempt> {
     attempt_from_row_at(r, 0)
 }
 
 /// An attempt whose columns start at column `b` (after a task's in a join).
-pub(crate) fn attempt_from_row_at(r: &AnyRow, b: usize) -> Result<Attempt> {
+pub(crate) fn attempt_from_row_at(r: &impl GetCol, b: usize) -> Result<Attempt> {
     let result: Option<String> = r.try_get(b + 13)?;
     Ok(Attempt {
         task_id: r.try_get(b)?,
@@ -88,7 +88,7 @@ pub(crate) fn attempt_from_row_at(r: &AnyRow, b: usize) -> Result<Attempt> {
         attempt_no: r.try_get(b + 2)?,
         agent_id: r.try_get(b + 3)?,
         worker_id: r.try_get(b + 4)?,
-        state: parse("attempts.state", &r.try_get::<String, _>(b + 5)?)?,
+        state: parse("attempts.state", &r.try_get::<String>(b + 5)?)?,
         lease_expires_at: r.try_get(b + 6)?,
         assigned_at: r.try_get(b + 7)?,
         started_at: r.try_get(b + 8)?,
@@ -100,7 +100,7 @@ pub(crate) fn attempt_from_row_at(r: &AnyRow, b: usize) -> Result<Attempt> {
             .map(|s| json_col("attempts.result", &s))
             .transpose()?,
         detail: r
-            .try_get::<Option<String>, _>(b + 14)?
+            .try_get::<Option<String>>(b + 14)?
             .map(|s| json_col("attempts.detail", &s))
             .transpose()?,
     })
@@ -160,7 +160,7 @@ async fn states_of(
         bulk::ids_from(cx.backend, 2)
     );
     // The text holds only a column name chosen here; the ids are in the one parameter.
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = crate::exec::query(AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
         .bind(bulk::ids_json(ids.iter().map(String::as_str)))
         .fetch_all(&mut *cx.conn)
@@ -191,7 +191,7 @@ async fn ids_of_tenant(
         bulk::ids_from(cx.backend, 2)
     );
     // The text holds only SQL written here; the ids are in the one parameter.
-    let found = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+    let found = crate::exec::query_scalar::<String>(AssertSqlSafe(sql))
         .bind(tenant_id.to_string())
         .bind(bulk::ids_json(ids.iter().map(String::as_str)))
         .fetch_all(&mut *cx.conn)
@@ -342,7 +342,7 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
     );
     // The text holds only column names written here; every value is in the one parameter.
     for text in bulk::rows_json(rows)? {
-        sqlx::query(AssertSqlSafe(sql.clone()))
+        crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
             .execute(&mut *cx.conn)
             .await?;
@@ -551,7 +551,7 @@ pub(crate) async fn submit_many(
         );
         // The text holds only column names written here; every value is in the one parameter.
         for text in bulk::rows_json(&edges)? {
-            sqlx::query(AssertSqlSafe(sql.clone()))
+            crate::exec::query(AssertSqlSafe(sql.clone()))
                 .bind(text)
                 .execute(&mut *cx.conn)
                 .await?;

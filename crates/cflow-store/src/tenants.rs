@@ -1,9 +1,9 @@
 //! Tenants: creation and bootstrap (writer ops) and reads.
 
+use crate::exec::GetCol;
+use crate::exec::WConn;
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyPool;
 
 use crate::audit::Draft;
 use crate::keys::{self, KeySpec};
@@ -17,7 +17,7 @@ pub const BOOTSTRAP_PRINCIPAL: &str = "admin";
 
 const CURSOR_TAG: &str = "t";
 
-fn from_row(r: &AnyRow) -> Result<Tenant> {
+fn from_row(r: &impl GetCol) -> Result<Tenant> {
     Ok(Tenant {
         id: r.try_get(0)?,
         name: r.try_get(1)?,
@@ -29,13 +29,13 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-async fn insert(conn: &mut AnyConnection, name: &str, now: i64) -> Result<Tenant> {
+async fn insert(conn: &mut WConn, name: &str, now: i64) -> Result<Tenant> {
     let tenant = Tenant {
         id: new_id(),
         name: name.to_string(),
         created_at: now,
     };
-    sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+    crate::exec::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
         .bind(tenant.id.clone())
         .bind(tenant.name.clone())
         .bind(tenant.created_at)
@@ -47,7 +47,7 @@ async fn insert(conn: &mut AnyConnection, name: &str, now: i64) -> Result<Tenant
 /// Writer op: a new tenant, unless the name is taken.
 pub(crate) async fn create(cx: &mut OpCx<'_>, name: &str) -> Result<Step> {
     let draft = Draft::success(None, "tenant.create", format!("tenant/{name}"), json!({}));
-    let taken = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+    let taken = crate::exec::query("SELECT id FROM tenants WHERE name = $1")
         .bind(name.to_string())
         .fetch_optional(&mut *cx.conn)
         .await?
@@ -71,7 +71,7 @@ pub(crate) async fn create(cx: &mut OpCx<'_>, name: &str) -> Result<Step> {
 /// Checking inside the writer's transaction makes concurrent bootstraps (even from several
 /// nodes) create exactly one.
 pub(crate) async fn bootstrap(cx: &mut OpCx<'_>) -> Result<Step> {
-    let any = sqlx::query("SELECT id FROM tenants LIMIT 1")
+    let any = crate::exec::query("SELECT id FROM tenants LIMIT 1")
         .fetch_optional(&mut *cx.conn)
         .await?
         .is_some();
@@ -201,7 +201,7 @@ pub(crate) async fn set_setting(
         format!("tenant/{tenant_id}"),
         json!({ key: value }),
     );
-    let done = sqlx::query(statement)
+    let done = crate::exec::query(statement)
         .bind(value.map(|v| v.to_string()))
         .bind(tenant_id.to_string())
         .execute(&mut *cx.conn)
@@ -231,7 +231,7 @@ impl crate::Store {
         let Some(r) = row else {
             return Err(Error::NotFound(format!("tenant {tenant_id}")));
         };
-        r.try_get::<Option<String>, _>(0)?
+        r.try_get::<Option<String>>(0)?
             .map(|s| crate::swarms::json_col("tenants.llm", &s))
             .transpose()
     }
@@ -262,7 +262,7 @@ impl crate::Store {
         let Some(r) = row else {
             return Err(Error::NotFound(format!("tenant {tenant_id}")));
         };
-        r.try_get::<Option<String>, _>(0)?
+        r.try_get::<Option<String>>(0)?
             .map(|s| crate::swarms::json_col("tenants.claude_policy", &s))
             .transpose()
     }

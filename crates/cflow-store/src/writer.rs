@@ -26,12 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sqlx::AnyConnection;
-use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::attempts::AttemptOp;
 use crate::audit::{self, Draft};
+use crate::exec::{self, WConn};
 use crate::orch_types::{
     Agent, Attempt, Cancelled, DirectAssign, Message, NewMessage, NewTask, Settled, Submitted,
     Swarm, TenantQuota,
@@ -228,7 +227,7 @@ fn outcome_of(err: &Error) -> &'static str {
 
 /// What an op sees while it runs: the batch's transaction, the batch's clock and its caller.
 pub(crate) struct OpCx<'a> {
-    pub conn: &'a mut AnyConnection,
+    pub conn: &'a mut WConn,
     pub backend: Backend,
     /// Unix ms, the same for every op of the batch.
     pub now: i64,
@@ -428,9 +427,10 @@ pub(crate) struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Starts the writer on a thread of its own with `conn` (already migrated and set up).
+    /// Starts the writer on a thread of its own with `conn` (set up), or with a connection it
+    /// opens on its own runtime when `None`.
     pub fn start(
-        conn: AnyConnection,
+        conn: Option<WConn>,
         url: String,
         backend: Backend,
         max_batch: usize,
@@ -444,20 +444,14 @@ impl WriterHandle {
         // woken from outside (by the database thread) only after up to 61 local ones.
         let mut runtime = tokio::runtime::Builder::new_current_thread();
         match backend {
-            // SQLite needs no I/O driver (its connection is a thread): parking on a futex is
-            // cheaper than on epoll.
+            // SQLite needs no I/O driver (its connection runs on this thread, or is a thread of
+            // its own): parking on a futex is cheaper than on epoll.
             Backend::Sqlite => runtime.enable_time(),
             Backend::Postgres => runtime.enable_all(),
         };
         let runtime = runtime
             .build()
             .map_err(|e| Error::Config(format!("cannot start the store writer's runtime: {e}")))?;
-        let conn = match backend {
-            // A PostgreSQL socket belongs to the runtime it was opened on: the writer opens its
-            // own on its runtime (the first batch connects, as after a failure).
-            Backend::Postgres => None,
-            Backend::Sqlite => Some(conn),
-        };
         let writer = Writer {
             url,
             backend,
@@ -613,7 +607,7 @@ struct Writer {
     url: String,
     backend: Backend,
     /// The writer's own connection; `None` after it failed, reopened on the next batch.
-    conn: Option<AnyConnection>,
+    conn: Option<WConn>,
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     /// SQLite's WAL, watched by `db::checkpointer`.
@@ -641,7 +635,7 @@ impl Writer {
             self.checkpoint_if_wanted().await;
         }
         if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
+            conn.close().await;
         }
     }
 
@@ -657,8 +651,8 @@ impl Writer {
             return;
         };
         let t0 = std::time::Instant::now();
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&mut *conn)
+        match exec::query_as::<(i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(conn)
             .await
         {
             Ok((_, frames, copied)) => tracing::trace!(
@@ -759,7 +753,7 @@ impl Writer {
     async fn run_once(&mut self, reqs: &[Request]) -> Result<Vec<Result<Output>>, BatchError> {
         let backend = self.backend;
         if self.conn.is_none() {
-            let conn = db::connect(&self.url, backend)
+            let conn = db::connect_writer(&self.url, backend)
                 .await
                 .map_err(BatchError::Connection)?;
             self.conn = Some(conn);
@@ -767,32 +761,65 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return Err(BatchError::Connection(Error::Closed));
         };
-        let mut tx = match backend {
-            // Take the write lock up front: a deferred transaction that upgrades later can fail
-            // with SQLITE_BUSY without waiting when another process holds the lock.
-            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => conn.begin_with(PG_BEGIN).await,
-        }
-        .map_err(|e| classify(e.into()))?;
+        // On SQLite, take the write lock up front: a deferred transaction that upgrades later
+        // can fail with SQLITE_BUSY without waiting when another process holds the lock.
+        let begin = match backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => PG_BEGIN,
+        };
+        exec::raw(conn, begin)
+            .await
+            .map_err(|e| classify(e.into()))?;
         let t0 = std::time::Instant::now();
-        let conn: &mut AnyConnection = &mut tx;
-        let mut head = audit::head(conn).await.map_err(classify)?;
-        let now = db::now_ms();
-        let mut entries = Vec::new();
-        let mut results = Vec::with_capacity(reqs.len());
-        let mut start = 0;
-        while start < reqs.len() {
-            let mut cx = OpCx {
-                conn: &mut *conn,
-                backend,
-                now,
-            };
-            let end = submit_run(reqs, start)
-                .max(plain_put_run(reqs, start))
-                .max(attempt_run(reqs, start));
-            let steps = if let (true, Op::SubmitTasks { tenant_id, .. }) =
-                (end - start > 1, &reqs[start].op)
-            {
+        let applied = apply_batch(conn, backend, reqs).await;
+        let (results, t1, t2) = match applied {
+            Ok((results, applied_at)) => (results, applied_at - t0, t0.elapsed()),
+            Err(e) => {
+                // Nothing of the batch stays. A connection that cannot even roll back is
+                // replaced before the next batch.
+                if exec::raw(conn, "ROLLBACK").await.is_err() {
+                    self.conn = None;
+                }
+                return Err(e);
+            }
+        };
+        exec::raw(conn, "COMMIT")
+            .await
+            .map_err(|e| BatchError::Commit(e.into()))?;
+        tracing::trace!(
+            ops = reqs.len(),
+            apply_us = t1.as_micros(),
+            audit_us = (t2 - t1).as_micros(),
+            commit_us = (t0.elapsed() - t2).as_micros(),
+            "write batch committed"
+        );
+        Ok(results)
+    }
+}
+
+/// Runs a batch's ops and appends their audit entries, inside the open transaction. Returns the
+/// answers and when the ops were done (before the audit insert).
+async fn apply_batch(
+    conn: &mut WConn,
+    backend: Backend,
+    reqs: &[Request],
+) -> Result<(Vec<Result<Output>>, std::time::Instant), BatchError> {
+    let mut head = audit::head(conn).await.map_err(classify)?;
+    let now = db::now_ms();
+    let mut entries = Vec::new();
+    let mut results = Vec::with_capacity(reqs.len());
+    let mut start = 0;
+    while start < reqs.len() {
+        let mut cx = OpCx {
+            conn: &mut *conn,
+            backend,
+            now,
+        };
+        let end = submit_run(reqs, start)
+            .max(plain_put_run(reqs, start))
+            .max(attempt_run(reqs, start));
+        let steps =
+            if let (true, Op::SubmitTasks { tenant_id, .. }) = (end - start > 1, &reqs[start].op) {
                 let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[start..end]
                     .iter()
                     .filter_map(|r| match &r.op {
@@ -831,31 +858,19 @@ impl Writer {
             } else {
                 vec![apply(&mut cx, &reqs[start].op).await.map_err(classify)?]
             };
-            for (req, step) in reqs[start..].iter().zip(steps) {
-                for draft in step.audit {
-                    entries.push(head.append(&req.ctx, draft, now));
-                }
-                results.push(step.result);
+        for (req, step) in reqs[start..].iter().zip(steps) {
+            for draft in step.audit {
+                entries.push(head.append(&req.ctx, draft, now));
             }
-            start = end.max(start + 1);
+            results.push(step.result);
         }
-        let t1 = t0.elapsed();
-        audit::insert(conn, backend, &entries)
-            .await
-            .map_err(classify)?;
-        let t2 = t0.elapsed();
-        tx.commit()
-            .await
-            .map_err(|e| BatchError::Commit(e.into()))?;
-        tracing::trace!(
-            ops = reqs.len(),
-            apply_us = t1.as_micros(),
-            audit_us = (t2 - t1).as_micros(),
-            commit_us = (t0.elapsed() - t2).as_micros(),
-            "write batch committed"
-        );
-        Ok(results)
+        start = end.max(start + 1);
     }
+    let applied = std::time::Instant::now();
+    audit::insert(conn, backend, &entries)
+        .await
+        .map_err(classify)?;
+    Ok((results, applied))
 }
 
 #[cfg(test)]
