@@ -105,8 +105,10 @@ pub(crate) fn rows_json<T: Serialize>(rows: &[T]) -> Result<Vec<String>> {
 /// Ends the JSON array in `buf` and takes it as text.
 fn close(buf: &mut Vec<u8>) -> String {
     buf.push(b']');
-    // serde_json writes only UTF-8.
-    String::from_utf8_lossy(&std::mem::take(buf)).into_owned()
+    // serde_json writes only UTF-8 (so the lossy branch never runs; `from_utf8` checks a large
+    // batch several times faster than `from_utf8_lossy` does).
+    String::from_utf8(std::mem::take(buf))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]

@@ -475,11 +475,20 @@ async fn an_agent_that_keeps_failing_is_quarantined_then_probed_and_closed() {
             .clone();
         let states = wait_done(&store, &t, &[probe], Duration::from_secs(30)).await;
         assert_eq!(states, vec![TaskState::Succeeded]);
-        let live = sched.agent_live(&t, &agent).unwrap();
-        assert_eq!(
-            live.breaker.state,
-            cflow_core::breaker::BreakerState::Closed
-        );
+        // The breaker learns the outcome when the scheduler settles the committed report, just
+        // after the store has it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = sched.agent_live(&t, &agent).unwrap();
+            if live.breaker.state == cflow_core::breaker::BreakerState::Closed {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the breaker never closed after the probe succeeded: {live:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         sched.shutdown();
     })
     .await;
