@@ -340,15 +340,16 @@ impl Query {
                 })
             }
             WConn::Lite(conn) => {
+                let t0 = std::time::Instant::now();
                 {
                     let mut stmt = self.prepare(conn)?;
                     // Stepped to its end like sqlx does; rows it returns are dropped.
                     let mut rows = stmt.raw_query();
                     while rows.next().map_err(lite_error)?.is_some() {}
                 }
-                Ok(Done {
-                    rows: conn.changes(),
-                })
+                let rows = conn.changes();
+                traced(&self.sql, t0, rows);
+                Ok(Done { rows })
             }
         }
     }
@@ -361,6 +362,7 @@ impl Query {
                 .map(DbRow::Any)
                 .collect()),
             WConn::Lite(conn) => {
+                let t0 = std::time::Instant::now();
                 let mut stmt = self.prepare(conn)?;
                 let n = stmt.column_count();
                 let mut rows = stmt.raw_query();
@@ -368,6 +370,7 @@ impl Query {
                 while let Some(row) = rows.next().map_err(lite_error)? {
                     out.push(DbRow::Lite(lite_row(row, n)?));
                 }
+                traced(&self.sql, t0, out.len() as u64);
                 Ok(out)
             }
         }
@@ -379,6 +382,7 @@ impl Query {
                 .await?
                 .map(DbRow::Any)),
             WConn::Lite(conn) => {
+                let t0 = std::time::Instant::now();
                 let mut stmt = self.prepare(conn)?;
                 let n = stmt.column_count();
                 let mut rows = stmt.raw_query();
@@ -389,6 +393,7 @@ impl Query {
                 // Run the statement to its end, as sqlx does (an `UPDATE … RETURNING` changes
                 // every row it returns).
                 while rows.next().map_err(lite_error)?.is_some() {}
+                traced(&self.sql, t0, u64::from(first.is_some()));
                 Ok(first)
             }
         }
@@ -497,6 +502,17 @@ impl<T: FromRow> QueryAs<T> {
     pub async fn fetch_all(self, c: &mut WConn) -> Result<Vec<T>, sqlx::Error> {
         self.q.fetch_all(c).await?.iter().map(T::from_row).collect()
     }
+}
+
+/// Each statement of the writer's SQLite connection, with its time, at `trace` level
+/// (`CFLOW_LOG=cflow_store::exec=trace`): what sqlx's statement log was for the other paths.
+fn traced(sql: &SqlStr, t0: std::time::Instant, rows: u64) {
+    tracing::trace!(
+        statement = sql.as_str().trim().get(..60).unwrap_or(sql.as_str().trim()),
+        us = t0.elapsed().as_micros(),
+        rows,
+        "statement"
+    );
 }
 
 fn lite_row(row: &rusqlite::Row<'_>, n: usize) -> Result<LiteRow, sqlx::Error> {
