@@ -75,9 +75,10 @@
 //!   fenced at completion, retries, dead letters (`hook.dead`) and re-queues (`hook.retry`).
 //! - [`page`]: opaque cursors and the limit rule.
 //!
-//! Both backends run the same SQL through sqlx's `Any` driver (`$1…$n` placeholders, BIGINT
-//! Unix-ms times, TEXT JSON); only full-text search, the purge statement and transaction
-//! locking differ, chosen by [`Backend`].
+//! Both backends run the same SQL (`$1…$n` placeholders, BIGINT Unix-ms times, TEXT JSON):
+//! reads through sqlx's `Any` pool, writes through `exec` (sqlx on PostgreSQL, the writer's own
+//! synchronous SQLite connection on SQLite); only full-text search, the purge statement and
+//! transaction locking differ, chosen by [`Backend`].
 //!
 //! The conformance suite (`tests/it`) runs every case on both backends; see
 //! `cflow_test_support::db` and `scripts/pg-test.sh` for the PostgreSQL side.
