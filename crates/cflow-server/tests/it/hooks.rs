@@ -607,6 +607,14 @@ async fn a_disabled_hook_gets_no_deliveries_until_enabled_again() {
     )
     .await;
     let id = hook["id"].as_str().unwrap().to_string();
+    // A second hook that stays on: its deliveries show how far the matcher has got.
+    let witness = Receiver::ok(0).await;
+    add_hook(
+        &api,
+        json!({"name": "witness", "events": ["swarm.created"], "url": witness.url(),
+               "secret": "T_KEY"}),
+    )
+    .await;
     let path = format!("/api/v1/hooks/{id}");
     let swarm = async |name: &str| {
         api.create_swarm(json!({"name": name, "topology": "mesh", "agents": coders(0)}))
@@ -654,6 +662,13 @@ async fn a_disabled_hook_gets_no_deliveries_until_enabled_again() {
     let off = expect_json(patch(&api, &path, json!({"enabled": false})).await, 200).await;
     assert_eq!(off["enabled"], false, "{off}");
     let skipped = swarm("s2").await;
+    // The matcher reads the hooks' state when it takes an event, not as of the event: wait until
+    // it has taken s2's event before turning the hook on (see the notes: an event still queued
+    // for matching when a hook is turned back on is matched as on).
+    eventually("s2's event matched", WAIT, async || {
+        (witness.hits().len() == 2).then_some(())
+    })
+    .await;
     let on = expect_json(patch(&api, &path, json!({"enabled": true})).await, 200).await;
     assert_eq!(on["enabled"], true, "{on}");
     let third = swarm("s3").await;
