@@ -36,6 +36,10 @@ pub struct Event {
     pub data: Value,
     /// Unix milliseconds.
     pub at: i64,
+    /// Unix microseconds (the same instant as `at`): hooks are matched against their state at
+    /// this time (see `cflow_store::Hook::was_on_at`).
+    #[serde(skip)]
+    pub at_us: i64,
 }
 
 /// Cheap to clone.
@@ -126,6 +130,7 @@ impl EventBus {
         let mut ring = self.0.ring.lock().unwrap_or_else(|e| e.into_inner());
         let seq = ring.next_seq;
         ring.next_seq += 1;
+        let at_us = crate::state::now_us();
         let event = Arc::new(Event {
             id: format!("{}-{seq}", self.0.boot),
             seq,
@@ -133,7 +138,8 @@ impl EventBus {
             kind: kind.to_string(),
             subject: subject.to_string(),
             data,
-            at: crate::state::now_ms(),
+            at: at_us.div_euclid(1000),
+            at_us,
         });
         if ring.events.len() == self.0.capacity {
             ring.events.pop_front();

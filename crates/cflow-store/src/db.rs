@@ -26,6 +26,14 @@ pub(crate) fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The microseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_us() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// The `sqlite://` URL that [`crate::Store::open`] accepts for the database file at `path`,
 /// creating the file if it is missing. Characters that a URL would read as syntax are
 /// percent-encoded, so any path works.
@@ -374,6 +382,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "claude policy",
                 include_str!("../migrations/sqlite/0010_claude_policy.sql"),
             ),
+            (
+                11,
+                "hook windows",
+                include_str!("../migrations/sqlite/0011_hook_windows.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -430,6 +443,11 @@ fn migrator(backend: Backend) -> Migrator {
                 11,
                 "bulk functions",
                 include_str!("../migrations/postgres/0011_bulk_functions.sql"),
+            ),
+            (
+                12,
+                "hook windows",
+                include_str!("../migrations/postgres/0012_hook_windows.sql"),
             ),
         ],
     };

@@ -35,9 +35,27 @@ pub struct Hook {
     /// The handler's settings (the server defines and checks them).
     pub config: Value,
     pub enabled: bool,
+    /// Unix µs: when it was last turned on (its creation, if created on); `None` if never.
+    pub enabled_since: Option<i64>,
+    /// Unix µs: when it was last turned off; `None` while on, or if it was never on.
+    pub disabled_since: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
     pub created_by: Option<String>,
+}
+
+impl Hook {
+    /// Whether the hook was on at `at_us` (Unix µs), as far as its last switch on and off tell:
+    /// on now, since before `at_us`; or off now, but on from before `at_us` until after it.
+    /// What an event is matched against, so that an event waiting to be matched while the hook
+    /// is switched is judged by the hook's state when the event happened.
+    pub fn was_on_at(&self, at_us: i64) -> bool {
+        match (self.enabled, self.enabled_since, self.disabled_since) {
+            (true, Some(on), _) => on <= at_us,
+            (false, Some(on), Some(off)) => on <= at_us && at_us < off,
+            _ => false,
+        }
+    }
 }
 
 /// What [`crate::Store::hook_create`] creates (checked by the server, which knows the rules).
@@ -155,8 +173,8 @@ pub(crate) enum HookOutput {
     Enqueued(u64),
 }
 
-pub(crate) const HOOK_COLUMNS: &str =
-    "id, tenant_id, name, scope, scope_id, events, kind, config, enabled, created_at, created_by";
+pub(crate) const HOOK_COLUMNS: &str = "id, tenant_id, name, scope, scope_id, events, kind, config, enabled, created_at, created_by, \
+     enabled_since, disabled_since";
 
 pub(crate) const DELIVERY_COLUMNS: &str = "id, tenant_id, hook_id, event_id, event_type, payload, \
      state, attempts, next_attempt_at, claimed_until, last_status, last_error, created_at, \
@@ -175,6 +193,8 @@ pub(crate) fn hook_row(r: &impl GetCol) -> Result<Hook> {
         enabled: r.try_get::<i64>(8)? != 0,
         created_at: r.try_get(9)?,
         created_by: r.try_get(10)?,
+        enabled_since: r.try_get(11)?,
+        disabled_since: r.try_get(12)?,
     })
 }
 
@@ -275,9 +295,11 @@ async fn create(
         return Ok(Step::failed(e, draft));
     }
     let events = serde_json::to_string(&new.events).unwrap_or_else(|_| "[]".into());
+    let enabled_since = new.enabled.then(crate::db::now_us);
     crate::exec::query(
         "INSERT INTO hooks (id, tenant_id, name, scope, scope_id, events, kind, config, enabled, \
-         created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         created_at, created_by, enabled_since) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(id.clone())
     .bind(tenant_id.to_string())
@@ -290,6 +312,7 @@ async fn create(
     .bind(i64::from(new.enabled))
     .bind(cx.now)
     .bind(created_by.map(str::to_string))
+    .bind(enabled_since)
     .execute(&mut *cx.conn)
     .await?;
     let hook = Hook {
@@ -302,6 +325,8 @@ async fn create(
         kind: new.kind.clone(),
         config: new.config.clone(),
         enabled: new.enabled,
+        enabled_since,
+        disabled_since: None,
         created_at: cx.now,
         created_by: created_by.map(str::to_string),
     };
@@ -336,7 +361,9 @@ async fn delete(cx: &mut OpCx<'_>, tenant_id: &str, id: &str) -> Result<Step> {
 }
 
 /// Turns a hook on or off. Off: events no longer become deliveries and pre-task checks skip
-/// it; deliveries already queued are still sent.
+/// it; deliveries already queued are still sent. A switch records its time (µs) in
+/// `enabled_since` / `disabled_since` (see [`Hook::was_on_at`]); setting the state it already
+/// has changes nothing.
 async fn set_enabled(cx: &mut OpCx<'_>, tenant_id: &str, id: &str, enabled: bool) -> Result<Step> {
     let mut draft = Draft::success(
         Some(tenant_id),
@@ -347,12 +374,26 @@ async fn set_enabled(cx: &mut OpCx<'_>, tenant_id: &str, id: &str, enabled: bool
     let Some(mut hook) = get_hook(cx, tenant_id, id).await? else {
         return Ok(Step::failed(Error::NotFound(format!("hook {id}")), draft));
     };
-    crate::exec::query("UPDATE hooks SET enabled = $1 WHERE tenant_id = $2 AND id = $3")
+    if hook.enabled != enabled {
+        let now = crate::db::now_us();
+        if enabled {
+            hook.enabled_since = Some(now);
+            hook.disabled_since = None;
+        } else {
+            hook.disabled_since = Some(now);
+        }
+        crate::exec::query(
+            "UPDATE hooks SET enabled = $1, enabled_since = $2, disabled_since = $3 \
+             WHERE tenant_id = $4 AND id = $5",
+        )
         .bind(i64::from(enabled))
+        .bind(hook.enabled_since)
+        .bind(hook.disabled_since)
         .bind(tenant_id.to_string())
         .bind(id.to_string())
         .execute(&mut *cx.conn)
         .await?;
+    }
     draft.detail = json!({ "name": hook.name, "enabled": enabled, "was": hook.enabled });
     hook.enabled = enabled;
     Ok(Step::done(Output::Hook(HookOutput::Hook(hook)), draft))

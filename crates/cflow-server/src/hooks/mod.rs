@@ -3,9 +3,13 @@
 //! - [`spec`]: a hook's settings as the API takes them, checked (event patterns, scope, URL,
 //!   signing secret, timeout), and the rules for matching an event.
 //! - `outbox`: the dispatcher, which turns every tenant event on the [`EventBus`] into one
-//!   delivery per matching enabled hook in the store's outbox, and the sender, which claims due
-//!   deliveries under a lease, sends them, and records delivered / retry (exponential backoff
-//!   with jitter) / dead (after the hook's most attempts).
+//!   delivery per matching hook that was on when the event happened (not when the dispatcher
+//!   gets to it: see `cflow_store::Hook::was_on_at`) in the store's outbox, and the sender,
+//!   which claims due deliveries under a lease, sends them, and records delivered / retry
+//!   (exponential backoff with jitter) / dead (after the hook's most attempts). Switch times
+//!   and event times come from the system clock of the node that made them; across nodes they
+//!   are as good as the nodes' clock sync, and another node sees a switch when its hook cache
+//!   expires (`cache_ttl_ms`).
 //! - `send`: the two handlers — a webhook (a signed POST) and a command (in the sandbox, the
 //!   event JSON on stdin, killed with its whole process tree at its timeout).
 //! - `pretask`: `pre-task` hooks, asked synchronously at submission; they may veto or amend.
@@ -164,7 +168,7 @@ pub struct Hooks(Arc<Inner>);
 
 struct Inner {
     config: HookConfig,
-    /// Tenant → (when loaded, its enabled hooks). An empty list is cached too, so a tenant
+    /// Tenant → (when loaded, its hooks, on and off). An empty list is cached too, so a tenant
     /// without hooks costs one map lookup per event and per submission.
     cache: Mutex<HashMap<String, Cached>>,
     /// Swarm id → its project (a swarm's project never changes), for project-scoped hooks.
@@ -238,7 +242,7 @@ impl Hooks {
         self.0.wake.notified().await;
     }
 
-    /// Forgets a tenant's cached hooks (after a hook of it was created or deleted).
+    /// Forgets a tenant's cached hooks (after a hook of it was created, switched or deleted).
     pub fn invalidate(&self, tenant: &str) {
         self.0
             .cache
@@ -247,8 +251,9 @@ impl Hooks {
             .remove(tenant);
     }
 
-    /// A tenant's enabled hooks, from the cache when it is fresh.
-    pub async fn enabled(
+    /// A tenant's hooks, on and off (the dispatcher matches an event against a hook as it was
+    /// when the event happened), from the cache when it is fresh.
+    pub async fn all(
         &self,
         store: &cflow_store::Store,
         tenant: &str,
@@ -264,13 +269,7 @@ impl Hooks {
         {
             return Ok(hooks.clone());
         }
-        let hooks: Vec<Hook> = store
-            .hook_list(tenant)
-            .await?
-            .into_iter()
-            .filter(|h| h.enabled)
-            .collect();
-        let hooks = Arc::new(hooks);
+        let hooks = Arc::new(store.hook_list(tenant).await?);
         self.0
             .cache
             .lock()

@@ -178,7 +178,7 @@ async fn dispatch(state: &AppState, events: &[Arc<Event>]) {
         if e.tenant_id == crate::sched::ALL_TENANTS {
             continue;
         }
-        let hooks = match state.hooks.enabled(&state.store, &e.tenant_id).await {
+        let hooks = match state.hooks.all(&state.store, &e.tenant_id).await {
             Ok(h) => h,
             Err(err) => {
                 tracing::warn!(tenant = %e.tenant_id, error = %err, "hooks: cannot load hooks; event skipped");
@@ -188,9 +188,8 @@ async fn dispatch(state: &AppState, events: &[Arc<Event>]) {
         if hooks.is_empty() {
             continue;
         }
-        let names = spec::names_of(&e.kind, &e.data);
         let mut swarm: Option<Option<String>> = None;
-        for hook in hooks.iter().filter(|h| spec::selects(&h.events, &names)) {
+        for hook in matching(&hooks, e) {
             if !in_scope(state, hook, e, &mut swarm).await {
                 continue;
             }
@@ -214,6 +213,16 @@ async fn dispatch(state: &AppState, events: &[Arc<Event>]) {
             }
         }
     }
+}
+
+/// The hooks whose event patterns select `e` and which were on when it happened: a hook switched
+/// on (or created) after the event does not get it, one switched off after it still does,
+/// however long the event waited to be matched. (Scope is checked separately.)
+fn matching<'a>(hooks: &'a [Hook], e: &Event) -> impl Iterator<Item = &'a Hook> {
+    let names = spec::names_of(&e.kind, &e.data);
+    hooks
+        .iter()
+        .filter(move |h| h.was_on_at(e.at_us) && spec::selects(&h.events, &names))
 }
 
 /// Whether the event is inside the hook's scope. `swarm` caches the event's swarm (looked up at
@@ -503,5 +512,64 @@ mod tests {
         assert_drained(&mut cursor, &bus, &mut live);
         assert_eq!(seen, (8_001..=8_010).collect::<Vec<_>>());
         assert_eq!(cursor.lost, 0);
+    }
+
+    fn hook(name: &str, on: (bool, Option<i64>, Option<i64>)) -> Hook {
+        Hook {
+            id: name.into(),
+            tenant_id: "t1".into(),
+            name: name.into(),
+            scope: "tenant".into(),
+            scope_id: None,
+            events: vec!["swarm.*".into()],
+            kind: "webhook".into(),
+            config: json!({}),
+            enabled: on.0,
+            enabled_since: on.1,
+            disabled_since: on.2,
+            created_at: 0,
+            created_by: None,
+        }
+    }
+
+    fn event(kind: &str, at_us: i64) -> Event {
+        Event {
+            id: "b-1".into(),
+            seq: 1,
+            tenant_id: "t1".into(),
+            kind: kind.into(),
+            subject: "s1".into(),
+            data: json!({}),
+            at: at_us / 1000,
+            at_us,
+        }
+    }
+
+    /// An event is matched against each hook as it was when the event happened, whenever the
+    /// dispatcher gets to it (the hooks passed in are as they are now).
+    #[test]
+    fn an_event_goes_to_the_hooks_that_were_on_when_it_happened() {
+        let hooks = [
+            // On since 1,000 µs.
+            hook("on", (true, Some(1_000), None)),
+            // On from 1,000 until 2,000, off since.
+            hook("was-on", (false, Some(1_000), Some(2_000))),
+            // Created off, never on.
+            hook("never", (false, None, None)),
+            // Turned on again at 3,000 after a first window.
+            hook("again", (true, Some(3_000), None)),
+        ];
+        let names = |e: &Event| {
+            matching(&hooks, e)
+                .map(|h| h.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&event("swarm.created", 999)), Vec::<String>::new());
+        assert_eq!(names(&event("swarm.created", 1_000)), ["on", "was-on"]);
+        assert_eq!(names(&event("swarm.created", 1_999)), ["on", "was-on"]);
+        assert_eq!(names(&event("swarm.created", 2_000)), ["on"]);
+        assert_eq!(names(&event("swarm.created", 3_000)), ["on", "again"]);
+        // The patterns still apply.
+        assert_eq!(names(&event("task.queued", 5_000)), Vec::<String>::new());
     }
 }

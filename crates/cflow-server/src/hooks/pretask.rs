@@ -54,10 +54,10 @@ enum Verdict {
 /// Asks the tenant's pre-task hooks about each task, amending `tasks` in place; an error is the
 /// refusal to answer (403).
 pub async fn check(state: &AppState, tenant: &str, tasks: &mut [NewTask]) -> ApiResult<()> {
-    let hooks = state.hooks.enabled(&state.store, tenant).await?;
+    let hooks = state.hooks.all(&state.store, tenant).await?;
     let pre: Vec<&Hook> = hooks
         .iter()
-        .filter(|h| h.events.iter().any(|p| p == PRE_TASK))
+        .filter(|h| h.enabled && h.events.iter().any(|p| p == PRE_TASK))
         .collect();
     if pre.is_empty() {
         return Ok(());

@@ -191,3 +191,73 @@ async fn hooks_and_the_outbox() {
     })
     .await;
 }
+
+/// A hook records when it was last switched on and off (µs), the window the dispatcher matches
+/// events against; setting the state it already has moves neither time.
+#[tokio::test]
+async fn a_hook_records_when_it_was_switched_on_and_off() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "hk-switch").await;
+        let now_us = || {
+            i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros(),
+            )
+            .unwrap()
+        };
+        let before = now_us();
+        let on = store
+            .hook_create(&ctx(&t), &t, new_hook("on"))
+            .await
+            .unwrap();
+        let on_since = on.enabled_since.expect("created on: on since its creation");
+        assert!(before <= on_since && on_since <= now_us(), "{backend:?}");
+        assert_eq!(on.disabled_since, None);
+        assert_eq!(
+            store.hook_get(&t, &on.id).await.unwrap().as_ref(),
+            Some(&on)
+        );
+        assert!(on.was_on_at(on_since) && !on.was_on_at(on_since - 1));
+
+        let mut off_hook = new_hook("off");
+        off_hook.enabled = false;
+        let off = store.hook_create(&ctx(&t), &t, off_hook).await.unwrap();
+        assert_eq!((off.enabled_since, off.disabled_since), (None, None));
+        assert!(!off.was_on_at(now_us()), "created off: never on");
+
+        // Off: the window closes; an event from inside it still counts as on.
+        let switched = store
+            .hook_set_enabled(&ctx(&t), &t, &on.id, false)
+            .await
+            .unwrap();
+        let off_since = switched.disabled_since.expect("switched off");
+        assert_eq!(switched.enabled_since, Some(on_since));
+        assert!(on_since <= off_since, "{backend:?}");
+        assert!(switched.was_on_at(off_since - 1) || off_since == on_since);
+        assert!(!switched.was_on_at(off_since));
+        let same = store
+            .hook_set_enabled(&ctx(&t), &t, &on.id, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            same.disabled_since,
+            Some(off_since),
+            "already off: unchanged"
+        );
+        assert_eq!(store.hook_get(&t, &on.id).await.unwrap(), Some(same));
+
+        // On again: a new window from now; the old one is forgotten.
+        let again = store
+            .hook_set_enabled(&ctx(&t), &t, &on.id, true)
+            .await
+            .unwrap();
+        let again_since = again.enabled_since.unwrap();
+        assert!(again_since >= off_since);
+        assert_eq!(again.disabled_since, None);
+        assert!(again.was_on_at(again_since) && !again.was_on_at(again_since - 1));
+        assert_eq!(store.hook_get(&t, &on.id).await.unwrap(), Some(again));
+    })
+    .await;
+}
