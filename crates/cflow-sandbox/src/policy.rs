@@ -153,11 +153,18 @@ impl Layer {
             | Layer::MountNs
             | Layer::IpcNs
             | Layer::UtsNs
-            | Layer::NetNs
-            | Layer::Filesystem => {
+            | Layer::NetNs => {
                 "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, \
                  user.max_user_namespaces > 0; on Ubuntu also \
                  kernel.apparmor_restrict_unprivileged_userns=0) or run cflow as root"
+            }
+            // The namespaces exist by then (their failures name their own layers): what failed
+            // is a mount, a directory or the root switch inside them.
+            Layer::Filesystem => {
+                "the namespaces were made, but the host refused a step of the sandbox's view of \
+                 the filesystem (named above); a container's default security profile (Docker's \
+                 seccomp and AppArmor profiles, for example) forbids mounts inside namespaces: \
+                 run cflow on the host, or in a container allowed to mount"
             }
             Layer::Landlock => {
                 "boot a kernel with CONFIG_SECURITY_LANDLOCK=y and 'landlock' in the lsm= list \
@@ -256,4 +263,22 @@ pub fn check_egress(entry: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure inside the namespaces does not send the operator to enable user namespaces,
+    /// which already worked by then; a failure to make them does.
+    #[test]
+    fn each_layer_says_what_to_do_about_its_own_failure() {
+        assert!(Layer::UserNs.fix().contains("user namespaces"));
+        let fs = Layer::Filesystem.fix();
+        assert!(!fs.contains("unprivileged_userns"), "{fs}");
+        assert!(fs.contains("mount"), "{fs}");
+        for layer in Layer::ALL {
+            assert!(!layer.fix().is_empty(), "{layer}");
+        }
+    }
 }
