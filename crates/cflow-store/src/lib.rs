@@ -231,6 +231,9 @@ impl Store {
             db::checkpointer(pool.clone(), watch.clone());
             watch
         });
+        if backend == Backend::Postgres {
+            db::analyzer(pool.clone());
+        }
         let redacted_url = db::redact(&url);
         let conn = match backend {
             // The writer's own SQLite connection, on its thread (see `exec`).
