@@ -15,7 +15,7 @@ pub enum AgentCmd {
     Spawn(SpawnArgs),
     /// List agents.
     List {
-        /// Only this swarm's agents.
+        /// Only this swarm's agents (its id or name).
         #[arg(long)]
         swarm: Option<String>,
         /// idle, busy, draining, stopped, failed, ...
@@ -30,6 +30,7 @@ pub enum AgentCmd {
 
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
+    /// The swarm: its id or name.
     #[arg(long)]
     pub swarm: String,
     /// coordinator, architect, coder, tester, reviewer, researcher or a custom type.
@@ -76,12 +77,17 @@ pub async fn run(client: &Client, cmd: AgentCmd, out: Printer) -> Result<()> {
                     a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
                 body.insert("labels".into(), Value::Object(labels));
             }
+            let swarm = super::swarm::swarm_id(client, &a.swarm).await?;
             let req = client
-                .request(Method::POST, client.url(&["swarms", &a.swarm, "agents"]))
+                .request(Method::POST, client.url(&["swarms", &swarm, "agents"]))
                 .json(&Value::Object(body));
             show(&client.json(req, Action::SwarmWrite).await?, out);
         }
         AgentCmd::List { swarm, state } => {
+            let swarm = match swarm {
+                Some(s) => Some(super::swarm::swarm_id(client, &s).await?),
+                None => None,
+            };
             let mut url = client.url(&["agents"]);
             {
                 let mut q = url.query_pairs_mut();

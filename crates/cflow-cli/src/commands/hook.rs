@@ -55,7 +55,7 @@ pub struct AddArgs {
     /// The name of the tenant secret that signs the webhook's requests (X-Cflow-Signature).
     #[arg(long)]
     pub secret: Option<String>,
-    /// tenant (default), project:NAME or swarm:ID.
+    /// tenant (default), project:NAME or swarm:SWARM (its id or name).
     #[arg(long)]
     pub scope: Option<String>,
     /// Seconds per run or request: 1–300 (default 10).
@@ -117,13 +117,20 @@ async fn toggle(client: &Client, id: &str, enabled: bool, out: &Printer) -> Resu
 pub async fn run(client: &Client, cmd: HookCmd, out: Printer) -> Result<()> {
     match cmd {
         HookCmd::Add(a) => {
+            let scope = match a.scope.as_deref().and_then(|s| s.strip_prefix("swarm:")) {
+                Some(swarm) => Some(format!(
+                    "swarm:{}",
+                    super::swarm::swarm_id(client, swarm).await?
+                )),
+                None => a.scope,
+            };
             let body = json!({
                 "name": a.name,
                 "events": a.events,
                 "command": a.command,
                 "url": a.webhook,
                 "secret": a.secret,
-                "scope": a.scope,
+                "scope": scope,
                 "timeout_seconds": a.timeout,
                 "max_attempts": a.max_attempts,
                 "on_error": a.on_error,

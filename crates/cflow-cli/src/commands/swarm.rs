@@ -1,7 +1,7 @@
 //! `cflow swarm init | list | status | pause | resume | stop | scale`: swarms of agents.
 
 use super::task::{all_items, parse_kv};
-use crate::client::Client;
+use crate::client::{ApiError, Client};
 use crate::output::Printer;
 use crate::workflow::{self, PoolDef};
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,14 +17,26 @@ pub enum SwarmCmd {
     Init(InitArgs),
     /// List swarms.
     List,
-    /// A swarm with its live numbers (queued, running, agents by state).
-    Status { id: String },
+    /// A swarm with its live numbers (queued, running, agents by state). SWARM: its id or name.
+    Status {
+        #[arg(value_name = "SWARM")]
+        id: String,
+    },
     /// Stop assigning new tasks (running ones finish).
-    Pause { id: String },
+    Pause {
+        #[arg(value_name = "SWARM")]
+        id: String,
+    },
     /// Assign tasks again.
-    Resume { id: String },
+    Resume {
+        #[arg(value_name = "SWARM")]
+        id: String,
+    },
     /// Stop the swarm for good: agents stop after their running task.
-    Stop { id: String },
+    Stop {
+        #[arg(value_name = "SWARM")]
+        id: String,
+    },
     /// Set a pool's bounds (creating the pool when --driver is given and it does not exist).
     Scale(ScaleArgs),
 }
@@ -56,6 +68,8 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
+    /// The swarm: its id or name.
+    #[arg(value_name = "SWARM")]
     pub id: String,
     /// The pool's agent type.
     #[arg(long = "type", value_name = "TYPE")]
@@ -150,6 +164,7 @@ pub async fn run(client: &Client, cmd: SwarmCmd, out: Printer) -> Result<()> {
             out.list(&doc, &rows, COLUMNS);
         }
         SwarmCmd::Status { id } => {
+            let id = swarm_id(client, &id).await?;
             let req = client.request(Method::GET, client.url(&["swarms", &id]));
             show(&client.json(req, Action::SwarmRead).await?, out);
         }
@@ -175,8 +190,9 @@ pub async fn run(client: &Client, cmd: SwarmCmd, out: Printer) -> Result<()> {
                     a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
                 pool.insert("labels".into(), Value::Object(labels));
             }
+            let id = swarm_id(client, &a.id).await?;
             let req = client
-                .request(Method::POST, client.url(&["swarms", &a.id, "scale"]))
+                .request(Method::POST, client.url(&["swarms", &id, "scale"]))
                 .json(&Value::Object(pool));
             show(&client.json(req, Action::SwarmWrite).await?, out);
         }
@@ -232,9 +248,43 @@ fn init_body(a: InitArgs) -> Result<Value> {
 }
 
 async fn act(client: &Client, id: &str, what: &str, out: Printer) -> Result<()> {
-    let req = client.request(Method::POST, client.url(&["swarms", id, what]));
+    let id = swarm_id(client, id).await?;
+    let req = client.request(Method::POST, client.url(&["swarms", &id, what]));
     show(&client.json(req, Action::SwarmWrite).await?, out);
     Ok(())
+}
+
+/// The id of the swarm `arg` names: its id, or its name (unique in a tenant, so a person can
+/// type `--swarm web` instead of a UUID). An id is tried first; a name costs a listing.
+pub async fn swarm_id(client: &Client, arg: &str) -> Result<String> {
+    let req = client.request(Method::GET, client.url(&["swarms", arg]));
+    match client.json(req, Action::SwarmRead).await {
+        Ok(swarm) => {
+            return Ok(swarm["id"].as_str().unwrap_or(arg).to_string());
+        }
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == reqwest::StatusCode::NOT_FOUND) => {}
+        Err(e) => return Err(e),
+    }
+    let mut found = None;
+    client
+        .pages(client.url(&["swarms"]), Action::SwarmRead, |items| {
+            if found.is_none() {
+                found = items
+                    .iter()
+                    .find(|s| s["name"] == arg)
+                    .and_then(|s| s["id"].as_str())
+                    .map(str::to_string);
+            }
+            Ok(())
+        })
+        .await?;
+    found.ok_or_else(|| {
+        anyhow!(
+            "no swarm with the id or name '{arg}' in this tenant ('cflow swarm list' shows them)"
+        )
+    })
 }
 
 fn show(swarm: &Value, out: Printer) {

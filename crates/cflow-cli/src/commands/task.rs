@@ -23,7 +23,7 @@ pub enum TaskCmd {
         /// pending, queued, assigned, running, succeeded, failed, cancelled or timed_out.
         #[arg(long)]
         state: Option<String>,
-        /// Only this swarm's tasks.
+        /// Only this swarm's tasks (its id or name).
         #[arg(long)]
         swarm: Option<String>,
     },
@@ -49,7 +49,7 @@ pub enum TaskCmd {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The swarm whose agents run it.
+    /// The swarm whose agents run it (its id or name).
     #[arg(long)]
     pub swarm: Option<String>,
     /// 0-100 (default 50).
@@ -120,6 +120,10 @@ pub async fn run(client: &Client, cmd: TaskCmd, out: Printer) -> Result<()> {
     match cmd {
         TaskCmd::Submit(a) => submit(client, *a, out).await,
         TaskCmd::List { state, swarm } => {
+            let swarm = match swarm {
+                Some(s) => Some(super::swarm::swarm_id(client, &s).await?),
+                None => None,
+            };
             let mut url = client.url(&["tasks"]);
             {
                 let mut q = url.query_pairs_mut();
@@ -164,6 +168,10 @@ pub async fn run(client: &Client, cmd: TaskCmd, out: Printer) -> Result<()> {
 }
 
 async fn submit(client: &Client, a: SubmitArgs, out: Printer) -> Result<()> {
+    let swarm = match &a.swarm {
+        Some(s) => Some(super::swarm::swarm_id(client, s).await?),
+        None => None,
+    };
     let mut spec = Map::new();
     match &a.prompt {
         Some(p) => {
@@ -199,7 +207,7 @@ async fn submit(client: &Client, a: SubmitArgs, out: Printer) -> Result<()> {
             t.insert(k.into(), v);
         }
     };
-    put("swarm", a.swarm.map(Value::from));
+    put("swarm", swarm.map(Value::from));
     put("priority", a.priority.map(Value::from));
     put(
         "requires",

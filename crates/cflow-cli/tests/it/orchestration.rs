@@ -409,3 +409,83 @@ fn doctor_reports_the_server_and_each_sandbox_layer() {
     let _ = r.fails();
     assert!(r.stdout.contains("cannot reach"), "{}", r.stdout);
 }
+
+/// Wherever a command takes a swarm, its name works as well as its id (names are unique in a
+/// tenant); an unknown one is an error that says where to look, and nothing is sent.
+#[test]
+fn a_swarm_is_named_by_its_name_or_its_id() {
+    let server = Server::start();
+    let swarm = json(
+        &server,
+        &["swarm", "init", "named", "--agents", "coder=exec:1"],
+    );
+    let id = swarm["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        json(&server, &["swarm", "status", "named"])["id"],
+        id.as_str()
+    );
+    assert_eq!(json(&server, &["swarm", "status", &id])["id"], id.as_str());
+
+    let task = json(
+        &server,
+        &[
+            "task", "submit", "--swarm", "named", "--", "echo", "by-name",
+        ],
+    );
+    let task_id = task["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{task:#}"));
+    let got = json(&server, &["task", "get", task_id]);
+    assert_eq!(got["swarm_id"], id.as_str(), "{got:#}");
+    let listed = json(&server, &["task", "list", "--swarm", "named"]);
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, [task_id], "{listed:#}");
+
+    let spawned = json(
+        &server,
+        &[
+            "agent", "spawn", "--swarm", "named", "--type", "tester", "--driver", "exec",
+        ],
+    );
+    assert_eq!(spawned["swarm_id"], id.as_str(), "{spawned:#}");
+    let agents = poll(30, "2 agents", || {
+        let doc = json(&server, &["agent", "list", "--swarm", "named"]);
+        let items = doc["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 2).then_some(items)
+    });
+    assert!(agents.iter().all(|a| a["swarm_id"] == id.as_str()));
+
+    assert_eq!(
+        json(&server, &["swarm", "pause", "named"])["state"],
+        "paused"
+    );
+    assert_eq!(
+        json(&server, &["swarm", "resume", "named"])["state"],
+        "active"
+    );
+
+    let unknown = cf(
+        &server,
+        &["task", "submit", "--swarm", "nosuch", "--", "true"],
+    );
+    let err = unknown.fails();
+    assert!(
+        err.contains("no swarm with the id or name 'nosuch'") && err.contains("cflow swarm list"),
+        "{err}"
+    );
+    let listed = json(&server, &["task", "list"]);
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "nothing was sent"
+    );
+    assert_eq!(
+        json(&server, &["swarm", "stop", "named"])["state"],
+        "stopped"
+    );
+}
