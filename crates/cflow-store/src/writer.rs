@@ -859,7 +859,7 @@ async fn apply_batch(
                 vec![apply(&mut cx, &reqs[start].op).await.map_err(classify)?]
             };
         for (req, step) in reqs[start..].iter().zip(steps) {
-            for draft in step.audit {
+            for draft in audit::coalesce(step.audit) {
                 entries.push(head.append(&req.ctx, draft, now));
             }
             results.push(step.result);

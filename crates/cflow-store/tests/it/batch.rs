@@ -103,8 +103,25 @@ async fn batched_attempt_ops_answer_per_element() {
             ..Default::default()
         };
         let entries = store.audit_list(&q, &page(1000, None)).await.unwrap().items;
-        let count = |action: &str| entries.iter().filter(|e| e.action == action).count();
-        assert_eq!(count("task.complete"), 2, "{backend:?}");
+        // The request's two completions share one entry that lists both tasks.
+        let completions: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "task.complete")
+            .collect();
+        assert_eq!(completions.len(), 1, "{backend:?}: {completions:?}");
+        let e = completions[0];
+        assert_eq!(
+            (e.resource.as_str(), e.outcome.as_str()),
+            ("tasks", "success")
+        );
+        assert_eq!(e.detail["count"], 2, "{e:?}");
+        let listed: Vec<&str> = e.detail["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [a.as_str(), b.as_str()], "{e:?}");
         assert!(
             store
                 .assign_tasks(&system(), vec![])
