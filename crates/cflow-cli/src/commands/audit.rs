@@ -243,15 +243,52 @@ fn print_entry(e: &Value, out: Printer) {
         emit(&e.to_string());
         return;
     }
+    emit(&entry_line(e));
+}
+
+/// One entry as a line of `cflow audit tail`. An entry that lists several tasks' transitions
+/// (resource `tasks`, see the ledger's grouping) shows how many.
+fn entry_line(e: &Value) -> String {
     let s = |k: &str| crate::output::cell(e.get(k));
-    emit(&format!(
+    let mut resource = s("resource");
+    if let Some(n) = e["detail"]["count"]
+        .as_u64()
+        .filter(|_| e["resource"] == "tasks")
+    {
+        resource = format!("{resource} ({n})");
+    }
+    format!(
         "#{:<6} {}  {:<14} {:<16} {}  principal={} tenant={}",
         s("seq"),
         s("at"),
         s("outcome"),
         s("action"),
-        s("resource"),
+        resource,
         s("principal_id"),
         s("tenant_id"),
-    ));
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grouped_entry_shows_how_many_tasks_it_lists() {
+        let e = json!({"seq": 7, "at": "2026-11-27T11:00:00.000Z", "outcome": "success",
+            "action": "task.complete", "resource": "tasks", "principal_id": null,
+            "tenant_id": "t1", "detail": {"count": 3, "tasks": []}});
+        let line = entry_line(&e);
+        assert!(
+            line.contains("task.complete") && line.contains("tasks (3)"),
+            "{line}"
+        );
+        let one = json!({"seq": 8, "action": "task.complete", "resource": "task/a",
+            "detail": {"epoch": 1}});
+        assert!(
+            entry_line(&one).contains("task/a  "),
+            "{}",
+            entry_line(&one)
+        );
+    }
 }
