@@ -6,7 +6,7 @@
 use cflow_store::{AuditQuery, Error, NewDelivery, NewHook, SendResult};
 use serde_json::json;
 
-use crate::{ctx, each_backend, page, tenant};
+use crate::{ctx, each_backend, now_us, page, tenant};
 
 fn new_hook(name: &str) -> NewHook {
     NewHook {
@@ -198,15 +198,6 @@ async fn hooks_and_the_outbox() {
 async fn a_hook_records_when_it_was_switched_on_and_off() {
     each_backend(|store, backend| async move {
         let t = tenant(&store, "hk-switch").await;
-        let now_us = || {
-            i64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_micros(),
-            )
-            .unwrap()
-        };
         let before = now_us();
         let on = store
             .hook_create(&ctx(&t), &t, new_hook("on"))

@@ -31,13 +31,18 @@ use serde_json::Value;
 
 /// The current Unix time in milliseconds.
 pub fn now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    i64::try_from(since_epoch().as_millis()).unwrap()
+}
+
+/// The current Unix time in microseconds.
+pub fn now_us() -> i64 {
+    i64::try_from(since_epoch().as_micros()).unwrap()
+}
+
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
 }
 
 /// An audit context acting in `tenant_id` with a recognisable request id.
