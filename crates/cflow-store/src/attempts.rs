@@ -62,6 +62,8 @@ pub(crate) enum AttemptOp {
         now: i64,
         /// Also record the start, at this time (see `CompleteRequest::started_at`).
         started_at: Option<i64>,
+        /// The agent's next task, assigned if this completion is accepted (`batch::hand_over`).
+        next: Option<crate::orch_types::NextAssign>,
     },
     RequeueLost {
         task_id: String,
@@ -327,6 +329,7 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, op: &AttemptOp) -> Result<Step> {
             outcome,
             now,
             started_at,
+            next: _,
         } => complete(cx, task_id, *epoch, outcome, *now, *started_at).await,
         AttemptOp::RequeueLost {
             task_id,

@@ -101,6 +101,7 @@ impl Store {
                     outcome,
                     now,
                     started_at: None,
+                    next: None,
                 },
             )
             .await?;

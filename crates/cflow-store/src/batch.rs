@@ -16,7 +16,7 @@ use crate::{Error, Result, Store};
 /// of one kind of op on distinct tasks takes the set-based path of `batch_fast`.
 pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> {
     let refs: Vec<&AttemptOp> = ops.iter().collect();
-    let steps = match fast(cx, &refs).await? {
+    let mut steps = match fast(cx, &refs).await? {
         Some(steps) => steps,
         None => {
             let mut steps = Vec::with_capacity(ops.len());
@@ -26,6 +26,7 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> 
             steps
         }
     };
+    hand_over(cx, &refs, &mut steps).await?;
     let mut results = Vec::with_capacity(ops.len());
     let mut audit = Vec::with_capacity(ops.len());
     for step in steps {
@@ -46,8 +47,9 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> 
 pub(crate) async fn apply_many(cx: &mut OpCx<'_>, groups: &[&[AttemptOp]]) -> Result<Vec<Step>> {
     let all: Vec<&AttemptOp> = groups.iter().flat_map(|g| g.iter()).collect();
     if groups.len() > 1
-        && let Some(steps) = fast(cx, &all).await?
+        && let Some(mut steps) = fast(cx, &all).await?
     {
+        hand_over(cx, &all, &mut steps).await?;
         let mut steps = steps.into_iter();
         return Ok(groups
             .iter()
@@ -70,6 +72,66 @@ pub(crate) async fn apply_many(cx: &mut OpCx<'_>, groups: &[&[AttemptOp]]) -> Re
         out.push(apply(cx, g).await?);
     }
     Ok(out)
+}
+
+/// Assigns the next task of each accepted completion that names one (`CompleteRequest::next`),
+/// after every completion of `ops` was applied (`steps`, one per op): the answer goes into the
+/// completion's `Settled::next` and the assignment's ledger entry joins the completion's. A
+/// refused completion assigns nothing. Distinct next tasks take the set-based path, with the
+/// same checks as an `assign_tasks` batch.
+async fn hand_over(cx: &mut OpCx<'_>, ops: &[&AttemptOp], steps: &mut [Step]) -> Result<()> {
+    let mut wanted: Vec<(usize, AssignReq<'_>)> = Vec::new();
+    for (i, (op, step)) in ops.iter().zip(steps.iter()).enumerate() {
+        if let AttemptOp::Complete {
+            now, next: Some(n), ..
+        } = *op
+            && matches!(step.result, Ok(Output::Settled(_)))
+        {
+            wanted.push((
+                i,
+                AssignReq {
+                    task_id: &n.task_id,
+                    agent_id: &n.agent_id,
+                    worker_id: &n.worker_id,
+                    lease_ms: n.lease_ms,
+                    now: *now,
+                },
+            ));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut seen = HashSet::with_capacity(wanted.len());
+    let assigned = if wanted.iter().all(|(_, r)| seen.insert(r.task_id)) {
+        let reqs: Vec<AssignReq<'_>> = wanted.iter().map(|(_, r)| r.clone()).collect();
+        batch_fast::assign(cx, &reqs).await?
+    } else {
+        let mut out = Vec::with_capacity(wanted.len());
+        for (_, r) in &wanted {
+            let op = AttemptOp::Assign {
+                task_id: r.task_id.to_string(),
+                agent_id: r.agent_id.to_string(),
+                worker_id: r.worker_id.to_string(),
+                lease_ms: r.lease_ms,
+                now: r.now,
+            };
+            out.push(crate::attempts::apply(cx, &op).await?);
+        }
+        out
+    };
+    for ((i, _), a) in wanted.iter().zip(assigned) {
+        let step = &mut steps[*i];
+        step.audit.extend(a.audit);
+        if let Ok(Output::Settled(s)) = &mut step.result {
+            s.next = Some(match a.result {
+                Ok(Output::Assigned(a)) => Ok(a),
+                Ok(other) => Err(format!("unexpected answer to an assignment: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The set-based path when it is exact for `ops`, else `None` (having written nothing).
@@ -129,6 +191,7 @@ async fn fast(cx: &mut OpCx<'_>, ops: &[&AttemptOp]) -> Result<Option<Vec<Step>>
                 outcome,
                 now,
                 started_at,
+                next: _,
             } => Some((task_id.as_str(), *epoch, outcome, *now, *started_at)),
             _ => None,
         })
@@ -241,6 +304,9 @@ impl Store {
                     outcome: r.outcome,
                     now: r.now,
                     started_at: r.started_at,
+                    // A hand-over with a lease no assignment may have is not made (its
+                    // `Settled::next` stays `None`); the completion itself stands.
+                    next: r.next.filter(|n| check_lease(n.lease_ms).is_ok()),
                 })
             })
             .collect();

@@ -183,6 +183,7 @@ fn matched(what: &str, n: u64, expected: usize) -> Result<()> {
 }
 
 /// One assignment of a batch.
+#[derive(Clone)]
 pub(crate) struct AssignReq<'a> {
     pub task_id: &'a str,
     pub agent_id: &'a str,
@@ -530,6 +531,7 @@ pub(crate) async fn complete(
                 cancelled: Vec::new(),
                 parent: None,
                 kill: Vec::new(),
+                next: None,
             }
         };
         let draft = completed_draft(&h, task_id, epoch, &e, &settled);

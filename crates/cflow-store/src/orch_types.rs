@@ -330,7 +330,7 @@ pub struct Outcome {
 pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 
 /// What an ended attempt did to its task and the tasks depending on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settled {
     /// The task's new state (`pending` waiting on a retry, `queued` again, or terminal).
     pub state: TaskState,
@@ -344,6 +344,10 @@ pub struct Settled {
     /// Live attempts (the other replicas once the vote is decided) whose processes must now be
     /// killed; their attempts are already `cancelled`.
     pub kill: Vec<Kill>,
+    /// The answer to the completion's hand-over ([`CompleteRequest::next`]): the new attempt,
+    /// or why the store refused it (the task is no longer queued, the agent or its swarm no
+    /// longer takes tasks). `None` when the completion asked for none.
+    pub next: Option<std::result::Result<Attempt, String>>,
 }
 
 /// A live attempt that the store cancelled and whose process the scheduler must kill.
@@ -466,6 +470,20 @@ pub struct CompleteRequest {
     /// this time: the completion records it (never before the assignment, never after `now`)
     /// instead of a start op (and ledger entry) of its own.
     pub started_at: Option<i64>,
+    /// The agent's next task, assigned in the same transaction if (and only if) this
+    /// completion is accepted: a hand-over, one commit where a completion and a separate
+    /// assignment would take two in a row. Its answer is [`Settled::next`].
+    pub next: Option<NextAssign>,
+}
+
+/// The assignment a completion hands its agent over to (see [`CompleteRequest::next`]): checked
+/// and recorded exactly as [`crate::Store::assign_tasks`] would, at the completion's time.
+#[derive(Debug, Clone)]
+pub struct NextAssign {
+    pub task_id: String,
+    pub agent_id: String,
+    pub worker_id: String,
+    pub lease_ms: i64,
 }
 
 /// Where [`crate::Store::ready_tasks_after`] resumes: the queue order's key of the last task of

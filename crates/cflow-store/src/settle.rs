@@ -51,6 +51,7 @@ async fn dependents(
         cancelled: Vec::new(),
         parent: None,
         kill: Vec::new(),
+        next: None,
     };
     const WAITING: &str =
         "state = 'pending' AND id IN (SELECT task_id FROM task_deps WHERE dep_id = $1)";

@@ -10,7 +10,7 @@
 //!  poll loop ──poll(held, free_slots, wait_ms)──▶ Link ──▶ scheduler
 //!     │  assignments                                ▲
 //!     ▼                                             │ report(batch) → acks
-//!  one tokio task per attempt ──Report──▶ reporter task (one call in flight, batches what queued)
+//!  one tokio task per attempt ──Report──▶ reporter task (two calls in flight, batches what queued)
 //! ```
 //!
 //! # Invariant

@@ -1,20 +1,31 @@
-//! The reporter: one task that sends every report of the worker, one `report` call at a time,
-//! each call carrying everything that queued up meanwhile. With nothing else queued a report goes
-//! out at once; under load the batches grow by themselves, so the number of round trips tracks
-//! the server's latency rather than the task rate.
+//! The reporter: one task that sends every report of the worker, at most [`IN_FLIGHT`] `report`
+//! calls at a time, each call carrying everything that queued up meanwhile. With nothing else
+//! queued a report goes out at once; under load the batches grow by themselves, so the number of
+//! round trips tracks the server's latency rather than the task rate. Two calls in flight keep
+//! the server's writer busy while it finishes the previous call (its commit, then the in-memory
+//! settlement) and this worker runs what that call handed it; one call would make them take
+//! turns.
+//!
+//! Order: the reports of one attempt reach the server in the order they were made. A report
+//! whose attempt already has a report in a call in flight waits for that call's answer (and is
+//! sent after anything of that call that has to be sent again).
 
 use crate::backoff::{Backoff, RetryPolicy};
 use crate::link::{Link, LinkError};
 use crate::table::Table;
 use cflow_agents::proto::{Report, ReportAck};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// The most reports in one call.
 const MAX_BATCH: usize = 4096;
 /// Roughly the most bytes of output in one call, well under the server's 2 MiB body limit (one
 /// `Finished` with two full output tails may exceed it alone; it then goes out on its own).
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// The most `report` calls in flight at once.
+pub(crate) const IN_FLIGHT: usize = 2;
 
 pub(crate) struct Reporter {
     pub(crate) link: Arc<dyn Link>,
@@ -23,81 +34,138 @@ pub(crate) struct Reporter {
     pub(crate) retry: RetryPolicy,
 }
 
+/// An attempt, as reports name it.
+type Key = (String, i64);
+
+/// A call's answer with what it sent.
+type Answered = (Vec<Sent>, Result<Vec<ReportAck>, LinkError>);
+
 impl Reporter {
-    /// Runs until the queue is closed and empty, or a fatal error (recorded in the table).
+    /// Runs until the queue is closed and every report is answered, or a fatal error (recorded
+    /// in the table).
     pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<Report>) {
         let mut backoff = Backoff::new(self.retry);
-        // Reports of a call that failed transiently, sent again (in order) before newer ones.
-        let mut carried: Vec<Report> = Vec::new();
+        // Reports not sent yet, in the order they were made (those of a call that failed
+        // transiently go back to the front, ahead of newer ones).
+        let mut pending: VecDeque<Report> = VecDeque::new();
+        // Attempts with a report in a call in flight.
+        let mut busy: HashSet<Key> = HashSet::new();
+        let mut calls: JoinSet<Answered> = JoinSet::new();
+        let mut closed = false;
         loop {
-            let mut batch = std::mem::take(&mut carried);
-            if batch.is_empty() {
-                match rx.recv().await {
-                    Some(r) => batch.push(r),
-                    None => return,
+            while calls.len() < IN_FLIGHT {
+                while let Ok(r) = rx.try_recv() {
+                    pending.push_back(r);
                 }
+                let mut batch = take_batch(&mut pending, &busy);
+                if batch.is_empty() {
+                    break;
+                }
+                for r in &mut batch {
+                    r.stamp();
+                }
+                let sent: Vec<Sent> = batch.iter().map(Sent::of).collect();
+                busy.extend(sent.iter().map(|s| (s.task_id.clone(), s.epoch)));
+                let (link, id) = (self.link.clone(), self.worker_id.clone());
+                calls.spawn(async move {
+                    let answer = link.report(&id, batch).await;
+                    (sent, answer)
+                });
             }
-            let mut bytes: usize = batch.iter().map(weight).sum();
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += weight(&r);
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
-            // What the acks are applied to, and what is sent again if the call fails on the way:
-            // `Started` and `Finished` must arrive; a lost `Log` chunk is also in the final
-            // output tails, so it is not worth a retry.
-            for r in &mut batch {
-                r.stamp();
-            }
-            let sent: Vec<Sent> = batch.iter().map(Sent::of).collect();
-            match self.link.report(&self.worker_id, batch).await {
-                Ok(acks) if acks.len() == sent.len() => {
-                    backoff.reset();
-                    for (s, ack) in sent.iter().zip(&acks) {
-                        self.apply(s, ack);
-                    }
-                }
-                Ok(acks) => {
-                    tracing::error!(
-                        sent = sent.len(),
-                        acks = acks.len(),
-                        "the server answered a report batch with the wrong number of acks; \
-                         dropping the batch's attempts (their leases will lapse)"
-                    );
-                    self.refuse_all(&sent, 502, "wrong number of acks");
-                }
-                Err(LinkError::Unavailable(why)) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(
-                        reports = sent.len(),
-                        "cannot deliver reports ({why}); retrying in {wait:?}"
-                    );
-                    carried = sent.into_iter().filter_map(|s| s.retry).collect();
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.table.fatal.cancelled() => return,
-                    }
-                }
-                Err(LinkError::Rejected { status, detail }) => {
-                    tracing::error!(
-                        status,
-                        %detail,
-                        reports = sent.len(),
-                        "the server refused a report batch; dropping its attempts \
-                         (their leases will lapse and the scheduler will re-queue them)"
-                    );
-                    self.refuse_all(&sent, status, &detail);
-                }
-                Err(fatal) => {
-                    self.table.set_fatal(fatal);
+            if calls.is_empty() {
+                if closed {
+                    // Nothing in flight, so nothing is held back: the queue is empty.
                     return;
                 }
+                match rx.recv().await {
+                    Some(r) => pending.push_back(r),
+                    None => closed = true,
+                }
+                continue;
+            }
+            tokio::select! {
+                joined = calls.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    let (sent, answer) = match joined {
+                        Ok(v) => v,
+                        // A call's task cannot panic short of a bug in the link; its attempts
+                        // stay held and their leases will lapse.
+                        Err(e) => {
+                            tracing::error!(error = %e, "a report call failed unexpectedly");
+                            continue;
+                        }
+                    };
+                    for s in &sent {
+                        busy.remove(&(s.task_id.clone(), s.epoch));
+                    }
+                    if !self.answered(sent, answer, &mut backoff, &mut pending).await {
+                        return;
+                    }
+                }
+                r = rx.recv(), if !closed => match r {
+                    Some(r) => pending.push_back(r),
+                    None => closed = true,
+                },
             }
         }
+    }
+
+    /// Applies a call's answer; `false` on a fatal error (recorded in the table).
+    async fn answered(
+        &self,
+        sent: Vec<Sent>,
+        answer: Result<Vec<ReportAck>, LinkError>,
+        backoff: &mut Backoff,
+        pending: &mut VecDeque<Report>,
+    ) -> bool {
+        match answer {
+            Ok(acks) if acks.len() == sent.len() => {
+                backoff.reset();
+                for (s, ack) in sent.iter().zip(&acks) {
+                    self.apply(s, ack);
+                }
+            }
+            Ok(acks) => {
+                tracing::error!(
+                    sent = sent.len(),
+                    acks = acks.len(),
+                    "the server answered a report batch with the wrong number of acks; \
+                     dropping the batch's attempts (their leases will lapse)"
+                );
+                self.refuse_all(&sent, 502, "wrong number of acks");
+            }
+            Err(LinkError::Unavailable(why)) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(
+                    reports = sent.len(),
+                    "cannot deliver reports ({why}); retrying in {wait:?}"
+                );
+                // `Started` and `Finished` must arrive; a lost `Log` chunk is also in the final
+                // output tails, so it is not worth a retry.
+                for r in sent.into_iter().rev().filter_map(|s| s.retry) {
+                    pending.push_front(r);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.table.fatal.cancelled() => return false,
+                }
+            }
+            Err(LinkError::Rejected { status, detail }) => {
+                tracing::error!(
+                    status,
+                    %detail,
+                    reports = sent.len(),
+                    "the server refused a report batch; dropping its attempts \
+                     (their leases will lapse and the scheduler will re-queue them)"
+                );
+                self.refuse_all(&sent, status, &detail);
+            }
+            Err(fatal) => {
+                self.table.set_fatal(fatal);
+                return false;
+            }
+        }
+        true
     }
 
     fn refuse_all(&self, sent: &[Sent], status: u16, detail: &str) {
@@ -168,6 +236,30 @@ impl Sent {
             },
         }
     }
+}
+
+/// Takes the next call's reports out of `pending`, in order: every report whose attempt has no
+/// report in a call in flight (`busy`), up to the caps. The others stay, in order.
+fn take_batch(pending: &mut VecDeque<Report>, busy: &HashSet<Key>) -> Vec<Report> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut kept = VecDeque::new();
+    while let Some(r) = pending.pop_front() {
+        if batch.len() >= MAX_BATCH || (bytes >= MAX_BATCH_BYTES && !batch.is_empty()) {
+            pending.push_front(r);
+            break;
+        }
+        let h = r.held();
+        if busy.contains(&(h.task_id, h.epoch)) {
+            kept.push_back(r);
+        } else {
+            bytes += weight(&r);
+            batch.push(r);
+        }
+    }
+    kept.append(pending);
+    *pending = kept;
+    batch
 }
 
 /// A rough size of a report on the wire, for capping a batch.

@@ -340,7 +340,7 @@ impl Scheduler {
         let running = {
             let st = self.lock();
             match st.agents.get(agent_id) {
-                Some(a) if a.rec.tenant_id == tenant => a.running.is_some(),
+                Some(a) if a.rec.tenant_id == tenant => a.is_busy(),
                 _ => false,
             }
         };

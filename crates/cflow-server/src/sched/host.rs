@@ -175,7 +175,7 @@ impl Scheduler {
                     agent_type: a.rec.agent_type.clone(),
                     driver: a.rec.driver.clone(),
                     capabilities: a.rec.capabilities.clone(),
-                    busy: a.running.is_some(),
+                    busy: a.is_busy(),
                     allowed,
                     agent_id: id,
                 })

@@ -119,6 +119,9 @@ pub(crate) struct AgentRt {
     pub rec: Agent,
     /// The task it is running (it runs one at a time).
     pub running: Option<String>,
+    /// The task it was handed over to while its running task's successful end was being
+    /// committed (see [`State::reserve_next`]): reserved, not yet committed.
+    pub next: Option<String>,
     /// The worker it last ran on: preferred for its next task (its session lives there).
     pub worker: Option<String>,
     pub breaker: CircuitBreaker,
@@ -129,10 +132,15 @@ pub(crate) struct AgentRt {
 impl AgentRt {
     /// The state shown to users: `busy` is live-only (not stored, it changes every task).
     pub fn live_state(&self) -> AgentState {
-        match (self.rec.state, &self.running) {
-            (AgentState::Idle, Some(_)) => AgentState::Busy,
-            (s, _) => s,
+        match self.rec.state {
+            AgentState::Idle if self.is_busy() => AgentState::Busy,
+            s => s,
         }
+    }
+
+    /// Running a task, or reserved for its next one.
+    pub fn is_busy(&self) -> bool {
+        self.running.is_some() || self.next.is_some()
     }
 }
 
@@ -267,6 +275,8 @@ pub(crate) struct State {
     pub queue: FairQueue<QTask, u64>,
     /// Ids in `queue`, so a task is never queued twice.
     pub queued_ids: HashSet<String>,
+    /// Queued tasks without a swarm (any idle agent of their tenant may take them).
+    pub queued_unswarmed: usize,
     pub agents: HashMap<String, AgentRt>,
     pub swarms: HashMap<String, SwarmRt>,
     pub workers: HashMap<String, WorkerRt>,
@@ -313,9 +323,13 @@ impl View<'_> {
     }
 
     fn agent_ok(&self, a: &AgentRt, t: &QTask, now: i64) -> bool {
+        !a.is_busy() && self.agent_fits(a, t, now)
+    }
+
+    /// Whether the agent may take the task once it is free (everything but being free).
+    fn agent_fits(&self, a: &AgentRt, t: &QTask, now: i64) -> bool {
         a.rec.tenant_id == t.tenant
             && a.rec.state == AgentState::Idle
-            && a.running.is_none()
             && driver_fits(&a.rec.driver, t.model)
             && t.swarm.as_ref().is_none_or(|s| *s == a.rec.swarm_id)
             && self
@@ -335,8 +349,12 @@ impl View<'_> {
     }
 
     fn worker_ok(&self, w: &WorkerRt, a: &AgentRt, t: &QTask) -> bool {
+        w.free() > 0 && self.worker_fits(w, a, t)
+    }
+
+    /// Whether the worker may run the agent's task, given a free slot.
+    fn worker_fits(&self, w: &WorkerRt, a: &AgentRt, t: &QTask) -> bool {
         w.state == WorkerState::Active
-            && w.free() > 0
             && w.drivers.contains(&a.rec.driver)
             && w.tenant.as_ref().is_none_or(|wt| *wt == t.tenant)
             && t.labels.iter().all(|(k, v)| {
@@ -413,6 +431,9 @@ impl State {
         if let Some(s) = t.swarm.as_ref().and_then(|s| self.swarms.get_mut(s)) {
             s.queued.insert((t.enqueued_at, t.id.clone()));
         }
+        if t.swarm.is_none() {
+            self.queued_unswarmed += 1;
+        }
         let weight = self.tenants.get(&t.tenant).map_or(1, |r| r.weight);
         let prio = i32::try_from(t.priority).unwrap_or(0);
         let tenant = t.tenant.clone();
@@ -435,6 +456,17 @@ impl State {
         if let Some(s) = t.swarm.as_ref().and_then(|s| self.swarms.get_mut(s)) {
             s.queued.remove(&(t.enqueued_at, t.id.clone()));
         }
+        if t.swarm.is_none() {
+            self.queued_unswarmed = self.queued_unswarmed.saturating_sub(1);
+        }
+    }
+
+    /// Whether idle agents wait for a slot while tasks they could run are queued: then a slot
+    /// that frees up must go through the dispatcher's fair-share pick, not stay with its agent.
+    fn slots_contested(&self) -> bool {
+        self.swarms
+            .values()
+            .any(|s| !s.idle.is_empty() && (!s.queued.is_empty() || self.queued_unswarmed > 0))
     }
 
     /// Picks up to `max` (task, agent, worker) triples and reserves them: the agent is busy, the
@@ -534,6 +566,99 @@ impl State {
         picks
     }
 
+    /// Hands the agent of the running task `task_id`, which is ending successfully, over to its
+    /// next task: the first queued task in fair-share and priority order that it may take on
+    /// the same worker (whose slot it keeps), checked as [`State::pick_batch`] checks (tenant
+    /// quota counting the ending task as done, budget, capabilities, pins, breaker). Reserved
+    /// like a pick (slot, quota; the agent's `next`), so that the completion assigns it in its
+    /// own transaction (`cflow_store::CompleteRequest::next`). Only when no agent of the swarm is
+    /// idle, so the balancer's choice among idle agents is never bypassed, and when no idle
+    /// agent anywhere waits for a slot for a queued task (the freed slot then goes through the
+    /// fair-share pick, so a tenant whose agents hold every slot cannot keep them from another's
+    /// waiting tasks); never for an agent that its pool recycles after this task, nor one whose
+    /// breaker is not closed. The caller ends the reservation with [`State::handed_over`] or
+    /// [`State::unreserve`].
+    pub fn reserve_next(&mut self, task_id: &str, now: i64) -> Option<Pick> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let run = self.running.get(task_id)?;
+        let (agent_id, worker_id) = (run.agent.clone(), run.worker.clone());
+        let old_tenant = run.task.tenant.clone();
+        let a = self.agents.get(&agent_id)?;
+        if a.next.is_some()
+            || a.running.as_deref() != Some(task_id)
+            || a.breaker.state(now) != cflow_core::breaker::BreakerState::Closed
+        {
+            return None;
+        }
+        let sw = self.swarms.get(&a.rec.swarm_id)?;
+        if sw.rec.state != SwarmState::Active || !sw.idle.is_empty() || self.slots_contested() {
+            return None;
+        }
+        let worn = sw.rec.pools.iter().any(|p| {
+            p.agent_type == a.rec.agent_type
+                && p.recycle_after_tasks
+                    .is_some_and(|n| a.tasks_since_start + 1 >= u64::try_from(n).unwrap_or(0))
+        });
+        if worn {
+            return None;
+        }
+        let w = self.workers.get(&worker_id)?;
+        let view = View {
+            agents: &self.agents,
+            swarms: &self.swarms,
+            workers: &self.workers,
+            replica_agents: &self.replica_agents,
+        };
+        let tenants = &self.tenants;
+        let spent = (&self.spent, &self.usage_pending);
+        let task = self.queue.pop_eligible(
+            |tenant| {
+                tenants.get(tenant).is_none_or(|r| {
+                    let ending = i64::from(tenant == old_tenant);
+                    r.max_running.is_none_or(|m| r.running - ending < m)
+                })
+            },
+            |t| {
+                t.agent_id.as_ref().is_none_or(|p| *p == agent_id)
+                    && view.agent_fits(a, t, now)
+                    && view.worker_fits(w, a, t)
+                    && !super::budget::budget_holds(spent, view.agents, view.swarms, t)
+            },
+        )?;
+        self.queued_ids.remove(&task.id);
+        self.forget_queued(&task);
+        let a = self.agents.get_mut(&agent_id)?;
+        let permit = a.breaker.allow(now);
+        a.next = Some(task.id.clone());
+        let driver = a.rec.driver.clone();
+        let swarm_id = a.rec.swarm_id.clone();
+        Some(self.reserved(task, agent_id, swarm_id, driver, worker_id, permit))
+    }
+
+    /// The agent's hand-over to `pick` committed (see [`State::reserve_next`]); its previous task
+    /// is finished. Answers the data of the `task.assigned` event.
+    pub fn handed_over(
+        &mut self,
+        pick: Pick,
+        attempt: &Attempt,
+        inputs: BTreeMap<String, Value>,
+    ) -> Value {
+        if let Some(a) = self.agents.get_mut(&pick.agent) {
+            if a.next.as_deref() == Some(pick.task.id.as_str()) {
+                a.next = None;
+            }
+            a.running = Some(pick.task.id.clone());
+            a.worker = Some(pick.worker.clone());
+            let swarm = a.rec.swarm_id.clone();
+            if let Some(s) = self.swarms.get_mut(&swarm) {
+                s.idle.remove(&pick.agent);
+            }
+        }
+        self.assigned(pick, attempt, inputs)
+    }
+
     fn choose(&mut self, t: &QTask, now: i64) -> Option<Pick> {
         // The balancer is taken out of the state while the view borrows it (and put back
         // below), so that the candidates can borrow their ids instead of copying them.
@@ -603,6 +728,19 @@ impl State {
         a.worker = Some(worker_id.clone());
         let driver = a.rec.driver.clone();
         let swarm_id = a.rec.swarm_id.clone();
+        Some(self.reserved(t.clone(), agent_id, swarm_id, driver, worker_id, permit))
+    }
+
+    /// Takes the slot, quota and replica place of a reservation of `t` for the agent.
+    fn reserved(
+        &mut self,
+        t: QTask,
+        agent_id: String,
+        swarm_id: String,
+        driver: String,
+        worker_id: String,
+        permit: Option<Permit>,
+    ) -> Pick {
         if let Some(s) = self.swarms.get_mut(&swarm_id) {
             s.idle.remove(&agent_id);
             s.running += 1;
@@ -617,22 +755,31 @@ impl State {
                 .or_default()
                 .insert(agent_id.clone());
         }
-        Some(Pick {
-            task: t.clone(),
+        Pick {
+            task: t,
             agent: agent_id,
             driver,
             worker: worker_id,
             permit,
-        })
+        }
     }
 
-    /// Undoes a reservation whose commit failed; the task is queued again when `requeue`.
+    /// Undoes a reservation whose commit failed (a pick, or a hand-over, which leaves the
+    /// agent's running task alone); the task is queued again when `requeue`.
     pub fn unreserve(&mut self, pick: Pick, requeue: bool, now: i64) {
         if let Some(a) = self.agents.get_mut(&pick.agent) {
             if let Some(p) = pick.permit {
                 a.breaker.release(p);
             }
-            self.free_agent(&pick.agent, now);
+            let id = Some(pick.task.id.as_str());
+            if a.next.as_deref() == id {
+                a.next = None;
+                if a.running.is_none() {
+                    self.free_agent(&pick.agent, now);
+                }
+            } else if a.running.as_deref() == id {
+                self.free_agent(&pick.agent, now);
+            }
         }
         if let Some(w) = self.workers.get_mut(&pick.worker) {
             w.running.remove(&pick.task.id);
@@ -663,7 +810,8 @@ impl State {
         };
         a.running = None;
         a.idle_since = now;
-        let idle = a.rec.state == AgentState::Idle;
+        // An agent handed over to its next task is not idle in between.
+        let idle = a.rec.state == AgentState::Idle && a.next.is_none();
         let swarm = a.rec.swarm_id.clone();
         if let Some(s) = self.swarms.get_mut(&swarm) {
             if idle {
@@ -735,6 +883,7 @@ impl State {
                     AgentRt {
                         rec,
                         running: None,
+                        next: None,
                         worker: None,
                         breaker,
                         tasks_since_start: 0,
@@ -743,7 +892,7 @@ impl State {
                 );
             }
         }
-        let running = self.agents.get(&id).is_some_and(|a| a.running.is_some());
+        let running = self.agents.get(&id).is_some_and(AgentRt::is_busy);
         if let Some(s) = self.swarms.get_mut(&swarm) {
             if !s.members.contains(&id) {
                 s.members.push(id.clone());
@@ -768,5 +917,244 @@ impl State {
             s.graph = None;
             s.balancer.forget(agent_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cflow_core::breaker::BreakerConfig;
+    use cflow_core::topology::Topology;
+    use cflow_store::AttemptState;
+
+    const NOW: i64 = 1_000_000;
+
+    fn swarm(id: &str) -> Swarm {
+        Swarm {
+            id: id.into(),
+            tenant_id: "t".into(),
+            name: id.into(),
+            topology: Topology::Mesh,
+            project: None,
+            max_agents: 10,
+            state: SwarmState::Active,
+            strategy: Strategy::WeightedRoundRobin,
+            pools: Vec::new(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn agent(id: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            tenant_id: "t".into(),
+            swarm_id: "s".into(),
+            agent_type: "coder".into(),
+            driver: "noop".into(),
+            capabilities: Vec::new(),
+            labels: BTreeMap::new(),
+            state: AgentState::Idle,
+            tasks_done: 0,
+            failures: 0,
+            busy_ms: 0,
+            created_at: 0,
+            updated_at: 0,
+            sandbox: None,
+        }
+    }
+
+    fn task(id: &str, priority: i64) -> QTask {
+        let mut q = QTask {
+            id: id.into(),
+            tenant: "t".into(),
+            swarm: Some("s".into()),
+            priority,
+            requires: Vec::new(),
+            labels: BTreeMap::new(),
+            agent_id: None,
+            replica_of: None,
+            spec: Arc::new(Value::Null),
+            timeout_ms: 1000,
+            attempts: 0,
+            depends_on: Vec::new(),
+            enqueued_at: NOW,
+            model: false,
+            class: 0,
+        };
+        q.class = q.class_of();
+        q
+    }
+
+    fn attempt(p: &Pick) -> Attempt {
+        Attempt {
+            task_id: p.task.id.clone(),
+            epoch: 1,
+            attempt_no: 1,
+            agent_id: p.agent.clone(),
+            worker_id: p.worker.clone(),
+            state: AttemptState::Assigned,
+            lease_expires_at: NOW + 30_000,
+            assigned_at: NOW,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            stdout_tail: None,
+            stderr_tail: None,
+            result: None,
+            detail: None,
+        }
+    }
+
+    /// One swarm `s` with the given agents on one worker `w` with `slots`, agent `a1` running
+    /// task `run` (committed), and `queued` waiting.
+    fn state(agents: &[&str], slots: u32, queued: &[QTask]) -> State {
+        let mut st = State::default();
+        st.swarms.insert("s".into(), SwarmRt::new(swarm("s")));
+        for a in agents {
+            st.add_agent(agent(a), CircuitBreaker::new(BreakerConfig::default()), NOW);
+        }
+        st.workers.insert(
+            "w".into(),
+            WorkerRt {
+                id: "w".into(),
+                name: "w".into(),
+                tenant: None,
+                labels: BTreeMap::new(),
+                drivers: ["noop".to_string()].into(),
+                slots,
+                running: HashSet::new(),
+                mailbox: Vec::new(),
+                cancels: Vec::new(),
+                notify: Arc::new(Notify::new()),
+                last_seen: NOW,
+                leases_extended_at: NOW,
+                state: WorkerState::Active,
+            },
+        );
+        st.enqueue(task("run", 0));
+        let picks = st.pick_batch(1, NOW);
+        let p = picks.into_iter().next().expect("a1 takes run");
+        assert_eq!(p.agent, "a1");
+        let a = attempt(&p);
+        st.assigned(p, &a, BTreeMap::new());
+        for q in queued {
+            st.enqueue(q.clone());
+        }
+        st
+    }
+
+    #[test]
+    fn an_ending_task_hands_its_agent_over_to_the_best_queued_task() {
+        // One slot: the worker is full, yet the hand-over keeps the ending task's slot.
+        let mut st = state(&["a1"], 1, &[task("low", 1), task("high", 5)]);
+        let p = st.reserve_next("run", NOW).expect("handed over");
+        assert_eq!((p.task.id.as_str(), p.agent.as_str()), ("high", "a1"));
+        assert_eq!(st.agents["a1"].next.as_deref(), Some("high"));
+        assert!(st.agents["a1"].is_busy());
+        // A second hand-over of the same agent is not made.
+        assert!(st.reserve_next("run", NOW).is_none());
+
+        // The ending task finishes: the agent is not idle in between, so no pick takes it.
+        st.finished("run", NOW);
+        assert!(st.swarms["s"].idle.is_empty());
+        assert!(st.pick_batch(10, NOW).is_empty(), "low must wait for a1");
+        let a = attempt(&p);
+        st.handed_over(p, &a, BTreeMap::new());
+        assert_eq!(st.agents["a1"].running.as_deref(), Some("high"));
+        assert!(st.agents["a1"].next.is_none());
+        let mailbox: Vec<&str> = st.workers["w"]
+            .mailbox
+            .iter()
+            .map(|a| a.task_id.as_str())
+            .collect();
+        assert_eq!(mailbox, ["high"], "run's assignment left with run");
+        assert!(st.workers["w"].running.contains("high"));
+        assert_eq!(st.tenants["t"].running, 1);
+    }
+
+    #[test]
+    fn a_refused_hand_over_frees_the_agent_and_queues_the_task_again() {
+        let mut st = state(&["a1"], 1, &[task("next", 0)]);
+        let p = st.reserve_next("run", NOW).expect("handed over");
+        // The completion was refused (stale): the agent still runs `run`.
+        st.unreserve(p, true, NOW);
+        assert_eq!(st.agents["a1"].running.as_deref(), Some("run"));
+        assert!(st.agents["a1"].next.is_none());
+        assert!(st.queued_ids.contains("next"));
+        assert_eq!(st.tenants["t"].running, 1);
+
+        // Accepted completion, refused assignment: the agent ends up idle.
+        let p = st.reserve_next("run", NOW).expect("handed over again");
+        st.finished("run", NOW);
+        st.unreserve(p, true, NOW);
+        assert!(st.swarms["s"].idle.contains("a1"));
+        assert_eq!(st.tenants["t"].running, 0);
+        assert!(st.workers["w"].running.is_empty());
+        let picks = st.pick_batch(10, NOW);
+        assert_eq!(picks.len(), 1, "the task and the agent meet again");
+    }
+
+    #[test]
+    fn no_hand_over_while_another_agent_is_idle_or_the_agent_cannot_take_work() {
+        // a2 idle: the balancer decides among idle agents, so no hand-over.
+        let mut st = state(&["a1", "a2"], 4, &[]);
+        st.enqueue(task("next", 0));
+        // `next` went nowhere yet (no pick ran): a2 is idle.
+        assert!(st.reserve_next("run", NOW).is_none());
+
+        // Draining agent, paused swarm, unknown task: none.
+        let mut st = state(&["a1"], 1, &[task("next", 0)]);
+        st.agents.get_mut("a1").unwrap().rec.state = AgentState::Draining;
+        assert!(st.reserve_next("run", NOW).is_none());
+        st.agents.get_mut("a1").unwrap().rec.state = AgentState::Idle;
+        st.swarms.get_mut("s").unwrap().rec.state = SwarmState::Paused;
+        assert!(st.reserve_next("run", NOW).is_none());
+        st.swarms.get_mut("s").unwrap().rec.state = SwarmState::Active;
+        assert!(st.reserve_next("nope", NOW).is_none());
+
+        // A task pinned to another agent is not taken.
+        let mut st = state(&["a1"], 1, &[]);
+        let mut pinned = task("pinned", 0);
+        pinned.agent_id = Some("a9".into());
+        pinned.class = pinned.class_of();
+        st.enqueue(pinned);
+        assert!(st.reserve_next("run", NOW).is_none());
+    }
+
+    #[test]
+    fn no_hand_over_while_idle_agents_of_another_swarm_wait_for_a_slot() {
+        // The worker's only slot is a1's; b1 (swarm `s2`) is idle with a task queued.
+        let mut st = state(&["a1"], 1, &[task("next", 0)]);
+        st.swarms.insert("s2".into(), SwarmRt::new(swarm("s2")));
+        let mut b1 = agent("b1");
+        b1.swarm_id = "s2".into();
+        st.add_agent(b1, CircuitBreaker::new(BreakerConfig::default()), NOW);
+        let mut waiting = task("waiting", 0);
+        waiting.swarm = Some("s2".into());
+        waiting.class = waiting.class_of();
+        st.enqueue(waiting);
+        assert!(st.reserve_next("run", NOW).is_none());
+        // The slot frees normally and the fair-share pick decides who gets it.
+        st.finished("run", NOW);
+        assert_eq!(st.pick_batch(10, NOW).len(), 1);
+
+        // An idle agent with nothing queued for it contests nothing.
+        let mut st = state(&["a1"], 1, &[task("next", 0)]);
+        st.swarms.insert("s2".into(), SwarmRt::new(swarm("s2")));
+        let mut b1 = agent("b1");
+        b1.swarm_id = "s2".into();
+        st.add_agent(b1, CircuitBreaker::new(BreakerConfig::default()), NOW);
+        assert!(st.reserve_next("run", NOW).is_some());
+    }
+
+    #[test]
+    fn a_hand_over_counts_the_ending_task_as_done_against_the_quota() {
+        let mut st = state(&["a1"], 1, &[task("next", 0)]);
+        st.tenants.get_mut("t").unwrap().max_running = Some(1);
+        let p = st
+            .reserve_next("run", NOW)
+            .expect("the quota frees with run");
+        assert_eq!(p.task.id, "next");
     }
 }

@@ -1,7 +1,7 @@
 //! The worker side of the scheduler: registration, long-poll (which is also the heartbeat that
 //! extends leases), fenced reports, and what an ended attempt does to the in-memory state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -619,6 +619,34 @@ impl Scheduler {
                 })
                 .collect()
         };
+        // Each agent ending its task successfully is handed over to its next queued task, which
+        // the completion's own transaction assigns (see `State::reserve_next`).
+        let mut nexts: HashMap<String, super::state::Pick> = HashMap::new();
+        {
+            let mut st = self.lock();
+            for &i in &finishes {
+                if let Report::Finished {
+                    task_id, outcome, ..
+                } = &reports[i]
+                    && outcome.status == FinishedStatus::Succeeded
+                    && let Some(pick) = st.reserve_next(task_id, now)
+                {
+                    nexts.insert(task_id.clone(), pick);
+                }
+            }
+        }
+        let mut next_inputs: HashMap<String, BTreeMap<String, serde_json::Value>> = HashMap::new();
+        for pick in nexts.values() {
+            if !pick.task.depends_on.is_empty() {
+                let got = self
+                    .store
+                    .task_outputs(&pick.task.tenant, &pick.task.depends_on)
+                    .await
+                    .unwrap_or_default();
+                next_inputs.insert(pick.task.id.clone(), got);
+            }
+        }
+        let lease_ms = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
         let masks = self.events.masks();
         let reqs = finishes
             .iter()
@@ -644,6 +672,12 @@ impl Scheduler {
                             epoch: *epoch,
                         })
                         .copied(),
+                    next: nexts.get(task_id).map(|p| cflow_store::NextAssign {
+                        task_id: p.task.id.clone(),
+                        agent_id: p.agent.clone(),
+                        worker_id: p.worker.clone(),
+                        lease_ms,
+                    }),
                 }),
                 _ => None,
             })
@@ -651,7 +685,17 @@ impl Scheduler {
         let done = if reqs.is_empty() {
             Vec::new()
         } else {
-            self.store.complete_attempts(&self.sys, reqs).await?
+            match self.store.complete_attempts(&self.sys, reqs).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // Nothing was written: the hand-overs' tasks wait in the queue again.
+                    let mut st = self.lock();
+                    for (_, pick) in nexts {
+                        st.unreserve(pick, true, now);
+                    }
+                    return Err(e.into());
+                }
+            }
         };
         if !folded.is_empty() {
             let waits: Vec<(String, String, i64)> = {
@@ -686,20 +730,72 @@ impl Scheduler {
             else {
                 continue;
             };
+            let next = nexts.remove(task_id);
             acks[i] = Some(match res {
                 Ok(settled) => {
                     let failed = outcome.status != FinishedStatus::Succeeded;
                     self.metrics.sandbox(outcome.detail.as_ref());
                     self.settle(task_id, &settled, Some(failed), now).await;
+                    if let Some(pick) = next {
+                        let inputs = next_inputs.remove(&pick.task.id).unwrap_or_default();
+                        self.hand_over(pick, settled.next, inputs, now).await;
+                    }
                     ReportAck::ok()
                 }
-                Err(e) => ack_for(&e),
+                Err(e) => {
+                    if let Some(pick) = next {
+                        self.lock().unreserve(pick, true, now);
+                        self.wake.notify_one();
+                    }
+                    ack_for(&e)
+                }
             });
         }
         Ok(acks
             .into_iter()
             .map(|a| a.unwrap_or_else(|| ack(400, "unrecognised report")))
             .collect())
+    }
+
+    /// Ends the reservation of a hand-over (`State::reserve_next`) with the store's answer: the
+    /// agent runs its next task, or the task is queued again (unless the store says it is no
+    /// longer queued: cancelled meanwhile) and the agent is free.
+    async fn hand_over(
+        &self,
+        pick: super::state::Pick,
+        answer: Option<Result<cflow_store::Attempt, String>>,
+        inputs: BTreeMap<String, serde_json::Value>,
+        now: i64,
+    ) {
+        match answer {
+            Some(Ok(attempt)) => {
+                let (tenant, id) = (pick.task.tenant.clone(), pick.task.id.clone());
+                let data = self.lock().handed_over(pick, &attempt, inputs);
+                self.metrics.assigned(1);
+                self.publish(&tenant, "task.assigned", &id, data);
+            }
+            refused => {
+                let still_queued = matches!(
+                    self.store.get_task(&pick.task.tenant, &pick.task.id).await,
+                    Ok(Some(t)) if t.state == TaskState::Queued
+                );
+                tracing::debug!(task = %pick.task.id, ?refused, still_queued, "hand-over not made");
+                let agent = pick.agent.clone();
+                let draining = {
+                    let mut st = self.lock();
+                    st.unreserve(pick, still_queued, now);
+                    st.agents.get(&agent).and_then(|a| {
+                        (a.rec.state == AgentState::Draining && !a.is_busy()).then(|| a.rec.clone())
+                    })
+                };
+                // A drain that began while the hand-over was in flight ends now.
+                if let Some(a) = draining {
+                    let tenant = a.tenant_id.clone();
+                    self.recycle(&tenant, a, false).await;
+                }
+                self.wake.notify_one();
+            }
+        }
     }
 
     /// Applies an ended attempt to the in-memory state: frees the agent, slot and quota, feeds
@@ -714,6 +810,7 @@ impl Scheduler {
     ) {
         let mut breaker_change = None;
         let mut recycle = None;
+        let mut handing_over = false;
         let run: Option<RunRt> = {
             let mut st = self.lock();
             let st = &mut *st;
@@ -721,6 +818,7 @@ impl Scheduler {
             if let Some(run) = &run {
                 if let Some(a) = st.agents.get_mut(&run.agent) {
                     a.tasks_since_start += 1;
+                    handing_over = a.next.is_some();
                     if let Some(p) = run.permit {
                         breaker_change = match failed {
                             Some(false) => a.breaker.record_success(p),
@@ -738,7 +836,9 @@ impl Scheduler {
                             .find(|p| p.agent_type == a.rec.agent_type)
                             .cloned()
                     });
-                    let draining = a.rec.state == AgentState::Draining;
+                    // An agent being handed over to its next task is recycled (if a drain began
+                    // meanwhile) when that task ends, or when the hand-over is not made.
+                    let draining = a.rec.state == AgentState::Draining && a.next.is_none();
                     let worn = pool.as_ref().is_some_and(|p| {
                         p.recycle_after_tasks
                             .is_some_and(|n| a.tasks_since_start >= u64::try_from(n).unwrap_or(0))
@@ -805,8 +905,10 @@ impl Scheduler {
             if let Some(change) = breaker_change {
                 self.breaker_changed(&tenant, &run.agent, change).await;
             }
-            let idle = json!({"swarm_id": run.task.swarm});
-            self.publish(&tenant, "agent.idle", &run.agent, idle);
+            if !handing_over {
+                let idle = json!({"swarm_id": run.task.swarm});
+                self.publish(&tenant, "agent.idle", &run.agent, idle);
+            }
         }
         for d in &settled.cancelled {
             self.publish(

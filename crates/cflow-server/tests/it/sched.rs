@@ -528,6 +528,51 @@ async fn a_paused_swarm_gets_no_assignments_until_resumed() {
     .await;
 }
 
+/// An agent ending a task while others wait is handed over to the next one in the completion's
+/// own commit: it never shows as idle in between, and every task runs once.
+#[tokio::test]
+async fn an_agent_ending_a_task_takes_the_next_queued_one_without_going_idle() {
+    each_backend(|store, backend| async move {
+        let events = EventBus::new(4096);
+        let sched = Scheduler::start(store.clone(), events.clone(), SchedConfig::default())
+            .await
+            .unwrap();
+        let t = tenant(&store, "handover").await;
+        let s = swarm(&sched, &t, vec![pool("coder", "exec", 1)]).await;
+        let sub = events.subscribe(&t, cflow_server::events::Resume::Now);
+        let mut live = sub.live;
+        let tasks: Vec<NewTask> = (0..20).map(|_| exec(&s, "true")).collect();
+        let ids: Vec<String> = sched
+            .submit(&ctx(), &t, tasks, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let states = wait_done(&store, &t, &ids, Duration::from_secs(60)).await;
+        assert_eq!(states, vec![TaskState::Succeeded; 20]);
+        for id in &ids {
+            let attempts = store.list_attempts(&t, id).await.unwrap();
+            assert_eq!(attempts.len(), 1, "{backend:?}: {attempts:?}");
+            assert_eq!(attempts[0].epoch, 1);
+        }
+        // Give the last completion's events time to be published.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut idle, mut assigned) = (0, 0);
+        while let Ok(e) = live.try_recv() {
+            match e.kind.as_str() {
+                "agent.idle" => idle += 1,
+                "task.assigned" => assigned += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(assigned, 20, "{backend:?}");
+        assert_eq!(idle, 1, "{backend:?}: idle only after the last task");
+        sched.shutdown();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_autoscaler_adds_agents_under_demand_and_says_why() {
     each_backend(|store, _| async move {

@@ -95,6 +95,7 @@ async fn a_completion_stores_its_detail_on_both_paths() {
                     outcome: o,
                     now: n + 1,
                     started_at: Some(n + 1),
+                    next: None,
                 }
             })
             .collect();

@@ -2,7 +2,8 @@
 
 use cflow_core::task::TaskState;
 use cflow_store::{
-    AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, OutcomeKind, StartRequest,
+    AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, NextAssign, OutcomeKind,
+    StartRequest,
 };
 
 use crate::attempts::{LEASE, agent, get, outcome, stale};
@@ -79,6 +80,7 @@ async fn batched_attempt_ops_answer_per_element() {
             outcome: outcome(OutcomeKind::Succeeded),
             now: n,
             started_at: None,
+            next: None,
         };
         let got = store
             .complete_attempts(
@@ -211,6 +213,7 @@ async fn set_based_batches_match_the_single_ops() {
             outcome: outcome(kind),
             now: n + 5,
             started_at: None,
+            next: None,
         };
         let got = store
             .complete_attempts(
@@ -331,6 +334,7 @@ async fn reported_start_times_are_recorded_within_the_attempt() {
                     outcome: outcome(OutcomeKind::Succeeded),
                     now: n + 100,
                     started_at: Some(n + 60),
+                    next: None,
                 }],
             )
             .await
@@ -392,6 +396,7 @@ async fn concurrent_attempt_reports_are_answered_per_caller() {
                     outcome: outcome(OutcomeKind::Succeeded),
                     now: n,
                     started_at: None,
+                    next: None,
                 };
                 (
                     i,
@@ -454,6 +459,119 @@ async fn concurrent_attempt_reports_are_answered_per_caller() {
         );
         let report = store.audit_verify().await.unwrap();
         assert!(report.first_break.is_none(), "{report:?}");
+    })
+    .await;
+}
+
+/// A completion may hand its agent over to a queued task (`CompleteRequest::next`): assigned in
+/// the same transaction only when the completion is accepted, refused like any assignment.
+#[tokio::test]
+async fn a_completion_hands_its_agent_over_to_the_next_task() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "handover").await;
+        let ag = agent(&store, &t).await;
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let out = store
+            .submit_tasks(&ctx(&t), &t, names.iter().map(|n| task(n, &[])).collect())
+            .await
+            .unwrap();
+        let id: std::collections::HashMap<&str, String> = names
+            .iter()
+            .zip(&out)
+            .map(|(n, s)| (*n, s.id.clone()))
+            .collect();
+        let n = now();
+        let assign = |x: &str| AssignRequest {
+            task_id: id[x].clone(),
+            agent_id: ag.id.clone(),
+            worker_id: "w1".to_string(),
+            lease_ms: LEASE,
+            now: n,
+        };
+        let got = store
+            .assign_tasks(&system(), ["a", "b", "f", "g"].map(assign).to_vec())
+            .await
+            .unwrap();
+        assert!(got.iter().all(Result::is_ok), "{got:?}");
+        store.cancel_task(&ctx(&t), &t, &id["d"], n).await.unwrap();
+        let done = |x: &str, epoch, next: &str| CompleteRequest {
+            task_id: id[x].clone(),
+            epoch,
+            outcome: outcome(OutcomeKind::Succeeded),
+            now: n,
+            started_at: None,
+            next: Some(NextAssign {
+                task_id: id[next].clone(),
+                agent_id: ag.id.clone(),
+                worker_id: "w1".to_string(),
+                lease_ms: LEASE,
+            }),
+        };
+
+        // One op per element (b twice): accepted -> assigned; stale -> nothing; accepted with
+        // a cancelled next -> the completion stands, the hand-over is refused.
+        let got = store
+            .complete_attempts(
+                &system(),
+                vec![done("a", 1, "c"), done("b", 9, "e"), done("b", 1, "d")],
+            )
+            .await
+            .unwrap();
+        let s = got[0].as_ref().unwrap();
+        assert_eq!(s.state, TaskState::Succeeded, "{backend:?}");
+        let a = s.next.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (a.task_id.as_str(), a.agent_id.as_str(), a.epoch),
+            (id["c"].as_str(), ag.id.as_str(), 1)
+        );
+        assert_eq!(get(&store, &t, &id["c"]).await.state, TaskState::Assigned);
+        assert!(stale(got[1].as_ref().unwrap_err()), "{:?}", got[1]);
+        assert_eq!(get(&store, &t, &id["e"]).await.state, TaskState::Queued);
+        let s = got[2].as_ref().unwrap();
+        assert_eq!(s.state, TaskState::Succeeded);
+        assert!(
+            matches!(&s.next, Some(Err(m)) if m.contains("cancelled")),
+            "{s:?}"
+        );
+        assert_eq!(get(&store, &t, &id["d"]).await.state, TaskState::Cancelled);
+
+        // Distinct completions (the set-based path) naming the same next task: one gets it.
+        let got = store
+            .complete_attempts(&system(), vec![done("f", 1, "h"), done("g", 1, "h")])
+            .await
+            .unwrap();
+        let nexts: Vec<bool> = got
+            .iter()
+            .map(|r| matches!(r.as_ref().unwrap().next, Some(Ok(_))))
+            .collect();
+        assert_eq!(nexts, [true, false], "{backend:?}: {got:?}");
+        assert_eq!(get(&store, &t, &id["h"]).await.state, TaskState::Assigned);
+        assert_eq!(get(&store, &t, &id["g"]).await.state, TaskState::Succeeded);
+
+        // The hand-overs are in the ledger as assignments.
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            ..Default::default()
+        };
+        let entries = store.audit_list(&q, &page(1000, None)).await.unwrap().items;
+        let assigned: Vec<String> = entries
+            .iter()
+            .filter(|e| e.action == "task.assign" && e.outcome == "success")
+            .flat_map(|e| match e.detail["tasks"].as_array() {
+                Some(list) => list
+                    .iter()
+                    .map(|t| t["id"].as_str().unwrap().to_string())
+                    .collect(),
+                None => vec![e.resource.trim_start_matches("task/").to_string()],
+            })
+            .collect();
+        for x in ["c", "h"] {
+            assert!(
+                assigned.contains(&id[x]),
+                "{backend:?}: {x} in {assigned:?}"
+            );
+        }
+        assert!(!assigned.contains(&id["e"]));
     })
     .await;
 }

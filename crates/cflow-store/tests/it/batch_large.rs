@@ -201,6 +201,7 @@ async fn huge_batches_take_the_one_parameter_path() {
                 outcome: outcome(i),
                 now: at + 3,
                 started_at: None,
+                next: None,
             })
             .collect();
         let got = store.complete_attempts(&system(), done).await.unwrap();

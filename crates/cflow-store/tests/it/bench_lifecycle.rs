@@ -108,6 +108,7 @@ async fn lifecycle(store: &Store, backend: Backend) {
                         },
                         now: n,
                         started_at: None,
+                        next: None,
                     })
                     .collect();
                 for s in store.complete_attempts(&system(), done).await.unwrap() {

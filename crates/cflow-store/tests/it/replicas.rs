@@ -248,6 +248,7 @@ async fn a_batch_of_replica_completions_votes_in_order() {
                 outcome: said("same"),
                 now: n,
                 started_at: None,
+                next: None,
             })
             .collect();
         let got = store.complete_attempts(&system(), reqs).await.unwrap();

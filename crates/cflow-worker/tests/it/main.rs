@@ -37,6 +37,8 @@ pub struct FakeState {
     pub accepted: Vec<Report>,
     /// The size of every report call.
     pub calls: Vec<usize>,
+    /// Every report call as it arrived (before the gate): (task id, report type) of each report.
+    pub entered: Vec<Vec<(String, &'static str)>>,
     /// The next this many report calls fail as if the network dropped them.
     pub fail_reports: usize,
     /// Acks other than 200, by (task id, report type).
@@ -250,6 +252,14 @@ impl Link for FakeServer {
         reports: Vec<Report>,
     ) -> BoxFuture<'a, Result<Vec<ReportAck>, LinkError>> {
         Box::pin(async move {
+            self.with(|s| {
+                s.entered.push(
+                    reports
+                        .iter()
+                        .map(|r| (task_of(r).to_string(), kind_of(r)))
+                        .collect(),
+                )
+            });
             let gate = self.report_gate.lock().unwrap().clone();
             if let Some(gate) = gate {
                 gate.acquire().await.unwrap().forget();

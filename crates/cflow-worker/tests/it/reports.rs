@@ -42,6 +42,51 @@ async fn reports_queued_behind_a_slow_call_go_out_as_one_batch() {
     worker.stop().await.unwrap();
 }
 
+/// A second call goes out while the first is held, but a report never overtakes an earlier
+/// report of its attempt: it waits for that call's answer.
+#[tokio::test]
+async fn two_calls_fly_at_once_and_an_attempts_reports_stay_in_order() {
+    let fake = FakeServer::new();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.report_gate.lock().unwrap() = Some(gate.clone());
+    let worker = start(&fake, options(2));
+    fake.assign([shell("slow", "sleep 0.3")]);
+    eventually("slow's Started to be in flight", || {
+        fake.with(|s| s.entered.len() == 1)
+    })
+    .await;
+    // slow ends while its Started is still held: its Finished waits for that call.
+    eventually("slow's driver to return", || {
+        fake.with(|s| s.polls.last().is_some_and(|p| p.free_slots == 2))
+    })
+    .await;
+    fake.assign([assignment("fast", "noop", json!(null))]);
+    eventually("a second call in flight", || {
+        fake.with(|s| s.entered.len() == 2)
+    })
+    .await;
+    let second = fake.with(|s| s.entered[1].clone());
+    assert!(
+        second.iter().all(|(t, _)| t == "fast"),
+        "slow's Finished must not overtake its Started: {second:?}"
+    );
+    assert!(second.contains(&("fast".into(), "finished")), "{second:?}");
+    gate.add_permits(1_000);
+    fake.wait_finished("slow").await;
+    fake.wait_finished("fast").await;
+    let entered = fake.with(|s| s.entered.clone());
+    let call_of = |task: &str, kind: &str| {
+        entered
+            .iter()
+            .position(|c| c.iter().any(|(t, k)| t == task && *k == kind))
+            .unwrap()
+    };
+    assert_eq!(call_of("slow", "started"), 0);
+    assert!(call_of("slow", "finished") >= 2, "{entered:?}");
+    fake.wait_idle(2).await;
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn finished_is_retried_until_acknowledged_after_transient_errors() {
     let fake = FakeServer::new();
