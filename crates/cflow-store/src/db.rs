@@ -534,6 +534,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "hook windows",
                 include_str!("../migrations/postgres/0012_hook_windows.sql"),
             ),
+            (
+                13,
+                "bulk rows",
+                include_str!("../migrations/postgres/0013_bulk_rows.sql"),
+            ),
         ],
     };
     Migrator::with_migrations(

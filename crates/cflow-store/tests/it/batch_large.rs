@@ -286,8 +286,9 @@ async fn huge_batches_take_the_one_parameter_path() {
 
 /// On PostgreSQL a batch's ids come from a JSON parameter; `jsonb_array_elements_text` is
 /// estimated at 100 rows whatever it holds, which made the planner scan the whole tasks table
-/// for a batch of a few ids. The one-row function of migration 0011 makes it look them up by
-/// index: checked on the plan of a batched read, with 3,000 tasks stored.
+/// for a batch of a few ids. The one-row functions of migrations 0011 and 0013 make it look them
+/// up by index: checked on the plans of a batched read and a batched update, with 3,000 tasks
+/// stored.
 #[tokio::test]
 async fn postgres_plans_batched_reads_as_index_lookups() {
     crate::each_backend_url(|store, backend, url| async move {
@@ -325,6 +326,22 @@ async fn postgres_plans_batched_reads_as_index_lookups() {
             ),
         )
         .await;
+        assert!(old.contains("Seq Scan on tasks"), "{old}");
+
+        // Batched updates join their rows to the table: with `cflow_rows` (migration 0013)
+        // the planner probes the primary key per row instead of scanning the table.
+        let rows = format!(r#"[["{}", 1], ["{}", 2]]"#, out[0].id, out[1].id);
+        let update = |source: &str| {
+            format!(
+                "UPDATE tasks SET updated_at = v.ts FROM (SELECT j.value ->> 0 AS id, \
+                 (j.value ->> 1)::bigint AS ts FROM {source}('{rows}'::jsonb) AS j(value)) AS v \
+                 WHERE tasks.id = v.id AND tasks.state IN ('assigned', 'running')"
+            )
+        };
+        let plan = explain(&mut conn, update("cflow_rows")).await;
+        assert!(plan.contains("Index Scan using tasks_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+        let old = explain(&mut conn, update("jsonb_array_elements")).await;
         assert!(old.contains("Seq Scan on tasks"), "{old}");
     })
     .await;
