@@ -539,6 +539,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "bulk rows",
                 include_str!("../migrations/postgres/0013_bulk_rows.sql"),
             ),
+            (
+                14,
+                "bulk functions in plpgsql",
+                include_str!("../migrations/postgres/0014_bulk_functions_plpgsql.sql"),
+            ),
         ],
     };
     Migrator::with_migrations(
