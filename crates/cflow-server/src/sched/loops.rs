@@ -250,12 +250,24 @@ impl Scheduler {
         for (pick, e) in failed {
             // The store refused: the task was cancelled meanwhile (drop it), or the agent or
             // swarm changed state (queue the task again).
-            let still_queued = matches!(
-                self.store.get_task(&pick.task.tenant, &pick.task.id).await,
-                Ok(Some(t)) if t.state == TaskState::Queued
-            );
+            let still_queued = self.still_queued(&pick.task).await;
             tracing::debug!(task = %pick.task.id, error = %e, still_queued, "assignment refused");
             self.lock().unreserve(pick, still_queued, now);
+        }
+    }
+
+    /// Whether a task whose assignment the store refused is still queued there (else it was
+    /// cancelled meanwhile). When the store cannot say, it is queued again in memory: a refused
+    /// assignment of a task that is gone costs a pick, a task dropped from memory would wait for
+    /// the next start.
+    pub(crate) async fn still_queued(&self, task: &QTask) -> bool {
+        match self.store.get_task(&task.tenant, &task.id).await {
+            Ok(Some(t)) => t.state == TaskState::Queued,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "cannot read a task whose assignment was refused; queueing it again");
+                true
+            }
         }
     }
 

@@ -751,6 +751,14 @@ impl Scheduler {
                 }
             });
         }
+        // The store answers every element; should it not, no reservation may outlive the report.
+        if !nexts.is_empty() {
+            let mut st = self.lock();
+            for (_, pick) in nexts.drain() {
+                st.unreserve(pick, true, now);
+            }
+            self.wake.notify_one();
+        }
         Ok(acks
             .into_iter()
             .map(|a| a.unwrap_or_else(|| ack(400, "unrecognised report")))
@@ -775,10 +783,7 @@ impl Scheduler {
                 self.publish(&tenant, "task.assigned", &id, data);
             }
             refused => {
-                let still_queued = matches!(
-                    self.store.get_task(&pick.task.tenant, &pick.task.id).await,
-                    Ok(Some(t)) if t.state == TaskState::Queued
-                );
+                let still_queued = self.still_queued(&pick.task).await;
                 tracing::debug!(task = %pick.task.id, ?refused, still_queued, "hand-over not made");
                 let agent = pick.agent.clone();
                 let draining = {
