@@ -294,6 +294,19 @@ pub(crate) struct State {
     pub usage_pending: HashMap<String, u32>,
 }
 
+/// The [`View`] of a state, borrowing only the fields it reads (so the queue stays free to be
+/// borrowed mutably beside it).
+macro_rules! view {
+    ($st:expr) => {
+        View {
+            agents: &$st.agents,
+            swarms: &$st.swarms,
+            workers: &$st.workers,
+            replica_agents: &$st.replica_agents,
+        }
+    };
+}
+
 /// Read-only views used while the queue is borrowed mutably.
 struct View<'a> {
     agents: &'a HashMap<String, AgentRt>,
@@ -477,12 +490,7 @@ impl State {
         // Classes found without an agent this round: resources only shrink within a round.
         let mut stuck: HashSet<u64> = HashSet::new();
         while picks.len() < max && !self.queue.is_empty() {
-            let view = View {
-                agents: &self.agents,
-                swarms: &self.swarms,
-                workers: &self.workers,
-                replica_agents: &self.replica_agents,
-            };
+            let view = view!(self);
             let tenants = &self.tenants;
             let spent = (&self.spent, &self.usage_pending);
             let popped = self.queue.pop_eligible(
@@ -605,12 +613,7 @@ impl State {
             return None;
         }
         let w = self.workers.get(&worker_id)?;
-        let view = View {
-            agents: &self.agents,
-            swarms: &self.swarms,
-            workers: &self.workers,
-            replica_agents: &self.replica_agents,
-        };
+        let view = view!(self);
         let tenants = &self.tenants;
         let spent = (&self.spent, &self.usage_pending);
         let task = self.queue.pop_eligible(
@@ -676,12 +679,7 @@ impl State {
             ),
         };
         let chosen = {
-            let view = View {
-                agents: &self.agents,
-                swarms: &self.swarms,
-                workers: &self.workers,
-                replica_agents: &self.replica_agents,
-            };
+            let view = view!(self);
             let mut candidates: Vec<Candidate<'_>> = Vec::new();
             let mut workers: Vec<&str> = Vec::new();
             for id in view.agent_ids(t) {
