@@ -93,6 +93,17 @@ async fn wait_done(
     }
 }
 
+/// Submits `tasks` for `tenant` and answers their ids, in order.
+async fn submit_ids(sched: &Scheduler, tenant: &str, tasks: Vec<NewTask>) -> Vec<String> {
+    sched
+        .submit(&ctx(), tenant, tasks, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 async fn start(store: &Store, config: SchedConfig) -> Scheduler {
     Scheduler::start(store.clone(), EventBus::new(1024), config)
         .await
@@ -111,13 +122,7 @@ async fn a_dag_runs_on_the_local_pool_and_outputs_flow_to_dependents() {
         b.local_id = Some("b".into());
         let mut sum = exec(&s, "echo \"$CFLOW_INPUTS\"");
         sum.depends_on = vec!["a".into(), "b".into()];
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, vec![a, b, sum], None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, vec![a, b, sum]).await;
         let states = wait_done(&store, &t, &ids, Duration::from_secs(30)).await;
         assert_eq!(states, vec![TaskState::Succeeded; 3]);
         let attempts = store.list_attempts(&t, &ids[2]).await.unwrap();
@@ -148,13 +153,7 @@ async fn a_failing_task_is_retried_then_fails_and_cancels_its_dependents() {
         bad.max_attempts = 2;
         let mut after = exec(&s, "true");
         after.depends_on = vec!["bad".into()];
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, vec![bad, after], None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, vec![bad, after]).await;
         let states = wait_done(&store, &t, &ids, Duration::from_secs(60)).await;
         assert_eq!(states, vec![TaskState::Failed, TaskState::Cancelled]);
         let attempts = store.list_attempts(&t, &ids[0]).await.unwrap();
@@ -231,18 +230,8 @@ async fn a_flooding_tenant_cannot_starve_another() {
         let sb = swarm(&sched, &b, vec![pool("coder", "exec", 8)]).await;
         let flood: Vec<NewTask> = (0..10_000).map(|_| exec(&sa, "true")).collect();
         sched.submit(&ctx(), &a, flood, None).await.unwrap();
-        let quiet: Vec<String> = sched
-            .submit(
-                &ctx(),
-                &b,
-                (0..10).map(|_| exec(&sb, "true")).collect(),
-                None,
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let quiet: Vec<String> =
+            submit_ids(&sched, &b, (0..10).map(|_| exec(&sb, "true")).collect()).await;
         let states = wait_done(&store, &b, &quiet, Duration::from_secs(60)).await;
         assert_eq!(states, vec![TaskState::Succeeded; 10]);
         let filter = TaskFilter {
@@ -324,13 +313,7 @@ async fn replicas_agree_by_quorum_or_fail_with_no_quorum() {
         let mut split = exec(&s, "echo \"$CFLOW_TASK_ID\"");
         split.replicas = 3;
         split.quorum = 2;
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, vec![agree, split], None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, vec![agree, split]).await;
         let states = wait_done(&store, &t, &ids, Duration::from_secs(60)).await;
         assert_eq!(states, vec![TaskState::Succeeded, TaskState::Failed]);
         let parent = store.get_task(&t, &ids[0]).await.unwrap().unwrap();
@@ -433,13 +416,7 @@ async fn an_agent_that_keeps_failing_is_quarantined_then_probed_and_closed() {
             task.max_attempts = 1;
             failing.push(task);
         }
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, failing, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, failing).await;
         wait_done(&store, &t, &ids, Duration::from_secs(30)).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -542,13 +519,7 @@ async fn an_agent_ending_a_task_takes_the_next_queued_one_without_going_idle() {
         let sub = events.subscribe(&t, cflow_server::events::Resume::Now);
         let mut live = sub.live;
         let tasks: Vec<NewTask> = (0..20).map(|_| exec(&s, "true")).collect();
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, tasks, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, tasks).await;
         let states = wait_done(&store, &t, &ids, Duration::from_secs(60)).await;
         assert_eq!(states, vec![TaskState::Succeeded; 20]);
         for id in &ids {
@@ -592,13 +563,7 @@ async fn the_autoscaler_adds_agents_under_demand_and_says_why() {
         let sub = events.subscribe(&t, cflow_server::events::Resume::Now);
         let mut live = sub.live;
         let tasks: Vec<NewTask> = (0..6).map(|_| exec(&s, "sleep 0.2")).collect();
-        let ids: Vec<String> = sched
-            .submit(&ctx(), &t, tasks, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> = submit_ids(&sched, &t, tasks).await;
         let states = wait_done(&store, &t, &ids, Duration::from_secs(30)).await;
         assert_eq!(states, vec![TaskState::Succeeded; 6]);
         let mut saw = None;
@@ -643,18 +608,8 @@ async fn a_tenant_quota_caps_its_running_tasks_and_agents_recycle() {
         let mut p = pool("coder", "exec", 2);
         p.recycle_after_tasks = Some(2);
         let s = swarm(&sched, &t, vec![p]).await;
-        let ids: Vec<String> = sched
-            .submit(
-                &ctx(),
-                &t,
-                (0..4).map(|_| exec(&s, "sleep 0.2")).collect(),
-                None,
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<String> =
+            submit_ids(&sched, &t, (0..4).map(|_| exec(&s, "sleep 0.2")).collect()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut most = 0;
         loop {
