@@ -410,15 +410,17 @@ async fn assign(
 }
 
 /// The columns [`agent_info`] reads, from `agents a JOIN swarms s`.
-pub(crate) const AGENT_INFO_COLUMNS: &str = "a.id, a.tenant_id, a.state, s.state";
+pub(crate) const AGENT_INFO_COLUMNS: &str = "a.id, a.tenant_id, a.state, s.state, a.swarm_id";
 
-/// What an assignment checks about an agent: its id, tenant, state and its swarm's state.
+/// What an assignment checks about an agent: its id, tenant, state and its swarm's state (and
+/// which swarm, which a submission checks).
 pub(crate) struct AgentInfo {
     /// Keys the batched lookup.
     pub id: String,
     pub tenant_id: String,
     pub state: AgentState,
     pub swarm_state: SwarmState,
+    pub swarm_id: String,
 }
 
 pub(crate) fn agent_info(r: &impl GetCol) -> Result<AgentInfo> {
@@ -427,6 +429,7 @@ pub(crate) fn agent_info(r: &impl GetCol) -> Result<AgentInfo> {
         tenant_id: r.try_get(1)?,
         state: parse("agents.state", &r.try_get::<String>(2)?)?,
         swarm_state: parse("swarms.state", &r.try_get::<String>(3)?)?,
+        swarm_id: r.try_get(4)?,
     })
 }
 
@@ -500,13 +503,26 @@ pub(crate) async fn insert_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
+    let sql = insert_attempts_sql(cx.backend, 1);
+    // The text holds only column names written here; every value is in the one parameter.
+    for text in attempt_rows_json(attempts)? {
+        crate::exec::query(AssertSqlSafe(sql.clone()))
+            .bind(text)
+            .execute(&mut *cx.conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The insert of new attempts given as the JSON text bound as `$p` ([`attempt_rows_json`]).
+pub(crate) fn insert_attempts_sql(backend: crate::Backend, p: usize) -> String {
     use crate::bulk::Ty::{Int, Text};
-    let sql = format!(
+    format!(
         "INSERT INTO attempts (task_id, epoch, attempt_no, tenant_id, agent_id, worker_id, \
          lease_expires_at, assigned_at, state) SELECT v.*, 'assigned' FROM ({}) AS v",
         bulk::rows_from(
-            cx.backend,
-            1,
+            backend,
+            p,
             &[
                 ("task_id", Text),
                 ("epoch", Int),
@@ -518,7 +534,11 @@ pub(crate) async fn insert_attempts(
                 ("assigned_at", Int),
             ],
         )
-    );
+    )
+}
+
+/// New attempts (with their tenant) as rows of [`insert_attempts_sql`].
+pub(crate) fn attempt_rows_json(attempts: &[(&str, &Attempt)]) -> Result<Vec<String>> {
     let rows = attempts
         .iter()
         .map(|(tenant_id, a)| {
@@ -534,14 +554,7 @@ pub(crate) async fn insert_attempts(
             )
         })
         .collect::<Vec<_>>();
-    // The text holds only column names written here; every value is in the one parameter.
-    for text in bulk::rows_json(&rows)? {
-        crate::exec::query(AssertSqlSafe(sql.clone()))
-            .bind(text)
-            .execute(&mut *cx.conn)
-            .await?;
-    }
-    Ok(())
+    bulk::rows_json(&rows)
 }
 
 /// A reported start time as recorded: never before the attempt's assignment (the worker's

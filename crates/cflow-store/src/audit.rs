@@ -132,6 +132,15 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// The head of an empty ledger.
+    fn genesis() -> Head {
+        Head {
+            seq: 0,
+            at: i64::MIN,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+
     /// Seals `draft` as the next entry and makes it the head. Times never go backwards along the
     /// chain (a clock step back, or another node's clock, cannot reorder it), which also lets a
     /// `since` filter be turned into a range of `seq`.
@@ -184,22 +193,49 @@ fn sorted_keys(v: Value) -> Value {
 
 /// Reads the chain head; must run inside the writer's transaction, after its lock.
 pub(crate) async fn head(conn: &mut WConn) -> Result<Head> {
-    let row = crate::exec::query("SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1")
+    let row = crate::exec::query(HEAD_SQL)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(match row {
-        Some(r) => Head {
+    match row {
+        Some(r) => Ok(Head {
             seq: r.try_get(0)?,
             at: r.try_get(1)?,
             hash: r.try_get(2)?,
-        },
-        None => Head {
-            seq: 0,
-            at: i64::MIN,
-            hash: GENESIS_HASH.to_string(),
-        },
-    })
+        }),
+        None => Ok(Head::genesis()),
+    }
 }
+
+const HEAD_SQL: &str = "SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1";
+
+/// PostgreSQL: opens a write batch's transaction, takes the advisory lock that serialises write
+/// batches across server nodes and reads the ledger's head, in one round trip (a simple query
+/// of several statements). Each statement of it takes its own snapshot, so the head read sees
+/// every batch committed before the lock was granted, exactly as when sent on its own.
+pub(crate) async fn begin_pg(conn: &mut WConn) -> Result<Head> {
+    let rows = crate::exec::raw_rows_pg(conn, PG_BEGIN_AND_HEAD).await?;
+    // The lock's row (one column), then the head's if the ledger has one (three columns).
+    match rows.last() {
+        Some(r) if sqlx::Row::len(r) == 3 => Ok(Head {
+            seq: sqlx::Row::try_get(r, 0)?,
+            at: sqlx::Row::try_get(r, 1)?,
+            hash: sqlx::Row::try_get(r, 2)?,
+        }),
+        Some(_) => Ok(Head::genesis()),
+        None => Err(crate::Error::Corrupt {
+            what: "transaction start".into(),
+            detail: "the advisory lock query returned no row".into(),
+        }),
+    }
+}
+
+/// `BEGIN`, the transaction-scoped advisory lock (any key works as long as every node uses the
+/// same one; this one is "cflowaud" in ASCII, checked by a test) and the head read (prepared by
+/// [`pg_prepare`]). The lock is
+/// selected `FROM` the function so that its row holds an integer, not `void` (which sqlx's `Any`
+/// driver cannot decode).
+pub(crate) const PG_BEGIN_AND_HEAD: &str =
+    "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
 
 const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outcome, request_id, source, detail, prev_hash, hash";
 
@@ -214,29 +250,71 @@ pub(crate) async fn insert(
     if entries.is_empty() {
         return Ok(());
     }
-    use crate::bulk::Ty::{Int, Text};
     let sql = format!(
         "INSERT INTO audit ({COLUMNS}) {}",
-        bulk::rows_from(
-            backend,
-            1,
-            &[
-                ("seq", Int),
-                ("at", Int),
-                ("tenant_id", Text),
-                ("principal_id", Text),
-                ("action", Text),
-                ("resource", Text),
-                ("outcome", Text),
-                ("request_id", Text),
-                ("source", Text),
-                ("detail", Text),
-                ("prev_hash", Text),
-                ("hash", Text),
-            ],
-        )
+        bulk::rows_from(backend, 1, &ROW_COLUMNS)
     );
-    let rows = entries
+    // The text holds only column names written here; every value is in the one parameter.
+    for text in bulk::rows_json(&rows_of(entries))? {
+        crate::exec::query(AssertSqlSafe(sql.clone()))
+            .bind(text)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: the text of one simple query that inserts `entries` and commits, so that a write
+/// batch's ledger insert and its `COMMIT` take one round trip; `None` when the entries are too
+/// large for one statement (then [`insert`] and a separate `COMMIT`). It executes the statement
+/// that [`pg_prepare`] prepared on the writer's connection (planned once, not per batch), with
+/// the rows as a dollar-quoted literal ([`bulk::dollar_quoted`]). If the insert fails,
+/// PostgreSQL skips the `COMMIT` and the transaction stays open, aborted.
+pub(crate) fn insert_and_commit_pg(entries: &[AuditEntry]) -> Result<Option<String>> {
+    if entries.is_empty() {
+        return Ok(Some("COMMIT".into()));
+    }
+    let mut texts = bulk::rows_json(&rows_of(entries))?;
+    let (Some(text), None) = (texts.pop(), texts.pop()) else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "EXECUTE cflow_audit_insert({}); COMMIT",
+        bulk::dollar_quoted(&text)
+    )))
+}
+
+/// PostgreSQL: what the writer prepares on each new connection: the ledger head read of
+/// [`begin_pg`] and the ledger insert of [`insert_and_commit_pg`].
+pub(crate) fn pg_prepare() -> String {
+    format!(
+        "PREPARE cflow_head AS {HEAD_SQL}; \
+         PREPARE cflow_audit_insert(text) AS INSERT INTO audit ({COLUMNS}) {}",
+        bulk::rows_from(Backend::Postgres, 1, &ROW_COLUMNS)
+    )
+}
+
+const ROW_COLUMNS: [(&str, bulk::Ty); 12] = {
+    use crate::bulk::Ty::{Int, Text};
+    [
+        ("seq", Int),
+        ("at", Int),
+        ("tenant_id", Text),
+        ("principal_id", Text),
+        ("action", Text),
+        ("resource", Text),
+        ("outcome", Text),
+        ("request_id", Text),
+        ("source", Text),
+        ("detail", Text),
+        ("prev_hash", Text),
+        ("hash", Text),
+    ]
+};
+
+/// Each entry as a row in `ROW_COLUMNS` order.
+fn rows_of(entries: &[AuditEntry]) -> Vec<impl serde::Serialize + '_> {
+    entries
         .iter()
         .map(|e| {
             (
@@ -254,15 +332,7 @@ pub(crate) async fn insert(
                 &e.hash,
             )
         })
-        .collect::<Vec<_>>();
-    // The text holds only column names written here; every value is in the one parameter.
-    for text in bulk::rows_json(&rows)? {
-        crate::exec::query(AssertSqlSafe(sql.clone()))
-            .bind(text)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+        .collect()
 }
 
 fn from_row(r: &impl GetCol) -> Result<AuditEntry> {

@@ -22,6 +22,7 @@ use crate::attempts::{
 };
 use crate::audit::Draft;
 use crate::bulk::Ty::{Int, Text};
+use crate::exec::GetCol;
 use crate::orch_types::{Attempt, AttemptState, Outcome, Settled};
 use crate::rebuild::qualified;
 use crate::swarms::{json_col, parse};
@@ -173,8 +174,13 @@ async fn execute_rows<T: serde::Serialize>(
     sql: &str,
     rows: &[T],
 ) -> Result<u64> {
+    execute_texts(cx, sql, bulk::rows_json(rows)?).await
+}
+
+/// Runs `sql` once per JSON text of rows (`$1`); returns the rows changed.
+async fn execute_texts(cx: &mut OpCx<'_>, sql: &str, texts: Vec<String>) -> Result<u64> {
     let mut n = 0;
-    for text in bulk::rows_json(rows)? {
+    for text in texts {
         // The callers' text holds only SQL written in this file.
         n += crate::exec::query(AssertSqlSafe(sql.to_string()))
             .bind(text)
@@ -183,6 +189,145 @@ async fn execute_rows<T: serde::Serialize>(
             .rows_affected();
     }
     Ok(n)
+}
+
+/// Writes ended attempts, their tasks and their agents' counters: on PostgreSQL in one
+/// statement (three data-modifying `WITH` parts, one round trip) when each set of rows fits in
+/// one parameter, otherwise (and on SQLite) in three.
+async fn write_endings(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
+    let backend = cx.backend;
+    // The attempts: one fenced update of every ended attempt, each row with its own values.
+    let attempts_sql = |p| {
+        format!(
+            "UPDATE attempts SET state = v.state, ended_at = v.ended_at, exit_code = v.exit_code, \
+             stdout_tail = v.stdout_tail, stderr_tail = v.stderr_tail, result = v.result, \
+             started_at = COALESCE(attempts.started_at, v.started_at), detail = v.detail \
+             FROM ({}) AS v WHERE attempts.task_id = v.task_id AND attempts.epoch = v.epoch \
+             AND attempts.state IN ('assigned', 'running')",
+            bulk::rows_from(
+                backend,
+                p,
+                &[
+                    ("task_id", Text),
+                    ("epoch", Int),
+                    ("state", Text),
+                    ("ended_at", Int),
+                    ("exit_code", Int),
+                    ("stdout_tail", Text),
+                    ("stderr_tail", Text),
+                    ("result", Text),
+                    ("started_at", Int),
+                    ("detail", Text),
+                ],
+            )
+        )
+    };
+    let attempt_rows = bulk::rows_json(
+        &ended
+            .iter()
+            .map(|(_, a, e, outcome, now, started)| {
+                (
+                    &a.task_id,
+                    a.epoch,
+                    e.attempt_state.as_str(),
+                    now,
+                    outcome.exit_code,
+                    tail(&outcome.stdout_tail),
+                    tail(&outcome.stderr_tail),
+                    outcome.result.as_ref().map(|r| r.to_string()),
+                    started.map(|s| start_time(s, a.assigned_at, *now)),
+                    outcome.detail.as_ref().map(|d| d.to_string()),
+                )
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    // The tasks, each with its own state, reason, retry time and clock.
+    let tasks_sql = |p| {
+        format!(
+            "UPDATE tasks SET state = v.state, reason = v.reason, retry_at = v.retry_at, \
+             updated_at = v.ts FROM ({}) AS v WHERE tasks.id = v.id \
+             AND tasks.state IN ('assigned', 'running')",
+            bulk::rows_from(
+                backend,
+                p,
+                &[
+                    ("id", Text),
+                    ("state", Text),
+                    ("reason", Text),
+                    ("retry_at", Int),
+                    ("ts", Int),
+                ],
+            )
+        )
+    };
+    let task_rows = bulk::rows_json(
+        &ended
+            .iter()
+            .map(|(_, a, e, _, now, _)| (&a.task_id, e.next.as_str(), &e.reason, e.retry_at, now))
+            .collect::<Vec<_>>(),
+    )?;
+    // The agents' counters, summed per agent.
+    let mut agents: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
+    for (_, a, e, _, now, _) in ended {
+        let (done, failed) = e.counts();
+        let s = agents.entry(a.agent_id.as_str()).or_default();
+        *s = (s.0 + done, s.1 + failed, s.2 + e.busy, s.3.max(*now));
+    }
+    let agents_sql = |p| {
+        format!(
+            "UPDATE agents SET tasks_done = agents.tasks_done + v.done, \
+             failures = agents.failures + v.failed, busy_ms = agents.busy_ms + v.busy, \
+             updated_at = v.ts FROM ({}) AS v WHERE agents.id = v.id",
+            bulk::rows_from(
+                backend,
+                p,
+                &[
+                    ("id", Text),
+                    ("done", Int),
+                    ("failed", Int),
+                    ("busy", Int),
+                    ("ts", Int),
+                ],
+            )
+        )
+    };
+    let agent_rows = bulk::rows_json(
+        &agents
+            .iter()
+            .map(|(id, (done, failed, busy, now))| (id, done, failed, busy, now))
+            .collect::<Vec<_>>(),
+    )?;
+    if let (Backend::Postgres, [a], [t], [g]) = (
+        backend,
+        attempt_rows.as_slice(),
+        task_rows.as_slice(),
+        agent_rows.as_slice(),
+    ) {
+        let sql = format!(
+            "WITH a AS ({} RETURNING 1), t AS ({} RETURNING 1), g AS ({} RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM a), (SELECT COUNT(*) FROM t), (SELECT COUNT(*) FROM g)",
+            attempts_sql(1),
+            tasks_sql(2),
+            agents_sql(3)
+        );
+        // The text holds only SQL written here; the values are in the three parameters.
+        let row = crate::exec::query(AssertSqlSafe(sql))
+            .bind(a.clone())
+            .bind(t.clone())
+            .bind(g.clone())
+            .fetch_one(&mut *cx.conn)
+            .await?;
+        let (na, nt): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        matched("attempts", na as u64, ended.len())?;
+        matched("tasks", nt as u64, ended.len())?;
+        return Ok(());
+    }
+    let n = execute_texts(cx, &attempts_sql(1), attempt_rows).await?;
+    matched("attempts", n, ended.len())?;
+    let n = execute_texts(cx, &tasks_sql(1), task_rows).await?;
+    matched("tasks", n, ended.len())?;
+    execute_texts(cx, &agents_sql(1), agent_rows).await?;
+    Ok(())
 }
 
 fn matched(what: &str, n: u64, expected: usize) -> Result<()> {
@@ -411,106 +556,8 @@ pub(crate) async fn complete(
             Planned::Stale(_) => None,
         })
         .collect();
-    // The attempts: one fenced update of every ended attempt, each row with its own values.
     if !ended.is_empty() {
-        let sql = format!(
-            "UPDATE attempts SET state = v.state, ended_at = v.ended_at, exit_code = v.exit_code, \
-             stdout_tail = v.stdout_tail, stderr_tail = v.stderr_tail, result = v.result, \
-             started_at = COALESCE(attempts.started_at, v.started_at), detail = v.detail \
-             FROM ({}) AS v WHERE attempts.task_id = v.task_id AND attempts.epoch = v.epoch \
-             AND attempts.state IN ('assigned', 'running')",
-            bulk::rows_from(
-                cx.backend,
-                1,
-                &[
-                    ("task_id", Text),
-                    ("epoch", Int),
-                    ("state", Text),
-                    ("ended_at", Int),
-                    ("exit_code", Int),
-                    ("stdout_tail", Text),
-                    ("stderr_tail", Text),
-                    ("result", Text),
-                    ("started_at", Int),
-                    ("detail", Text),
-                ],
-            )
-        );
-        let rows = ended
-            .iter()
-            .map(|(_, a, e, outcome, now, started)| {
-                (
-                    &a.task_id,
-                    a.epoch,
-                    e.attempt_state.as_str(),
-                    now,
-                    outcome.exit_code,
-                    tail(&outcome.stdout_tail),
-                    tail(&outcome.stderr_tail),
-                    outcome.result.as_ref().map(|r| r.to_string()),
-                    started.map(|s| start_time(s, a.assigned_at, *now)),
-                    outcome.detail.as_ref().map(|d| d.to_string()),
-                )
-            })
-            .collect::<Vec<_>>();
-        // The text holds only SQL written here; the values are in the one parameter.
-        let n = execute_rows(cx, &sql, &rows).await?;
-        matched("attempts", n, ended.len())?;
-
-        // The tasks, each with its own state, reason, retry time and clock.
-        let sql = format!(
-            "UPDATE tasks SET state = v.state, reason = v.reason, retry_at = v.retry_at, \
-             updated_at = v.ts FROM ({}) AS v WHERE tasks.id = v.id \
-             AND tasks.state IN ('assigned', 'running')",
-            bulk::rows_from(
-                cx.backend,
-                1,
-                &[
-                    ("id", Text),
-                    ("state", Text),
-                    ("reason", Text),
-                    ("retry_at", Int),
-                    ("ts", Int),
-                ],
-            )
-        );
-        let rows = ended
-            .iter()
-            .map(|(_, a, e, _, now, _)| (&a.task_id, e.next.as_str(), &e.reason, e.retry_at, now))
-            .collect::<Vec<_>>();
-        // The text holds only SQL written here; the values are in the one parameter.
-        let n = execute_rows(cx, &sql, &rows).await?;
-        matched("tasks", n, ended.len())?;
-
-        // The agents' counters, summed per agent.
-        let mut agents: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
-        for (_, a, e, _, now, _) in &ended {
-            let (done, failed) = e.counts();
-            let s = agents.entry(a.agent_id.as_str()).or_default();
-            *s = (s.0 + done, s.1 + failed, s.2 + e.busy, s.3.max(*now));
-        }
-        let sql = format!(
-            "UPDATE agents SET tasks_done = agents.tasks_done + v.done, \
-             failures = agents.failures + v.failed, busy_ms = agents.busy_ms + v.busy, \
-             updated_at = v.ts FROM ({}) AS v WHERE agents.id = v.id",
-            bulk::rows_from(
-                cx.backend,
-                1,
-                &[
-                    ("id", Text),
-                    ("done", Int),
-                    ("failed", Int),
-                    ("busy", Int),
-                    ("ts", Int),
-                ],
-            )
-        );
-        let rows = agents
-            .iter()
-            .map(|(id, (done, failed, busy, now))| (id, done, failed, busy, now))
-            .collect::<Vec<_>>();
-        // The text holds only SQL written here; the values are in the one parameter.
-        execute_rows(cx, &sql, &rows).await?;
+        write_endings(cx, &ended).await?;
     }
 
     let mut steps = Vec::with_capacity(reqs.len());

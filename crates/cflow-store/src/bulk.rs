@@ -27,6 +27,26 @@ pub(crate) enum Ty {
 /// `SELECT <col> AS <name>, … FROM <rows of $p>`: the rows of the JSON array of arrays bound as
 /// parameter `$p`, one column per entry of `cols` (array index = position in `cols`).
 pub(crate) fn rows_from(backend: Backend, p: usize, cols: &[(&str, Ty)]) -> String {
+    columns_from(backend, cols, &source(backend, p))
+}
+
+/// PostgreSQL: `text` as a dollar-quoted string literal, for a statement sent as a simple query
+/// (which has no parameters). The tag does not occur in `text`, and a dollar-quoted string has
+/// no escapes, so nothing in `text` can end the literal early.
+pub(crate) fn dollar_quoted(text: &str) -> String {
+    let mut tag = String::from("$cflow$");
+    let mut n = 0u32;
+    // Also refused: `text` ending with the tag but its last `$` (it would end the literal
+    // with the closing tag's first `$`).
+    while text.contains(&tag[..tag.len() - 1]) {
+        n += 1;
+        tag = format!("$cflow{n}$");
+    }
+    format!("{tag}{text}{tag}")
+}
+
+/// `SELECT <col> AS <name>, … FROM <source>`, `source` giving the rows as `j(value)`.
+fn columns_from(backend: Backend, cols: &[(&str, Ty)], source: &str) -> String {
     let mut sql = String::from("SELECT ");
     for (i, (name, ty)) in cols.iter().enumerate() {
         if i > 0 {
@@ -40,7 +60,7 @@ pub(crate) fn rows_from(backend: Backend, p: usize, cols: &[(&str, Ty)]) -> Stri
         sql.push_str(name);
     }
     sql.push_str(" FROM ");
-    sql.push_str(&source(backend, p));
+    sql.push_str(source);
     sql
 }
 
@@ -144,5 +164,18 @@ mod tests {
             .collect();
         let ns: Vec<usize> = back.iter().flatten().map(|r| r.1).collect();
         assert_eq!(ns, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_literal_tag_never_occurs_in_its_text() {
+        assert_eq!(dollar_quoted(r#"[["x"]]"#), r#"$cflow$[["x"]]$cflow$"#);
+        // Text holding the tag, or ending with all of it but its last `$`, gets another tag.
+        for text in [r#"[["$cflow$"]]"#, r#"[["a"]] $cflow"#] {
+            assert_eq!(dollar_quoted(text), format!("$cflow1${text}$cflow1$"));
+        }
+        assert_eq!(
+            dollar_quoted("$cflow $cflow1"),
+            "$cflow2$$cflow $cflow1$cflow2$"
+        );
     }
 }

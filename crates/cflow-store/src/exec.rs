@@ -286,6 +286,32 @@ pub(crate) async fn raw(c: &mut WConn, sql: &'static str) -> Result<(), sqlx::Er
     }
 }
 
+/// [`raw`] with a statement text built at run time (by the store: no caller-supplied SQL).
+pub(crate) async fn raw_string(c: &mut WConn, sql: String) -> Result<(), sqlx::Error> {
+    match c {
+        WConn::Any(conn) => {
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await?;
+            Ok(())
+        }
+        WConn::Lite(conn) => conn.execute_batch(&sql).map_err(lite_error),
+    }
+}
+
+/// PostgreSQL: runs a simple query of several statements in one round trip and returns the
+/// rows of all of them, in order. Without arguments, each statement takes its own snapshot (read
+/// committed), as if sent one by one.
+pub(crate) async fn raw_rows_pg(
+    c: &mut WConn,
+    sql: &'static str,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    match c {
+        WConn::Any(conn) => sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(sql)).await,
+        WConn::Lite(_) => Err(sqlx::Error::Protocol(
+            "a multi-statement query with results is for PostgreSQL only".into(),
+        )),
+    }
+}
+
 /// A statement and its arguments.
 pub(crate) struct Query {
     sql: SqlStr,

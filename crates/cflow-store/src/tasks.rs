@@ -172,22 +172,17 @@ async fn states_of(
     Ok(out)
 }
 
-/// The ids among `ids` of the tenant's rows in `table`.
-async fn ids_of_tenant(
+/// The ids among `ids` of the tenant's swarms.
+async fn swarms_of_tenant(
     cx: &mut OpCx<'_>,
-    table: Table,
     tenant_id: &str,
     ids: &[String],
 ) -> Result<HashSet<String>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let table = match table {
-        Table::Agents => "agents",
-        Table::Swarms => "swarms",
-    };
     let sql = format!(
-        "SELECT id FROM {table} WHERE tenant_id = $1 AND id IN ({})",
+        "SELECT id FROM swarms WHERE tenant_id = $1 AND id IN ({})",
         bulk::ids_from(cx.backend, 2)
     );
     // The text holds only SQL written here; the ids are in the one parameter.
@@ -197,13 +192,6 @@ async fn ids_of_tenant(
         .fetch_all(&mut *cx.conn)
         .await?;
     Ok(found.into_iter().collect())
-}
-
-/// The tables [`ids_of_tenant`] reads.
-#[derive(Clone, Copy)]
-enum Table {
-    Agents,
-    Swarms,
 }
 
 /// A task row as inserted.
@@ -335,11 +323,7 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
     if rows.is_empty() {
         return Ok(());
     }
-    debug_assert_eq!(TASK_ROW.len(), TASK_ARITY);
-    let sql = format!(
-        "INSERT INTO tasks ({TASK_COLUMNS}) {}",
-        bulk::rows_from(cx.backend, 1, TASK_ROW)
-    );
+    let sql = insert_rows_sql(cx.backend, 1);
     // The text holds only column names written here; every value is in the one parameter.
     for text in bulk::rows_json(rows)? {
         crate::exec::query(AssertSqlSafe(sql.clone()))
@@ -348,6 +332,45 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
             .await?;
     }
     Ok(())
+}
+
+/// The insert of task rows given as the JSON text bound as `$p`.
+fn insert_rows_sql(backend: crate::Backend, p: usize) -> String {
+    debug_assert_eq!(TASK_ROW.len(), TASK_ARITY);
+    format!(
+        "INSERT INTO tasks ({TASK_COLUMNS}) {}",
+        bulk::rows_from(backend, p, TASK_ROW)
+    )
+}
+
+/// Inserts new task rows and the attempts of those assigned at once: on PostgreSQL in one
+/// statement (the tasks' insert in a `WITH` part; the attempts' foreign keys are checked at
+/// the statement's end, when the tasks are there) when each fits in one parameter.
+async fn insert_rows_and_attempts(
+    cx: &mut OpCx<'_>,
+    rows: &[TaskRow],
+    attempts: &[(&str, &Attempt)],
+) -> Result<()> {
+    if cx.backend == crate::Backend::Postgres && !rows.is_empty() && !attempts.is_empty() {
+        let mut tasks = bulk::rows_json(rows)?;
+        let mut tries = crate::attempts::attempt_rows_json(attempts)?;
+        if let ([t], [a]) = (tasks.as_mut_slice(), tries.as_mut_slice()) {
+            let sql = format!(
+                "WITH t AS ({}) {}",
+                insert_rows_sql(cx.backend, 1),
+                crate::attempts::insert_attempts_sql(cx.backend, 2)
+            );
+            // The text holds only SQL written here; the values are in the two parameters.
+            crate::exec::query(AssertSqlSafe(sql))
+                .bind(std::mem::take(t))
+                .bind(std::mem::take(a))
+                .execute(&mut *cx.conn)
+                .await?;
+            return Ok(());
+        }
+    }
+    insert_rows(cx, rows).await?;
+    crate::attempts::insert_attempts(cx, attempts).await
 }
 
 /// Writer op: a whole submission, or nothing of it.
@@ -496,10 +519,27 @@ pub(crate) async fn submit_many(
         .into_iter()
         .map(|(id, _, state)| (id, state))
         .collect();
-    let swarm_ids: Vec<String> = swarm_ids.into_iter().collect();
-    let known_swarms = ids_of_tenant(cx, Table::Swarms, tenant_id, &swarm_ids).await?;
-    let agents: Vec<String> = agents.into_iter().collect();
-    let known_agents = ids_of_tenant(cx, Table::Agents, tenant_id, &agents).await?;
+    // One read for every agent named: those that tasks are pinned to and those offered to take
+    // a task at once. An agent of this tenant also shows that its swarm is one; only swarms no
+    // such agent vouches for are read.
+    let mut agent_ids: HashSet<&str> = agents.iter().map(String::as_str).collect();
+    for p in &pending {
+        agent_ids.extend(p.direct.iter().flatten().map(|d| d.agent_id.as_str()));
+    }
+    let agent_ids: Vec<&str> = agent_ids.into_iter().collect();
+    let infos = if agent_ids.is_empty() {
+        HashMap::new()
+    } else {
+        crate::batch_fast::agent_infos(cx, &agent_ids).await?
+    };
+    let mine = infos.values().filter(|a| a.tenant_id == tenant_id);
+    let known_agents: HashSet<String> = mine.clone().map(|a| a.id.clone()).collect();
+    let mut known_swarms: HashSet<String> = mine.map(|a| a.swarm_id.clone()).collect();
+    let unvouched: Vec<String> = swarm_ids
+        .into_iter()
+        .filter(|s| !known_swarms.contains(s))
+        .collect();
+    known_swarms.extend(swarms_of_tenant(cx, tenant_id, &unvouched).await?);
 
     // Each submission's answers (or why it was refused) and audit entries.
     let mut planned: Vec<std::result::Result<Accepted, Step>> = Vec::with_capacity(pending.len());
@@ -540,10 +580,9 @@ pub(crate) async fn submit_many(
             Err(e) => planned.push(Err(Step::failed(Error::Invalid(e), draft))),
         }
     }
-    let (assigned, attempt_rows) = assign_new(cx, tenant_id, &mut rows, &offered).await?;
-    insert_rows(cx, &rows).await?;
+    let (assigned, attempt_rows) = assign_new(tenant_id, &infos, &mut rows, &offered, cx.now);
     let attempt_rows: Vec<(&str, &Attempt)> = attempt_rows.iter().map(|a| (tenant_id, a)).collect();
-    crate::attempts::insert_attempts(cx, &attempt_rows).await?;
+    insert_rows_and_attempts(cx, &rows, &attempt_rows).await?;
     if !edges.is_empty() {
         let sql = format!(
             "INSERT INTO task_deps (task_id, dep_id) {}",
@@ -589,26 +628,20 @@ pub(crate) async fn submit_many(
 
 /// Takes up the offers of accepted submissions (`offered`: submission, task, offer) before their
 /// rows are written: each offered agent is checked as any assignment checks it
-/// (`attempts::check_agent`, one read for all), and a task whose agent can take it is written
+/// (`attempts::check_agent`, against `agents` as read for the run), and a task whose agent can take it is written
 /// already `assigned` (epoch and attempts 1) with its attempt, instead of being inserted, read
 /// back and updated. Answers one step per offer (its `task.assign` entry, or why not) and the
 /// attempts to insert.
-async fn assign_new(
-    cx: &mut OpCx<'_>,
+fn assign_new(
     tenant_id: &str,
+    agents: &HashMap<String, crate::attempts::AgentInfo>,
     rows: &mut [TaskRow],
     offered: &[(usize, usize, &DirectAssign)],
-) -> Result<(Vec<Step>, Vec<Attempt>)> {
+    now: i64,
+) -> (Vec<Step>, Vec<Attempt>) {
     if offered.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return (Vec::new(), Vec::new());
     }
-    let agent_ids: Vec<&str> = offered
-        .iter()
-        .map(|(_, _, d)| d.agent_id.as_str())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let agents = crate::batch_fast::agent_infos(cx, &agent_ids).await?;
     let mut at: HashMap<&str, usize> = offered
         .iter()
         .enumerate()
@@ -647,14 +680,7 @@ async fn assign_new(
             steps.push(Step::failed(e, draft));
             continue;
         }
-        let a = new_attempt(
-            &d.task_id,
-            &d.agent_id,
-            &d.worker_id,
-            &h,
-            d.lease_ms,
-            cx.now,
-        );
+        let a = new_attempt(&d.task_id, &d.agent_id, &d.worker_id, &h, d.lease_ms, now);
         row.state = TaskState::Assigned;
         row.epoch = a.epoch;
         steps.push(Step::done(
@@ -663,7 +689,7 @@ async fn assign_new(
         ));
         created.push(a);
     }
-    Ok((steps, created))
+    (steps, created)
 }
 
 /// An accepted submission's answers and audit entries.

@@ -45,12 +45,6 @@ use crate::{
     swarms, tasks, tenants,
 };
 
-/// How a batch's transaction starts on PostgreSQL: `BEGIN` and the transaction-scoped advisory
-/// lock that serialises write batches across server nodes, in one simple query (one round trip
-/// instead of two). Any key works as long as every node uses the same one; this one is
-/// "cflowaud" in ASCII (checked by a test).
-const PG_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(7162531483379397988)";
-
 /// Times the writer yields to let more writes arrive before it commits a batch.
 const GATHER_YIELDS: u32 = 2;
 
@@ -750,12 +744,27 @@ impl Writer {
         }
     }
 
+    /// Rolls the open transaction back: nothing of the batch stays. A connection that cannot
+    /// even roll back is replaced before the next batch.
+    async fn roll_back(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && exec::raw(conn, "ROLLBACK").await.is_err()
+        {
+            self.conn = None;
+        }
+    }
+
     async fn run_once(&mut self, reqs: &[Request]) -> Result<Vec<Result<Output>>, BatchError> {
         let backend = self.backend;
         if self.conn.is_none() {
-            let conn = db::connect_writer(&self.url, backend)
+            let mut conn = db::connect_writer(&self.url, backend)
                 .await
                 .map_err(BatchError::Connection)?;
+            if backend == Backend::Postgres {
+                exec::raw_string(&mut conn, audit::pg_prepare())
+                    .await
+                    .map_err(|e| BatchError::Connection(e.into()))?;
+            }
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -763,29 +772,41 @@ impl Writer {
         };
         // On SQLite, take the write lock up front: a deferred transaction that upgrades later
         // can fail with SQLITE_BUSY without waiting when another process holds the lock.
-        let begin = match backend {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => PG_BEGIN,
+        // On PostgreSQL, the advisory lock and the ledger's head come with the `BEGIN`.
+        let head = match backend {
+            Backend::Sqlite => {
+                exec::raw(conn, "BEGIN IMMEDIATE")
+                    .await
+                    .map_err(|e| classify(e.into()))?;
+                None
+            }
+            Backend::Postgres => Some(audit::begin_pg(conn).await.map_err(classify)?),
         };
-        exec::raw(conn, begin)
-            .await
-            .map_err(|e| classify(e.into()))?;
         let t0 = std::time::Instant::now();
-        let applied = apply_batch(conn, backend, reqs).await;
-        let (results, t1, t2) = match applied {
-            Ok((results, applied_at)) => (results, applied_at - t0, t0.elapsed()),
+        let applied = apply_batch(conn, backend, head, reqs).await;
+        let (results, t1, t2, commit) = match applied {
+            Ok((results, applied_at, commit)) => (results, applied_at - t0, t0.elapsed(), commit),
             Err(e) => {
-                // Nothing of the batch stays. A connection that cannot even roll back is
-                // replaced before the next batch.
-                if exec::raw(conn, "ROLLBACK").await.is_err() {
-                    self.conn = None;
-                }
+                self.roll_back().await;
                 return Err(e);
             }
         };
-        exec::raw(conn, "COMMIT")
-            .await
-            .map_err(|e| BatchError::Commit(e.into()))?;
+        match commit {
+            // The ledger insert and COMMIT in one round trip: a database error is the insert's
+            // (PostgreSQL then skips the COMMIT), so nothing committed; any other failure
+            // leaves the outcome unknown.
+            Some(sql) => match exec::raw_string(conn, sql).await {
+                Ok(()) => {}
+                Err(e @ sqlx::Error::Database(_)) => {
+                    self.roll_back().await;
+                    return Err(BatchError::Op(e.into()));
+                }
+                Err(e) => return Err(BatchError::Commit(e.into())),
+            },
+            None => exec::raw(conn, "COMMIT")
+                .await
+                .map_err(|e| BatchError::Commit(e.into()))?,
+        }
         tracing::trace!(
             ops = reqs.len(),
             apply_us = t1.as_micros(),
@@ -797,14 +818,23 @@ impl Writer {
     }
 }
 
-/// Runs a batch's ops and appends their audit entries, inside the open transaction. Returns the
-/// answers and when the ops were done (before the audit insert).
+/// What [`apply_batch`] returns.
+type Applied = (Vec<Result<Output>>, std::time::Instant, Option<String>);
+
+/// Runs a batch's ops and appends their audit entries, inside the open transaction (`head`: the
+/// ledger's head if already read). Returns the answers, when the ops were done (before the
+/// audit insert) and, on PostgreSQL, the statement that inserts the audit entries and commits
+/// (`None`: they are inserted; the caller commits).
 async fn apply_batch(
     conn: &mut WConn,
     backend: Backend,
+    head: Option<audit::Head>,
     reqs: &[Request],
-) -> Result<(Vec<Result<Output>>, std::time::Instant), BatchError> {
-    let mut head = audit::head(conn).await.map_err(classify)?;
+) -> Result<Applied, BatchError> {
+    let mut head = match head {
+        Some(h) => h,
+        None => audit::head(conn).await.map_err(classify)?,
+    };
     let now = db::now_ms();
     let mut entries = Vec::new();
     let mut results = Vec::with_capacity(reqs.len());
@@ -867,10 +897,15 @@ async fn apply_batch(
         start = end.max(start + 1);
     }
     let applied = std::time::Instant::now();
+    if backend == Backend::Postgres
+        && let Some(sql) = audit::insert_and_commit_pg(&entries).map_err(classify)?
+    {
+        return Ok((results, applied, Some(sql)));
+    }
     audit::insert(conn, backend, &entries)
         .await
         .map_err(classify)?;
-    Ok((results, applied))
+    Ok((results, applied, None))
 }
 
 #[cfg(test)]
@@ -878,9 +913,11 @@ mod tests {
     #[test]
     fn the_pg_begin_statement_takes_the_audit_lock() {
         let key = i64::from_be_bytes(*b"cflowaud");
-        assert_eq!(
-            super::PG_BEGIN,
-            format!("BEGIN; SELECT pg_advisory_xact_lock({key})")
+        let sql = crate::audit::PG_BEGIN_AND_HEAD;
+        assert!(sql.starts_with("BEGIN; "), "{sql}");
+        assert!(
+            sql.contains(&format!("SELECT 1 FROM pg_advisory_xact_lock({key}); ")),
+            "{sql}"
         );
     }
 }

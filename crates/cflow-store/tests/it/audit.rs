@@ -139,6 +139,60 @@ async fn every_change_and_failure_is_recorded_and_the_chain_verifies() {
     .await;
 }
 
+/// On PostgreSQL the entries travel as a dollar-quoted literal in the same round trip as the
+/// COMMIT: quotes, backslashes and dollar-quote look-alikes in their text must arrive verbatim,
+/// and nothing in them may end the literal early.
+#[tokio::test]
+async fn entries_with_quotes_and_dollar_signs_are_stored_verbatim() {
+    each_backend(|store, backend| async move {
+        let t = store.create_tenant(&system(), "quoted").await.unwrap();
+        let c = ctx(&t.id);
+        let nasty = [
+            "it's",
+            "back\\slash \\' ''",
+            "$cflow$",
+            "ends with $cflow",
+            "$cflow$'); DROP TABLE audit; --",
+            "$$ $cflow1$ $cflow1 $",
+            "ünïcödé ✓ 🦀",
+        ];
+        for (i, s) in nasty.iter().enumerate() {
+            store
+                .audit_append(
+                    &c,
+                    AuditEvent {
+                        action: "memory.read".into(),
+                        resource: format!("memory/{s}"),
+                        outcome: "denied".into(),
+                        detail: json!({ "i": i, "text": s }),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let all = store
+            .audit_list(&AuditQuery::default(), &page(100, None))
+            .await
+            .unwrap()
+            .items;
+        let got: Vec<_> = all
+            .iter()
+            .filter(|e| e.action == "memory.read")
+            .map(|e| (e.resource.clone(), e.detail.clone()))
+            .collect();
+        let want: Vec<_> = nasty
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("memory/{s}"), json!({ "i": i, "text": s })))
+            .collect();
+        assert_eq!(got, want, "{backend:?}");
+        let report = store.audit_verify().await.unwrap();
+        assert_eq!(report.verified, all.len() as u64);
+        assert!(report.first_break.is_none());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_database_refuses_to_change_the_ledger() {
     each_backend_url(|store, backend, url| async move {
