@@ -772,6 +772,7 @@ impl Writer {
         };
         // On SQLite, take the write lock up front: a deferred transaction that upgrades later
         // can fail with SQLITE_BUSY without waiting when another process holds the lock.
+        let started = std::time::Instant::now();
         // On PostgreSQL, the advisory lock and the ledger's head come with the `BEGIN`.
         let head = match backend {
             Backend::Sqlite => {
@@ -809,6 +810,7 @@ impl Writer {
         }
         tracing::trace!(
             ops = reqs.len(),
+            begin_us = (t0 - started).as_micros(),
             apply_us = t1.as_micros(),
             audit_us = (t2 - t1).as_micros(),
             commit_us = (t0.elapsed() - t2).as_micros(),
