@@ -132,8 +132,17 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// The head read by [`HEAD_SQL`].
+    pub(crate) fn from_row(r: &impl GetCol) -> Result<Head> {
+        Ok(Head {
+            seq: r.try_get(0)?,
+            at: r.try_get(1)?,
+            hash: r.try_get(2)?,
+        })
+    }
+
     /// The head of an empty ledger.
-    fn genesis() -> Head {
+    pub(crate) fn genesis() -> Head {
         Head {
             seq: 0,
             at: i64::MIN,
@@ -197,45 +206,13 @@ pub(crate) async fn head(conn: &mut WConn) -> Result<Head> {
         .fetch_optional(&mut *conn)
         .await?;
     match row {
-        Some(r) => Ok(Head {
-            seq: r.try_get(0)?,
-            at: r.try_get(1)?,
-            hash: r.try_get(2)?,
-        }),
+        Some(r) => Head::from_row(&r),
         None => Ok(Head::genesis()),
     }
 }
 
-const HEAD_SQL: &str = "SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1";
-
-/// PostgreSQL: opens a write batch's transaction, takes the advisory lock that serialises write
-/// batches across server nodes and reads the ledger's head, in one round trip (a simple query
-/// of several statements). Each statement of it takes its own snapshot, so the head read sees
-/// every batch committed before the lock was granted, exactly as when sent on its own.
-pub(crate) async fn begin_pg(conn: &mut WConn) -> Result<Head> {
-    let rows = crate::exec::raw_rows_pg(conn, PG_BEGIN_AND_HEAD).await?;
-    // The lock's row (one column), then the head's if the ledger has one (three columns).
-    match rows.last() {
-        Some(r) if sqlx::Row::len(r) == 3 => Ok(Head {
-            seq: sqlx::Row::try_get(r, 0)?,
-            at: sqlx::Row::try_get(r, 1)?,
-            hash: sqlx::Row::try_get(r, 2)?,
-        }),
-        Some(_) => Ok(Head::genesis()),
-        None => Err(crate::Error::Corrupt {
-            what: "transaction start".into(),
-            detail: "the advisory lock query returned no row".into(),
-        }),
-    }
-}
-
-/// `BEGIN`, the transaction-scoped advisory lock (any key works as long as every node uses the
-/// same one; this one is "cflowaud" in ASCII, checked by a test) and the head read (prepared by
-/// [`pg_prepare`]). The lock is
-/// selected `FROM` the function so that its row holds an integer, not `void` (which sqlx's `Any`
-/// driver cannot decode).
-pub(crate) const PG_BEGIN_AND_HEAD: &str =
-    "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
+/// The ledger's head: the last entry's `seq, at, hash` (none in an empty ledger).
+pub(crate) const HEAD_SQL: &str = "SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1";
 
 const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outcome, request_id, source, detail, prev_hash, hash";
 
@@ -284,8 +261,8 @@ pub(crate) fn insert_and_commit_pg(entries: &[AuditEntry]) -> Result<Option<Stri
     )))
 }
 
-/// PostgreSQL: what the writer prepares on each new connection: the ledger head read of
-/// [`begin_pg`] and the ledger insert of [`insert_and_commit_pg`].
+/// PostgreSQL: the ledger's statements the writer prepares on each new connection: the head
+/// read (`cflow_head`) and the insert of [`insert_and_commit_pg`] (`cflow_audit_insert`).
 pub(crate) fn pg_prepare() -> String {
     format!(
         "PREPARE cflow_head AS {HEAD_SQL}; \

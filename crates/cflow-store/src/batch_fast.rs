@@ -355,11 +355,7 @@ pub(crate) async fn agent_infos(
     cx: &mut OpCx<'_>,
     agent_ids: &[&str],
 ) -> Result<HashMap<String, AgentInfo>> {
-    let sql = format!(
-        "SELECT {AGENT_INFO_COLUMNS} FROM agents a JOIN swarms s ON s.id = a.swarm_id \
-         WHERE a.id IN ({})",
-        bulk::ids_from(cx.backend, 1)
-    );
+    let sql = agent_infos_sql(cx.backend, 1);
     // The text holds only column names written here; the ids are in the one parameter.
     let rows = crate::exec::query(AssertSqlSafe(sql))
         .bind(bulk::ids_json(agent_ids.iter().copied()))
@@ -371,6 +367,15 @@ pub(crate) async fn agent_infos(
         agents.insert(a.id.clone(), a);
     }
     Ok(agents)
+}
+
+/// The read of [`agent_infos`], the ids' JSON array bound as `$p`.
+pub(crate) fn agent_infos_sql(backend: Backend, p: usize) -> String {
+    format!(
+        "SELECT {AGENT_INFO_COLUMNS} FROM agents a JOIN swarms s ON s.id = a.swarm_id \
+         WHERE a.id IN ({})",
+        bulk::ids_from(backend, p)
+    )
 }
 
 /// Assignments of distinct tasks.

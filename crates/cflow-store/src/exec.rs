@@ -297,15 +297,14 @@ pub(crate) async fn raw_string(c: &mut WConn, sql: String) -> Result<(), sqlx::E
     }
 }
 
-/// PostgreSQL: runs a simple query of several statements in one round trip and returns the
-/// rows of all of them, in order. Without arguments, each statement takes its own snapshot (read
+/// PostgreSQL: runs a simple query of several statements (built by the store: no caller-supplied
+/// SQL) in one round trip and returns the rows of all of them, in order. Without arguments, each statement takes its own snapshot (read
 /// committed), as if sent one by one.
-pub(crate) async fn raw_rows_pg(
-    c: &mut WConn,
-    sql: &'static str,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
+pub(crate) async fn raw_rows_pg(c: &mut WConn, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
     match c {
-        WConn::Any(conn) => sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(sql)).await,
+        WConn::Any(conn) => {
+            sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await
+        }
         WConn::Lite(_) => Err(sqlx::Error::Protocol(
             "a multi-statement query with results is for PostgreSQL only".into(),
         )),

@@ -451,7 +451,6 @@ pub(crate) async fn submit_many(
     let mut pending = Vec::with_capacity(subs.len());
     let mut outside = HashSet::new();
     let mut swarm_ids = HashSet::new();
-    let mut agents = HashSet::new();
     for &(tasks, direct) in subs {
         let mut results: Vec<Option<Submitted>> = vec![None; tasks.len()];
         let mut alias: HashMap<&str, String> = HashMap::new();
@@ -502,7 +501,6 @@ pub(crate) async fn submit_many(
         );
         for &i in &fresh {
             swarm_ids.extend(tasks[i].swarm_id.clone());
-            agents.extend(tasks[i].agent_id.clone());
         }
         pending.push(Pending {
             tasks,
@@ -520,17 +518,19 @@ pub(crate) async fn submit_many(
         .map(|(id, _, state)| (id, state))
         .collect();
     // One read for every agent named: those that tasks are pinned to and those offered to take
-    // a task at once. An agent of this tenant also shows that its swarm is one; only swarms no
-    // such agent vouches for are read.
-    let mut agent_ids: HashSet<&str> = agents.iter().map(String::as_str).collect();
-    for p in &pending {
-        agent_ids.extend(p.direct.iter().flatten().map(|d| d.agent_id.as_str()));
-    }
-    let agent_ids: Vec<&str> = agent_ids.into_iter().collect();
-    let infos = if agent_ids.is_empty() {
-        HashMap::new()
-    } else {
-        crate::batch_fast::agent_infos(cx, &agent_ids).await?
+    // a task at once (on PostgreSQL often already read with the batch's `BEGIN`). An agent of
+    // this tenant also shows that its swarm is one; only swarms no such agent vouches for are
+    // read.
+    let infos = match cx.agents.take() {
+        Some(infos) => infos,
+        None => {
+            let agent_ids = submit_agent_ids(subs);
+            if agent_ids.is_empty() {
+                HashMap::new()
+            } else {
+                crate::batch_fast::agent_infos(cx, &agent_ids).await?
+            }
+        }
     };
     let mine = infos.values().filter(|a| a.tenant_id == tenant_id);
     let known_agents: HashSet<String> = mine.clone().map(|a| a.id.clone()).collect();
@@ -624,6 +624,20 @@ pub(crate) async fn submit_many(
             Err(step) => step,
         })
         .collect())
+}
+
+/// The agents a run of submissions names: those its tasks are pinned to and those offered to
+/// take its tasks at once (what [`submit_many`] reads of agents, also for tasks that an
+/// idempotency key resolves to an existing one: reading more agents is harmless).
+pub(crate) fn submit_agent_ids<'a>(
+    subs: &[(&'a [NewTask], &'a [Option<DirectAssign>])],
+) -> Vec<&'a str> {
+    let mut ids = HashSet::new();
+    for (tasks, direct) in subs {
+        ids.extend(tasks.iter().filter_map(|t| t.agent_id.as_deref()));
+        ids.extend(direct.iter().flatten().map(|d| d.agent_id.as_str()));
+    }
+    ids.into_iter().collect()
 }
 
 /// Takes up the offers of accepted submissions (`offered`: submission, task, offer) before their

@@ -20,12 +20,15 @@
 //! transaction-scoped advisory lock on PostgreSQL (so several server nodes serialise their
 //! batches) and under SQLite's write lock (`BEGIN IMMEDIATE`).
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+
+use crate::attempts::AgentInfo;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::attempts::AttemptOp;
@@ -225,6 +228,9 @@ pub(crate) struct OpCx<'a> {
     pub backend: Backend,
     /// Unix ms, the same for every op of the batch.
     pub now: i64,
+    /// The agents a batch's leading run of submissions names, read with the batch's `BEGIN` on
+    /// PostgreSQL (`tasks::submit_agent_ids`); taken by that run.
+    pub agents: Option<HashMap<String, AgentInfo>>,
 }
 
 async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
@@ -761,7 +767,7 @@ impl Writer {
                 .await
                 .map_err(BatchError::Connection)?;
             if backend == Backend::Postgres {
-                exec::raw_string(&mut conn, audit::pg_prepare())
+                exec::raw_string(&mut conn, pg_prepare())
                     .await
                     .map_err(|e| BatchError::Connection(e.into()))?;
             }
@@ -774,6 +780,7 @@ impl Writer {
         // can fail with SQLITE_BUSY without waiting when another process holds the lock.
         let started = std::time::Instant::now();
         // On PostgreSQL, the advisory lock and the ledger's head come with the `BEGIN`.
+        let mut agents = None;
         let head = match backend {
             Backend::Sqlite => {
                 exec::raw(conn, "BEGIN IMMEDIATE")
@@ -781,10 +788,14 @@ impl Writer {
                     .map_err(|e| classify(e.into()))?;
                 None
             }
-            Backend::Postgres => Some(audit::begin_pg(conn).await.map_err(classify)?),
+            Backend::Postgres => {
+                let (head, infos) = begin_pg(conn, reqs).await.map_err(classify)?;
+                agents = infos;
+                Some(head)
+            }
         };
         let t0 = std::time::Instant::now();
-        let applied = apply_batch(conn, backend, head, reqs).await;
+        let applied = apply_batch(conn, backend, head, agents, reqs).await;
         let (results, t1, t2, commit) = match applied {
             Ok((results, applied_at, commit)) => (results, applied_at - t0, t0.elapsed(), commit),
             Err(e) => {
@@ -820,6 +831,68 @@ impl Writer {
     }
 }
 
+/// PostgreSQL: how a batch's transaction starts, in one round trip (a simple query of several
+/// statements): `BEGIN`; the transaction-scoped advisory lock that serialises write batches
+/// across server nodes (any key works as long as every node uses the same one; this one is
+/// "cflowaud" in ASCII, checked by a test; selected `FROM` the function so that its row holds an
+/// integer, not `void`, which sqlx's `Any` driver cannot decode); the ledger's head; and, when
+/// the batch starts with submissions, the agents they name. Each statement takes its own
+/// snapshot, so the reads see every batch committed before the lock was granted, exactly as if
+/// sent on their own after it; the writer holds the lock and writes nothing before them.
+const PG_BEGIN_AND_HEAD: &str =
+    "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
+
+/// PostgreSQL: the statements the writer prepares on each new connection (planned once; the
+/// batches `EXECUTE` them in simple queries).
+fn pg_prepare() -> String {
+    format!(
+        "{}; PREPARE cflow_agent_infos(text) AS {}",
+        audit::pg_prepare(),
+        crate::batch_fast::agent_infos_sql(Backend::Postgres, 1)
+    )
+}
+
+/// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, and the agents the
+/// batch's leading run of submissions names, if it has one.
+async fn begin_pg(
+    conn: &mut WConn,
+    reqs: &[Request],
+) -> Result<(audit::Head, Option<HashMap<String, AgentInfo>>)> {
+    let end = submit_run(reqs, 0);
+    let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[..end]
+        .iter()
+        .filter_map(|r| match &r.op {
+            Op::SubmitTasks { tasks, direct, .. } => Some((tasks.as_slice(), direct.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let ids = tasks::submit_agent_ids(&subs);
+    let mut sql = PG_BEGIN_AND_HEAD.to_string();
+    if !subs.is_empty() && !ids.is_empty() {
+        let json = crate::bulk::ids_json(ids.iter().copied());
+        sql.push_str(&format!(
+            "; EXECUTE cflow_agent_infos({})",
+            crate::bulk::dollar_quoted(&json)
+        ));
+    }
+    let rows = exec::raw_rows_pg(conn, sql).await?;
+    // The lock's row (one column), the head's if the ledger has one (three), then the agents'.
+    let mut rows = rows.iter().skip(1).peekable();
+    let head = match rows.next_if(|r| sqlx::Row::len(*r) == 3) {
+        Some(r) => audit::Head::from_row(r)?,
+        None => audit::Head::genesis(),
+    };
+    if subs.is_empty() {
+        return Ok((head, None));
+    }
+    let mut infos = HashMap::new();
+    for r in rows {
+        let a = crate::attempts::agent_info(r)?;
+        infos.insert(a.id.clone(), a);
+    }
+    Ok((head, Some(infos)))
+}
+
 /// What [`apply_batch`] returns.
 type Applied = (Vec<Result<Output>>, std::time::Instant, Option<String>);
 
@@ -831,6 +904,7 @@ async fn apply_batch(
     conn: &mut WConn,
     backend: Backend,
     head: Option<audit::Head>,
+    mut agents: Option<HashMap<String, AgentInfo>>,
     reqs: &[Request],
 ) -> Result<Applied, BatchError> {
     let mut head = match head {
@@ -846,6 +920,8 @@ async fn apply_batch(
             conn: &mut *conn,
             backend,
             now,
+            // Read for the leading run only.
+            agents: if start == 0 { agents.take() } else { None },
         };
         let end = submit_run(reqs, start)
             .max(plain_put_run(reqs, start))
@@ -915,7 +991,7 @@ mod tests {
     #[test]
     fn the_pg_begin_statement_takes_the_audit_lock() {
         let key = i64::from_be_bytes(*b"cflowaud");
-        let sql = crate::audit::PG_BEGIN_AND_HEAD;
+        let sql = super::PG_BEGIN_AND_HEAD;
         assert!(sql.starts_with("BEGIN; "), "{sql}");
         assert!(
             sql.contains(&format!("SELECT 1 FROM pg_advisory_xact_lock({key}); ")),

@@ -576,6 +576,26 @@ async fn a_submission_can_assign_its_ready_tasks_at_once() {
             matches!(err, Error::Invalid(ref v) if v.field == "direct.task_id"),
             "{err:?}"
         );
+        // An agent vouches for its swarm only within its own tenant: another tenant's agent,
+        // offered for a task naming that tenant's swarm, does not make the swarm this tenant's.
+        let other = tenant(&store, "direct-other").await;
+        let theirs = crate::attempts::agent(&store, &other).await;
+        let err = store
+            .submit_tasks_direct(
+                &ctx(&t),
+                &t,
+                vec![NewTask {
+                    swarm_id: Some(theirs.swarm_id.clone()),
+                    ..task("w", &[])
+                }],
+                vec![offer(&theirs)],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref v) if v.field == "swarm_id"),
+            "{backend:?}: {err:?}"
+        );
         assert_eq!(all_tasks(&store, &t).await.len(), before, "{backend:?}");
 
         let audit = store
