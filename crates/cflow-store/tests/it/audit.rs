@@ -23,6 +23,25 @@ async fn raw(backend: Backend, url: &str, sql: &str) -> Result<(), sqlx::Error> 
     }
 }
 
+/// An entry that records a denied memory read (no change).
+pub(crate) fn denied_read(resource: String, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        action: "memory.read".into(),
+        resource,
+        outcome: "denied".into(),
+        detail,
+    }
+}
+
+/// The first 100 entries of the ledger.
+async fn first_entries(store: &cflow_store::Store) -> Vec<cflow_core::audit::AuditEntry> {
+    store
+        .audit_list(&AuditQuery::default(), &page(100, None))
+        .await
+        .unwrap()
+        .items
+}
+
 #[tokio::test]
 async fn every_change_and_failure_is_recorded_and_the_chain_verifies() {
     each_backend(|store, backend| async move {
@@ -72,21 +91,12 @@ async fn every_change_and_failure_is_recorded_and_the_chain_verifies() {
         store
             .audit_append(
                 &c,
-                AuditEvent {
-                    action: "memory.read".into(),
-                    resource: "memory/ns/k".into(),
-                    outcome: "denied".into(),
-                    detail: json!({"role": "viewer"}),
-                },
+                denied_read("memory/ns/k".into(), json!({"role": "viewer"})),
             )
             .await
             .unwrap();
 
-        let all = store
-            .audit_list(&AuditQuery::default(), &page(100, None))
-            .await
-            .unwrap()
-            .items;
+        let all = first_entries(&store).await;
         let got: Vec<_> = all
             .iter()
             .map(|e| (e.action.as_str(), e.outcome.as_str()))
@@ -160,21 +170,12 @@ async fn entries_with_quotes_and_dollar_signs_are_stored_verbatim() {
             store
                 .audit_append(
                     &c,
-                    AuditEvent {
-                        action: "memory.read".into(),
-                        resource: format!("memory/{s}"),
-                        outcome: "denied".into(),
-                        detail: json!({ "i": i, "text": s }),
-                    },
+                    denied_read(format!("memory/{s}"), json!({ "i": i, "text": s })),
                 )
                 .await
                 .unwrap();
         }
-        let all = store
-            .audit_list(&AuditQuery::default(), &page(100, None))
-            .await
-            .unwrap()
-            .items;
+        let all = first_entries(&store).await;
         let got: Vec<_> = all
             .iter()
             .filter(|e| e.action == "memory.read")

@@ -385,12 +385,7 @@ async fn postgres_analyzes_a_table_that_grew_fast() {
     let appends = (0..1_500).map(|i| {
         store.audit_append(
             &c,
-            cflow_store::AuditEvent {
-                action: "memory.read".into(),
-                resource: format!("memory/ns/{i}"),
-                outcome: "denied".into(),
-                detail: json!({}),
-            },
+            crate::audit::denied_read(format!("memory/ns/{i}"), json!({})),
         )
     });
     for r in futures_util::future::join_all(appends).await {
