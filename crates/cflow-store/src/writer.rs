@@ -27,11 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-
-use crate::attempts::AgentInfo;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::attempts::AttemptOp;
+use crate::attempts::{AgentInfo, AttemptOp};
 use crate::audit::{self, Draft};
 use crate::exec::{self, WConn};
 use crate::orch_types::{
@@ -776,18 +774,19 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return Err(BatchError::Connection(Error::Closed));
         };
-        // On SQLite, take the write lock up front: a deferred transaction that upgrades later
-        // can fail with SQLITE_BUSY without waiting when another process holds the lock.
         let started = std::time::Instant::now();
-        // On PostgreSQL, the advisory lock and the ledger's head come with the `BEGIN`.
         let mut agents = None;
         let head = match backend {
+            // Take the write lock up front: a deferred transaction that upgrades later can fail
+            // with SQLITE_BUSY without waiting when another process holds the lock.
             Backend::Sqlite => {
                 exec::raw(conn, "BEGIN IMMEDIATE")
                     .await
                     .map_err(|e| classify(e.into()))?;
                 None
             }
+            // The advisory lock, the ledger's head and the leading submissions' agents come
+            // with the `BEGIN`.
             Backend::Postgres => {
                 let (head, infos) = begin_pg(conn, reqs).await.map_err(classify)?;
                 agents = infos;
