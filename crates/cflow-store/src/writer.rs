@@ -841,11 +841,24 @@ impl Writer {
 const PG_BEGIN_AND_HEAD: &str =
     "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
 
-/// PostgreSQL: the statements the writer prepares on each new connection (planned once; the
-/// batches `EXECUTE` them in simple queries).
+/// PostgreSQL: how the writer sets up each new connection: sequential scans off, then the
+/// statements it prepares (planned once; the batches `EXECUTE` them in simple queries).
+///
+/// Every statement the writer runs finds its rows by a key that an index covers, but
+/// PostgreSQL plans a prepared statement once for all ("generic plan", after five runs) with the
+/// statistics of that moment and keeps that plan until the table is analyzed again. On a fresh
+/// or small database those statistics say the tables are nearly empty, where a sequential scan
+/// is the cheapest plan, so the batch updates (`UPDATE tasks ... FROM <the batch's rows> WHERE
+/// tasks.id = ...`), the foreign key checks and the reads of ended attempts went on scanning
+/// whole tables as they grew, 3-15 ms a statement at a few thousand tasks, until the analyzer
+/// (see [`crate::db`]) caught up: the first seconds of a fresh database at 1,000 tasks/s held
+/// most of the slowest submissions (`auto_explain` showed the sequential scans). With them off
+/// for this connection the planner takes the index whenever one applies, whatever the
+/// statistics say; a statement that no index serves still scans (the penalty only ranks it
+/// last), and read connections keep the planner's defaults.
 fn pg_prepare() -> String {
     format!(
-        "{}; PREPARE cflow_agent_infos(text) AS {}",
+        "SET enable_seqscan = off; {}; PREPARE cflow_agent_infos(text) AS {}",
         audit::pg_prepare(),
         crate::batch_fast::agent_infos_sql(Backend::Postgres, 1)
     )

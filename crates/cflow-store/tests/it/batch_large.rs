@@ -424,3 +424,126 @@ async fn postgres_analyzes_a_table_that_grew_fast() {
     conn.close().await.unwrap();
     store.close().await;
 }
+
+/// PostgreSQL: the writer finds its rows by index even while the statistics say the tables are
+/// nearly empty (see `writer::pg_prepare`). On a fresh database, tasks submitted, assigned,
+/// started and completed one at a time, each call a batch of its own, enough of them for
+/// PostgreSQL to switch the prepared statements to their generic plans: not one sequential scan
+/// of `tasks` or `attempts`. (With the planner's defaults, the completions scanned `tasks`.)
+#[tokio::test]
+async fn postgres_writer_uses_the_indexes_of_a_fresh_database() {
+    let Some((store, url)) = cflow_test_support::db::postgres_store().await else {
+        return;
+    };
+    let t = tenant(&store, "fresh").await;
+    let a = agent(&store, &t).await;
+    // The migrations scanned the tables (building indexes): counted from after them. A session
+    // reports its counters when it ends, so the store is closed and its sessions waited out.
+    store.close().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let before = scans(&mut conn).await;
+    let store = cflow_store::Store::open(&url, Default::default())
+        .await
+        .unwrap();
+    const ROUNDS: i64 = 12;
+    for i in 0..ROUNDS {
+        let out = store
+            .submit_tasks(&ctx(&t), &t, vec![NewTask::new(json!({"n": i}))])
+            .await
+            .unwrap();
+        let id = out[0].id.clone();
+        let n = now();
+        let assigned = store
+            .assign_tasks(
+                &system(),
+                vec![AssignRequest {
+                    task_id: id.clone(),
+                    agent_id: a.id.clone(),
+                    worker_id: "w".into(),
+                    lease_ms: LEASE,
+                    now: n,
+                }],
+            )
+            .await
+            .unwrap();
+        let epoch = assigned[0].as_ref().unwrap().epoch;
+        let start = StartRequest {
+            task_id: id.clone(),
+            epoch,
+            now: n,
+        };
+        store.start_attempts(&system(), vec![start]).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+        let done = CompleteRequest {
+            task_id: id,
+            epoch,
+            outcome: crate::attempts::outcome(OutcomeKind::Succeeded),
+            now: n,
+            started_at: None,
+            next: None,
+        };
+        store
+            .complete_attempts(&system(), vec![done])
+            .await
+            .unwrap()[0]
+            .as_ref()
+            .unwrap();
+    }
+    store.close().await;
+    let after = scans(&mut conn).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.0, b.0);
+        assert!(
+            a.3 >= b.3 + ROUNDS,
+            "the rounds' updates are counted: {after:?}"
+        );
+        assert_eq!(
+            a.1, b.1,
+            "sequential scans of {}: {before:?} -> {after:?}",
+            a.0
+        );
+        assert!(
+            a.2 > b.2,
+            "{} was read by index: {before:?} -> {after:?}",
+            a.0
+        );
+    }
+    conn.close().await.unwrap();
+}
+
+/// `(table, sequential scans, index scans, updated rows)` of `tasks` and `attempts`, once every
+/// other session of the database has ended (a session's counters are complete then).
+async fn scans(conn: &mut sqlx::PgConnection) -> Vec<(String, i64, i64, i64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{others} other sessions still open after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A fresh snapshot of the counters, not the one this transaction already read.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT relname::text, seq_scan, COALESCE(idx_scan, 0), n_tup_upd \
+         FROM pg_stat_user_tables WHERE relname IN ('attempts', 'tasks') \
+         AND schemaname = current_schema() ORDER BY relname",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
