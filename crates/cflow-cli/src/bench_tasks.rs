@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarm::{count, drained, others, stop_swarm, swarm};
+use swarm::{count, drained, others, run_name, stop_swarm, swarm};
 use workers::Workers;
 
 /// Targets from the issue.
@@ -248,7 +248,7 @@ async fn throughput(
     let errors = Arc::new(Errors::default());
     let (swarm_id, _) = swarm(
         client,
-        "bench-throughput",
+        &run_name("bench-throughput"),
         args.driver.name(),
         args.agents,
         &errors,
@@ -358,7 +358,7 @@ async fn latency(client: &Client, args: &BenchTasksArgs, quiet: bool) -> Result<
     let errors = Arc::new(Errors::default());
     let (swarm_id, _) = swarm(
         client,
-        "bench-latency",
+        &run_name("bench-latency"),
         args.driver.name(),
         args.agents,
         &errors,
@@ -546,7 +546,7 @@ async fn idle(
     let pid = target.child.as_ref().and_then(tokio::process::Child::id);
     let errors = Errors::default();
     let before = pid.map(rss_mb).transpose()?;
-    let (swarm_id, took) = swarm(client, "bench-idle", "noop", n, &errors).await?;
+    let (swarm_id, took) = swarm(client, &run_name("bench-idle"), "noop", n, &errors).await?;
     // Let the registration's transient allocations settle before reading.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = pid.map(rss_mb).transpose()?;

@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 /// How long no further agent may become idle before the wait for a swarm's agents gives up.
 const STALL: Duration = Duration::from_secs(15);
 
+/// The name of this run's swarm for a phase: `base` and the run's start time (Unix ms, in
+/// hex), so that a benchmark run again against the same server creates its swarms afresh
+/// rather than finding the ones a previous run stopped.
+pub(super) fn run_name(base: &str) -> String {
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    });
+    format!("{base}-{run:x}")
+}
+
 /// Creates a swarm with one pool of `n` agents (min = max = n) and waits until they are idle;
 /// returns its id and how long that took. A failed creation whose swarm exists all the same is
 /// recorded in `errors` and measured anyway (the server spawns the pool's agents one by one after

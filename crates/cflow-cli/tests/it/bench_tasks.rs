@@ -57,3 +57,36 @@ fn bench_tasks_runs_every_phase_without_errors() {
         assert_eq!(report[phase]["errors"], 0, "errors in {phase}: {report:#}");
     }
 }
+
+/// Against a running server (`--server`), the benchmark can run again: each run's phases create
+/// swarms of their own instead of finding the ones the previous run stopped (which have no
+/// agents left to run the tasks).
+#[test]
+fn bench_tasks_runs_twice_against_the_same_server() {
+    let server = crate::harness::Server::start();
+    for round in 1..=2 {
+        let report = run(server.cflow().args([
+            "bench",
+            "tasks",
+            "--server",
+            &server.url,
+            "--tasks",
+            "100",
+            "--agents",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--idle-agents",
+            "0",
+            "--json",
+        ]))
+        .json();
+        assert_eq!(report["errors"], 0, "errors in round {round}: {report:#}");
+        assert_eq!(report["throughput"]["succeeded"], 100, "round {round}");
+        assert_eq!(report["latency"]["errors"], 0, "round {round}: {report:#}");
+        positive(&report, "latency.succeeded");
+    }
+    server.stop();
+}
