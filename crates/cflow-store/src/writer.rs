@@ -20,7 +20,7 @@
 //! transaction-scoped advisory lock on PostgreSQL (so several server nodes serialise their
 //! batches) and under SQLite's write lock (`BEGIN IMMEDIATE`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -229,6 +229,10 @@ pub(crate) struct OpCx<'a> {
     /// The agents a batch's leading run of submissions names, read with the batch's `BEGIN` on
     /// PostgreSQL (`tasks::submit_agent_ids`); taken by that run.
     pub agents: Option<HashMap<String, AgentInfo>>,
+    /// The ids of the completions of the run of attempts that follows a batch's leading
+    /// submissions, and what `batch_fast::read_live` reads for them, read with the `BEGIN` on
+    /// PostgreSQL ([`live_prefetch`]); taken by that run's first read.
+    pub live: Option<(Vec<String>, String)>,
 }
 
 async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
@@ -775,7 +779,7 @@ impl Writer {
             return Err(BatchError::Connection(Error::Closed));
         };
         let started = std::time::Instant::now();
-        let mut agents = None;
+        let (mut agents, mut live) = (None, None);
         let head = match backend {
             // Take the write lock up front: a deferred transaction that upgrades later can fail
             // with SQLITE_BUSY without waiting when another process holds the lock.
@@ -785,16 +789,16 @@ impl Writer {
                     .map_err(|e| classify(e.into()))?;
                 None
             }
-            // The advisory lock, the ledger's head and the leading submissions' agents come
-            // with the `BEGIN`.
+            // The advisory lock, the ledger's head, the leading submissions' agents and the
+            // completions after them come with the `BEGIN`.
             Backend::Postgres => {
-                let (head, infos) = begin_pg(conn, reqs).await.map_err(classify)?;
-                agents = infos;
+                let (head, infos, prefetched) = begin_pg(conn, reqs).await.map_err(classify)?;
+                (agents, live) = (infos, prefetched);
                 Some(head)
             }
         };
         let t0 = std::time::Instant::now();
-        let applied = apply_batch(conn, backend, head, agents, reqs).await;
+        let applied = apply_batch(conn, backend, head, (agents, live), reqs).await;
         let (results, t1, t2, commit) = match applied {
             Ok((results, applied_at, commit)) => (results, applied_at - t0, t0.elapsed(), commit),
             Err(e) => {
@@ -858,18 +862,27 @@ const PG_BEGIN_AND_HEAD: &str =
 /// last), and read connections keep the planner's defaults.
 fn pg_prepare() -> String {
     format!(
-        "SET enable_seqscan = off; {}; PREPARE cflow_agent_infos(text) AS {}",
+        "SET enable_seqscan = off; {}; PREPARE cflow_agent_infos(text) AS {}; \
+         PREPARE cflow_read_live(text) AS {}",
         audit::pg_prepare(),
-        crate::batch_fast::agent_infos_sql(Backend::Postgres, 1)
+        crate::batch_fast::agent_infos_sql(Backend::Postgres, 1),
+        crate::batch_fast::read_live_sql(Backend::Postgres, true)
     )
 }
 
-/// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, and the agents the
-/// batch's leading run of submissions names, if it has one.
-async fn begin_pg(
-    conn: &mut WConn,
-    reqs: &[Request],
-) -> Result<(audit::Head, Option<HashMap<String, AgentInfo>>)> {
+/// What [`begin_pg`] reads with the `BEGIN`: the ledger's head, the agents of the leading
+/// submissions (if the batch starts with some) and the prefetched completions
+/// ([`OpCx::live`]).
+type Begun = (
+    audit::Head,
+    Option<HashMap<String, AgentInfo>>,
+    Option<(Vec<String>, String)>,
+);
+
+/// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, the agents the
+/// batch's leading run of submissions names, if it has one, and the tasks and attempts the
+/// completions after that run report on ([`live_prefetch`]).
+async fn begin_pg(conn: &mut WConn, reqs: &[Request]) -> Result<Begun> {
     let end = submit_run(reqs, 0);
     let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[..end]
         .iter()
@@ -887,23 +900,84 @@ async fn begin_pg(
             crate::bulk::dollar_quoted(&json)
         ));
     }
+    let live_ids = live_prefetch(reqs, end);
+    if let Some(ids) = &live_ids {
+        let json = crate::bulk::ids_json(ids.iter().map(String::as_str));
+        sql.push_str(&format!(
+            "; EXECUTE cflow_read_live({})",
+            crate::bulk::dollar_quoted(&json)
+        ));
+    }
     let rows = exec::raw_rows_pg(conn, sql).await?;
-    // The lock's row (one column), the head's if the ledger has one (three), then the agents'.
+    // The lock's row (one column), the head's if the ledger has one (three), the agents' (five
+    // columns each), then the completions' (one).
     let mut rows = rows.iter().skip(1).peekable();
     let head = match rows.next_if(|r| sqlx::Row::len(*r) == 3) {
         Some(r) => audit::Head::from_row(r)?,
         None => audit::Head::genesis(),
     };
-    if subs.is_empty() {
-        return Ok((head, None));
-    }
     let mut infos = HashMap::new();
+    let mut live = None;
     for r in rows {
-        let a = crate::attempts::agent_info(r)?;
-        infos.insert(a.id.clone(), a);
+        if live_ids.is_some() && sqlx::Row::len(r) == 1 {
+            live = Some(sqlx::Row::try_get::<String, _>(r, 0)?);
+        } else {
+            let a = crate::attempts::agent_info(r)?;
+            infos.insert(a.id.clone(), a);
+        }
     }
-    Ok((head, Some(infos)))
+    let live = match (live_ids, live) {
+        (Some(ids), Some(packed)) => Some((ids, packed)),
+        (None, None) => None,
+        _ => {
+            return Err(sqlx::Error::Protocol(
+                "the completions read with BEGIN returned no row, or one not asked for".into(),
+            )
+            .into());
+        }
+    };
+    Ok((head, (!subs.is_empty()).then_some(infos), live))
 }
+
+/// The task ids of the completions that [`begin_pg`] can read with the `BEGIN`: those of the
+/// run of attempt batches at `at` (right after the leading submissions), when every op of that
+/// run is a completion, of distinct tasks. The submissions before it write only rows of new
+/// tasks (their tasks and attempts), unless a task depends on another: a new dependency edge
+/// must be seen by the completions' "has dependents" read, so no submission before them may
+/// have one. Anything else before them (no batch puts other ops there: `group_of`) would also
+/// rule it out.
+fn live_prefetch(reqs: &[Request], at: usize) -> Option<Vec<String>> {
+    let leading_ok = reqs[..at].iter().all(|r| match &r.op {
+        Op::SubmitTasks { tasks, .. } => tasks.iter().all(|t| t.depends_on.is_empty()),
+        _ => false,
+    });
+    if !leading_ok || at >= reqs.len() || !matches!(reqs[at].op, Op::AttemptBatch(_)) {
+        return None;
+    }
+    let end = attempt_run(reqs, at);
+    let mut ids = Vec::new();
+    let mut seen = HashSet::new();
+    for r in &reqs[at..end] {
+        let Op::AttemptBatch(ops) = &r.op else {
+            return None;
+        };
+        for op in ops {
+            match op {
+                AttemptOp::Complete { task_id, .. } if seen.insert(task_id.as_str()) => {
+                    ids.push(task_id.clone());
+                }
+                _ => return None,
+            }
+        }
+    }
+    (!ids.is_empty()).then_some(ids)
+}
+
+/// What a batch read with its `BEGIN` for its first runs: [`OpCx::agents`] and [`OpCx::live`].
+type Prefetched = (
+    Option<HashMap<String, AgentInfo>>,
+    Option<(Vec<String>, String)>,
+);
 
 /// What [`apply_batch`] returns.
 type Applied = (Vec<Result<Output>>, std::time::Instant, Option<String>);
@@ -916,9 +990,11 @@ async fn apply_batch(
     conn: &mut WConn,
     backend: Backend,
     head: Option<audit::Head>,
-    mut agents: Option<HashMap<String, AgentInfo>>,
+    prefetched: Prefetched,
     reqs: &[Request],
 ) -> Result<Applied, BatchError> {
+    let (mut agents, mut live) = prefetched;
+    let live_at = submit_run(reqs, 0);
     let mut head = match head {
         Some(h) => h,
         None => audit::head(conn).await.map_err(classify)?,
@@ -934,6 +1010,8 @@ async fn apply_batch(
             now,
             // Read for the leading run only.
             agents: if start == 0 { agents.take() } else { None },
+            // Read for the run right after the leading submissions only.
+            live: if start == live_at { live.take() } else { None },
         };
         let end = submit_run(reqs, start)
             .max(plain_put_run(reqs, start))

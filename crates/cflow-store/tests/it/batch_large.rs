@@ -547,3 +547,110 @@ async fn scans(conn: &mut sqlx::PgConnection) -> Vec<(String, i64, i64, i64)> {
     .await
     .unwrap()
 }
+
+/// PostgreSQL: a completion that shares its batch with submissions is read with the batch's
+/// `BEGIN` (`writer::live_prefetch`), unless one of those submissions depends on a task: its
+/// new dependency edge must be seen by the completion, which queues the dependent. The writer
+/// is held at its lock (a session of the test's holds it) while a batch of submissions and a
+/// completion queues behind it. Both kinds of batch: a dependent of the completed task is
+/// queued, and an independent submission is stored, with the completion recorded once.
+#[tokio::test]
+async fn postgres_completion_after_submissions_in_one_batch() {
+    let Some((store, url)) = cflow_test_support::db::postgres_store().await else {
+        return;
+    };
+    let t = tenant(&store, "prefetch").await;
+    let a = agent(&store, &t).await;
+    for with_dependency in [true, false] {
+        let id = store
+            .submit_tasks(&ctx(&t), &t, vec![NewTask::new(json!({"n": 1}))])
+            .await
+            .unwrap()[0]
+            .id
+            .clone();
+        let n = now();
+        let assign = AssignRequest {
+            task_id: id.clone(),
+            agent_id: a.id.clone(),
+            worker_id: "w".into(),
+            lease_ms: LEASE,
+            now: n,
+        };
+        let epoch = store.assign_tasks(&system(), vec![assign]).await.unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .epoch;
+        let start = StartRequest {
+            task_id: id.clone(),
+            epoch,
+            now: n,
+        };
+        store.start_attempts(&system(), vec![start]).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+
+        // Hold the writer's lock; a first write waits for it, and the next ones queue.
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+            .bind(i64::from_be_bytes(*b"cflowaud"))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let first = tokio::spawn({
+            let (store, t) = (store.clone(), t.clone());
+            async move {
+                store
+                    .submit_tasks(&ctx(&t), &t, vec![NewTask::new(json!({"first": true}))])
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut next = NewTask::new(json!({"next": true}));
+        if with_dependency {
+            next.depends_on = vec![id.clone()];
+        }
+        let submitted = tokio::spawn({
+            let (store, t) = (store.clone(), t.clone());
+            async move { store.submit_tasks(&ctx(&t), &t, vec![next]).await }
+        });
+        let completed = tokio::spawn({
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                let done = CompleteRequest {
+                    task_id: id,
+                    epoch,
+                    outcome: crate::attempts::outcome(OutcomeKind::Succeeded),
+                    now: now(),
+                    started_at: None,
+                    next: None,
+                };
+                store.complete_attempts(&system(), vec![done]).await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+        first.await.unwrap().unwrap();
+        let next_id = submitted.await.unwrap().unwrap()[0].id.clone();
+        completed.await.unwrap().unwrap()[0].as_ref().unwrap();
+
+        let done = store.get_task(&t, &id).await.unwrap().unwrap();
+        assert_eq!(done.state, TaskState::Succeeded);
+        let attempts = store.list_attempts(&t, &id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_eq!(attempts[0].state, AttemptState::Succeeded);
+        let dependent = store.get_task(&t, &next_id).await.unwrap().unwrap();
+        assert_eq!(
+            dependent.state,
+            TaskState::Queued,
+            "with a dependency: {with_dependency}"
+        );
+        // Leave the queue empty for the next round.
+        store
+            .cancel_task(&ctx(&t), &t, &next_id, now())
+            .await
+            .unwrap();
+        holder.close().await.unwrap();
+    }
+    store.close().await;
+}
