@@ -447,44 +447,9 @@ async fn postgres_writer_uses_the_indexes_of_a_fresh_database() {
         .unwrap();
     const ROUNDS: i64 = 12;
     for i in 0..ROUNDS {
-        let out = store
-            .submit_tasks(&ctx(&t), &t, vec![NewTask::new(json!({"n": i}))])
-            .await
-            .unwrap();
-        let id = out[0].id.clone();
-        let n = now();
-        let assigned = store
-            .assign_tasks(
-                &system(),
-                vec![AssignRequest {
-                    task_id: id.clone(),
-                    agent_id: a.id.clone(),
-                    worker_id: "w".into(),
-                    lease_ms: LEASE,
-                    now: n,
-                }],
-            )
-            .await
-            .unwrap();
-        let epoch = assigned[0].as_ref().unwrap().epoch;
-        let start = StartRequest {
-            task_id: id.clone(),
-            epoch,
-            now: n,
-        };
-        store.start_attempts(&system(), vec![start]).await.unwrap()[0]
-            .as_ref()
-            .unwrap();
-        let done = CompleteRequest {
-            task_id: id,
-            epoch,
-            outcome: crate::attempts::outcome(OutcomeKind::Succeeded),
-            now: n,
-            started_at: None,
-            next: None,
-        };
+        let (id, epoch) = running_task(&store, &t, &a.id, json!({"n": i})).await;
         store
-            .complete_attempts(&system(), vec![done])
+            .complete_attempts(&system(), vec![succeeded(id, epoch)])
             .await
             .unwrap()[0]
             .as_ref()
@@ -562,32 +527,7 @@ async fn postgres_completion_after_submissions_in_one_batch() {
     let t = tenant(&store, "prefetch").await;
     let a = agent(&store, &t).await;
     for with_dependency in [true, false] {
-        let id = store
-            .submit_tasks(&ctx(&t), &t, vec![NewTask::new(json!({"n": 1}))])
-            .await
-            .unwrap()[0]
-            .id
-            .clone();
-        let n = now();
-        let assign = AssignRequest {
-            task_id: id.clone(),
-            agent_id: a.id.clone(),
-            worker_id: "w".into(),
-            lease_ms: LEASE,
-            now: n,
-        };
-        let epoch = store.assign_tasks(&system(), vec![assign]).await.unwrap()[0]
-            .as_ref()
-            .unwrap()
-            .epoch;
-        let start = StartRequest {
-            task_id: id.clone(),
-            epoch,
-            now: n,
-        };
-        store.start_attempts(&system(), vec![start]).await.unwrap()[0]
-            .as_ref()
-            .unwrap();
+        let (id, epoch) = running_task(&store, &t, &a.id, json!({"n": 1})).await;
 
         // Hold the writer's lock; a first write waits for it, and the next ones queue.
         let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -617,15 +557,9 @@ async fn postgres_completion_after_submissions_in_one_batch() {
         let completed = tokio::spawn({
             let (store, id) = (store.clone(), id.clone());
             async move {
-                let done = CompleteRequest {
-                    task_id: id,
-                    epoch,
-                    outcome: crate::attempts::outcome(OutcomeKind::Succeeded),
-                    now: now(),
-                    started_at: None,
-                    next: None,
-                };
-                store.complete_attempts(&system(), vec![done]).await
+                store
+                    .complete_attempts(&system(), vec![succeeded(id, epoch)])
+                    .await
             }
         });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -653,4 +587,52 @@ async fn postgres_completion_after_submissions_in_one_batch() {
         holder.close().await.unwrap();
     }
     store.close().await;
+}
+
+/// A task submitted with `spec`, assigned to `agent_id` and started: its id and epoch.
+async fn running_task(
+    store: &Store,
+    t: &str,
+    agent_id: &str,
+    spec: serde_json::Value,
+) -> (String, i64) {
+    let id = store
+        .submit_tasks(&ctx(t), t, vec![NewTask::new(spec)])
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let n = now();
+    let assign = AssignRequest {
+        task_id: id.clone(),
+        agent_id: agent_id.to_string(),
+        worker_id: "w".into(),
+        lease_ms: LEASE,
+        now: n,
+    };
+    let epoch = store.assign_tasks(&system(), vec![assign]).await.unwrap()[0]
+        .as_ref()
+        .unwrap()
+        .epoch;
+    let start = StartRequest {
+        task_id: id.clone(),
+        epoch,
+        now: n,
+    };
+    store.start_attempts(&system(), vec![start]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    (id, epoch)
+}
+
+/// The report that the attempt `epoch` of task `id` succeeded.
+fn succeeded(task_id: String, epoch: i64) -> CompleteRequest {
+    CompleteRequest {
+        task_id,
+        epoch,
+        outcome: crate::attempts::outcome(OutcomeKind::Succeeded),
+        now: now(),
+        started_at: None,
+        next: None,
+    }
 }
