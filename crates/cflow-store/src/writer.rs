@@ -232,8 +232,11 @@ pub(crate) struct OpCx<'a> {
     /// The ids of the completions of the run of attempts that follows a batch's leading
     /// submissions, and what `batch_fast::read_live` reads for them, read with the `BEGIN` on
     /// PostgreSQL ([`live_prefetch`]); taken by that run's first read.
-    pub live: Option<(Vec<String>, String)>,
+    pub live: Option<LiveRead>,
 }
+
+/// The task ids of a run of completions and `batch_fast::read_live`'s packed answer for them.
+pub(crate) type LiveRead = (Vec<String>, String);
 
 async fn apply(cx: &mut OpCx<'_>, op: &Op) -> Result<Step> {
     match op {
@@ -876,7 +879,7 @@ fn pg_prepare() -> String {
 type Begun = (
     audit::Head,
     Option<HashMap<String, AgentInfo>>,
-    Option<(Vec<String>, String)>,
+    Option<LiveRead>,
 );
 
 /// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, the agents the
@@ -974,10 +977,7 @@ fn live_prefetch(reqs: &[Request], at: usize) -> Option<Vec<String>> {
 }
 
 /// What a batch read with its `BEGIN` for its first runs: [`OpCx::agents`] and [`OpCx::live`].
-type Prefetched = (
-    Option<HashMap<String, AgentInfo>>,
-    Option<(Vec<String>, String)>,
-);
+type Prefetched = (Option<HashMap<String, AgentInfo>>, Option<LiveRead>);
 
 /// What [`apply_batch`] returns.
 type Applied = (Vec<Result<Output>>, std::time::Instant, Option<String>);
