@@ -508,7 +508,7 @@ pub(crate) async fn insert_attempts(
     for text in attempt_rows_json(attempts)? {
         crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
-            .execute(&mut *cx.conn)
+            .defer(&mut *cx.conn)
             .await?;
     }
     Ok(())

@@ -22,7 +22,6 @@ use crate::attempts::{
 };
 use crate::audit::Draft;
 use crate::bulk::Ty::{Int, Text};
-use crate::exec::GetCol;
 use crate::orch_types::{Attempt, AttemptState, Outcome, Settled};
 use crate::rebuild::qualified;
 use crate::swarms::{json_col, parse};
@@ -210,7 +209,8 @@ async fn execute_texts(cx: &mut OpCx<'_>, sql: &str, texts: Vec<String>) -> Resu
 }
 
 /// Writes ended attempts, their tasks and their agents' counters: on PostgreSQL in one
-/// statement (three data-modifying `WITH` parts, one round trip) when each set of rows fits in
+/// statement (three data-modifying `WITH` parts) held back to travel with the batch's next
+/// round trip (`exec::Query::defer`; it checks its own counts) when each set of rows fits in
 /// one parameter, otherwise (and on SQLite) in three.
 async fn write_endings(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
     let backend = cx.backend;
@@ -321,23 +321,24 @@ async fn write_endings(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
         task_rows.as_slice(),
         agent_rows.as_slice(),
     ) {
+        // Held back to go with the batch's next round trip (its `COMMIT`, usually): the
+        // counts are checked by the statement itself.
         let sql = format!(
             "WITH a AS ({} RETURNING 1), t AS ({} RETURNING 1), g AS ({} RETURNING 1) \
-             SELECT (SELECT COUNT(*) FROM a), (SELECT COUNT(*) FROM t), (SELECT COUNT(*) FROM g)",
+             SELECT cflow_expect('attempts', (SELECT COUNT(*) FROM a), $4), \
+             cflow_expect('tasks', (SELECT COUNT(*) FROM t), $4), (SELECT COUNT(*) FROM g)",
             attempts_sql(1),
             tasks_sql(2),
             agents_sql(3)
         );
-        // The text holds only SQL written here; the values are in the three parameters.
-        let row = crate::exec::query(AssertSqlSafe(sql))
+        // The text holds only SQL written here; the values are in the parameters.
+        crate::exec::query(AssertSqlSafe(sql))
             .bind(a.clone())
             .bind(t.clone())
             .bind(g.clone())
-            .fetch_one(&mut *cx.conn)
+            .bind(ended.len() as i64)
+            .defer(&mut *cx.conn)
             .await?;
-        let (na, nt): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        matched("attempts", na as u64, ended.len())?;
-        matched("tasks", nt as u64, ended.len())?;
         return Ok(());
     }
     let n = execute_texts(cx, &attempts_sql(1), attempt_rows).await?;

@@ -219,7 +219,7 @@ pub(crate) async fn connect(url: &str, backend: Backend) -> Result<AnyConnection
 /// without a file (`:memory:`).
 pub(crate) async fn writer_conn(migrated: AnyConnection, url: &str) -> Result<WConn> {
     let Some(path) = sqlite_path(url) else {
-        return Ok(WConn::Any(migrated));
+        return Ok(WConn::Any(migrated, crate::exec::Deferred::new(false)));
     };
     let _ = sqlx::Connection::close(migrated).await;
     open_lite(&path).map(WConn::Lite)
@@ -251,7 +251,9 @@ pub(crate) async fn connect_writer(url: &str, backend: Backend) -> Result<WConn>
     {
         return open_lite(&path).map(WConn::Lite);
     }
-    connect(url, backend).await.map(WConn::Any)
+    connect(url, backend)
+        .await
+        .map(|c| WConn::Any(c, crate::exec::Deferred::new(backend == Backend::Postgres)))
 }
 
 /// How often [`checkpointer`] copies the WAL into the database file.
@@ -546,6 +548,11 @@ fn migrator(backend: Backend) -> Migrator {
                 14,
                 "bulk functions in plpgsql",
                 include_str!("../migrations/postgres/0014_bulk_functions_plpgsql.sql"),
+            ),
+            (
+                15,
+                "expect",
+                include_str!("../migrations/postgres/0015_expect.sql"),
             ),
         ],
     };

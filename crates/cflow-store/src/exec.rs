@@ -247,14 +247,80 @@ impl Done {
 
 /// The writer's connection.
 pub(crate) enum WConn {
-    Any(AnyConnection),
+    Any(AnyConnection, Deferred),
     Lite(rusqlite::Connection),
+}
+
+/// PostgreSQL: writes held back by [`Query::defer`] to travel with the connection's next round
+/// trip, and the statements prepared for them.
+///
+/// A write batch used to send each write as soon as it was built, so a typical batch at a
+/// thousand tasks a second (`BEGIN` with its reads, the submissions' insert, the completions'
+/// update, the ledger insert with `COMMIT`) was four round trips, each a wake-up of the server
+/// process and of the writer. A write whose caller needs nothing back waits instead and goes
+/// in front of whatever the writer sends next: the `COMMIT`'s round trip (`raw_string`, one
+/// simple query: an error in a held-back write skips the rest, so nothing commits), or, before
+/// any other statement, a round trip of its own, so reads always see every earlier write.
+pub(crate) struct Deferred {
+    /// Whether writes are held back at all (PostgreSQL only).
+    on: bool,
+    /// `EXECUTE …;` of the held-back writes, in order.
+    sql: String,
+    /// The statement texts (with their parameter types) prepared on this connection, and
+    /// their names.
+    prepared: std::collections::HashMap<String, String>,
+}
+
+impl Deferred {
+    pub(crate) fn new(on: bool) -> Self {
+        Deferred {
+            on,
+            sql: String::new(),
+            prepared: std::collections::HashMap::new(),
+        }
+    }
+}
+
+/// Sends the held-back writes, if any, in a round trip of their own.
+async fn flush(conn: &mut AnyConnection, d: &mut Deferred) -> Result<(), sqlx::Error> {
+    if d.sql.is_empty() {
+        return Ok(());
+    }
+    let sql = std::mem::take(&mut d.sql);
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await?;
+    Ok(())
+}
+
+/// Drops the held-back writes (the transaction is being rolled back).
+pub(crate) fn discard(c: &mut WConn) {
+    if let WConn::Any(_, d) = c {
+        d.sql.clear();
+    }
+}
+
+/// PostgreSQL: the type of a parameter and the literal of its value in a simple query, or
+/// `None` for a value held-back writes do not take.
+fn pg_literal(v: &Val) -> Option<(&'static str, String)> {
+    let ty = |k: &Kind| match k {
+        Kind::Int => "bigint",
+        Kind::Real => "double precision",
+        Kind::Text => "text",
+        Kind::Blob => "bytea",
+        Kind::Bool => "boolean",
+    };
+    Some(match v {
+        Val::Null(k) => (ty(k), "NULL".to_string()),
+        Val::Int(i) => ("bigint", i.to_string()),
+        Val::Text(t) => ("text", crate::bulk::dollar_quoted(t)),
+        Val::Bool(b) => ("boolean", b.to_string()),
+        Val::Real(_) | Val::Blob(_) => return None,
+    })
 }
 
 impl fmt::Debug for WConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WConn::Any(_) => f.write_str("WConn::Any"),
+            WConn::Any(..) => f.write_str("WConn::Any"),
             WConn::Lite(_) => f.write_str("WConn::Lite"),
         }
     }
@@ -264,7 +330,7 @@ impl WConn {
     /// Closes the connection (a transaction still open is rolled back).
     pub async fn close(self) {
         match self {
-            WConn::Any(c) => {
+            WConn::Any(c, _) => {
                 let _ = sqlx::Connection::close(c).await;
             }
             WConn::Lite(c) => {
@@ -278,7 +344,8 @@ impl WConn {
 /// trip.
 pub(crate) async fn raw(c: &mut WConn, sql: &'static str) -> Result<(), sqlx::Error> {
     match c {
-        WConn::Any(conn) => {
+        WConn::Any(_, d) if !d.sql.is_empty() => raw_string(c, sql.to_string()).await,
+        WConn::Any(conn, _) => {
             sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sql)).await?;
             Ok(())
         }
@@ -287,9 +354,17 @@ pub(crate) async fn raw(c: &mut WConn, sql: &'static str) -> Result<(), sqlx::Er
 }
 
 /// [`raw`] with a statement text built at run time (by the store: no caller-supplied SQL).
+/// Held-back writes go first, in the same round trip.
 pub(crate) async fn raw_string(c: &mut WConn, sql: String) -> Result<(), sqlx::Error> {
     match c {
-        WConn::Any(conn) => {
+        WConn::Any(conn, d) => {
+            let sql = if d.sql.is_empty() {
+                sql
+            } else {
+                let mut all = std::mem::take(&mut d.sql);
+                all.push_str(&sql);
+                all
+            };
             sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await?;
             Ok(())
         }
@@ -302,7 +377,8 @@ pub(crate) async fn raw_string(c: &mut WConn, sql: String) -> Result<(), sqlx::E
 /// committed), as if sent one by one.
 pub(crate) async fn raw_rows_pg(c: &mut WConn, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
     match c {
-        WConn::Any(conn) => {
+        WConn::Any(conn, d) => {
+            flush(conn, d).await?;
             sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await
         }
         WConn::Lite(_) => Err(sqlx::Error::Protocol(
@@ -358,7 +434,8 @@ impl Query {
 
     pub async fn execute(self, c: &mut WConn) -> Result<Done, sqlx::Error> {
         match c {
-            WConn::Any(conn) => {
+            WConn::Any(conn, d) => {
+                flush(conn, d).await?;
                 let done = sqlx::Executor::execute(&mut *conn, self.any()).await?;
                 Ok(Done {
                     rows: done.rows_affected(),
@@ -379,13 +456,66 @@ impl Query {
         }
     }
 
+    /// Runs a write whose caller needs nothing back (no rows, no count: a check belongs in the
+    /// statement, raising an error): on PostgreSQL it is held back and sent in front of the
+    /// connection's next round trip (see [`Deferred`]), as `EXECUTE` of a statement prepared
+    /// once per connection; on SQLite, and for values a literal cannot carry, it runs now.
+    pub async fn defer(self, c: &mut WConn) -> Result<(), sqlx::Error> {
+        let WConn::Any(conn, d) = c else {
+            return self.execute(c).await.map(|_| ());
+        };
+        let lits: Option<Vec<(&str, String)>> = self.args.iter().map(pg_literal).collect();
+        let Some(lits) = lits.filter(|_| d.on) else {
+            return self.execute(c).await.map(|_| ());
+        };
+        let types: Vec<&str> = lits.iter().map(|(t, _)| *t).collect();
+        let key = format!("{}\n{}", types.join(","), self.sql.as_str());
+        let name = match d.prepared.get(&key) {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("cflow_w{}", d.prepared.len());
+                let prepare = if types.is_empty() {
+                    format!("PREPARE {name} AS {}", self.sql.as_str())
+                } else {
+                    format!(
+                        "PREPARE {name} ({}) AS {}",
+                        types.join(", "),
+                        self.sql.as_str()
+                    )
+                };
+                // A prepared statement outlives the transaction, whatever its outcome.
+                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)))
+                    .await?;
+                d.prepared.insert(key, name.clone());
+                name
+            }
+        };
+        d.sql.push_str("EXECUTE ");
+        d.sql.push_str(&name);
+        if !lits.is_empty() {
+            d.sql.push('(');
+            for (i, (_, lit)) in lits.iter().enumerate() {
+                if i > 0 {
+                    d.sql.push_str(", ");
+                }
+                d.sql.push_str(lit);
+            }
+            d.sql.push(')');
+        }
+        d.sql.push_str("; ");
+        Ok(())
+    }
+
     pub async fn fetch_all(self, c: &mut WConn) -> Result<Vec<DbRow>, sqlx::Error> {
         match c {
-            WConn::Any(conn) => Ok(sqlx::Executor::fetch_all(&mut *conn, self.any())
-                .await?
-                .into_iter()
-                .map(DbRow::Any)
-                .collect()),
+            WConn::Any(conn, d) => {
+                flush(conn, d).await?;
+                Ok(sqlx::Executor::fetch_all(&mut *conn, self.any())
+                    .await?
+                    .into_iter()
+                    .map(DbRow::Any)
+                    .collect())
+            }
             WConn::Lite(conn) => {
                 let t0 = std::time::Instant::now();
                 let mut stmt = self.prepare(conn)?;
@@ -403,9 +533,12 @@ impl Query {
 
     pub async fn fetch_optional(self, c: &mut WConn) -> Result<Option<DbRow>, sqlx::Error> {
         match c {
-            WConn::Any(conn) => Ok(sqlx::Executor::fetch_optional(&mut *conn, self.any())
-                .await?
-                .map(DbRow::Any)),
+            WConn::Any(conn, d) => {
+                flush(conn, d).await?;
+                Ok(sqlx::Executor::fetch_optional(&mut *conn, self.any())
+                    .await?
+                    .map(DbRow::Any))
+            }
             WConn::Lite(conn) => {
                 let t0 = std::time::Instant::now();
                 let mut stmt = self.prepare(conn)?;
@@ -732,5 +865,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    /// PostgreSQL: a held-back write goes in front of the next round trip: a read sees it, a
+    /// `COMMIT` commits it, and an error it raises stops the rest of its round trip (nothing
+    /// commits). Its prepared statement outlives a rolled-back transaction.
+    #[tokio::test]
+    async fn postgres_held_back_writes_go_first_and_their_errors_stop_the_commit() {
+        let Some(url) = cflow_test_support::db::fresh_postgres_url().await else {
+            return;
+        };
+        // Migrated (for `cflow_expect`), then closed: the test's own connection is the writer.
+        let store = crate::Store::open(&url, crate::StoreOptions::default())
+            .await
+            .unwrap();
+        store.close().await;
+        let mut c = crate::db::connect_writer(&url, crate::Backend::Postgres)
+            .await
+            .unwrap();
+        raw(&mut c, "CREATE TABLE held (id TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
+        async fn count(c: &mut WConn) -> i64 {
+            query_scalar::<i64>("SELECT COUNT(*) FROM held")
+                .fetch_one(c)
+                .await
+                .unwrap()
+        }
+        let insert = |id: &str| query("INSERT INTO held (id) VALUES ($1)").bind(id.to_string());
+
+        raw(&mut c, "BEGIN").await.unwrap();
+        insert("a").defer(&mut c).await.unwrap();
+        assert!(matches!(&c, WConn::Any(_, d) if d.sql.starts_with("EXECUTE cflow_w0(")));
+        assert_eq!(count(&mut c).await, 1, "a read sees the held-back write");
+        insert("b").defer(&mut c).await.unwrap();
+        raw(&mut c, "COMMIT").await.unwrap();
+        assert_eq!(count(&mut c).await, 2, "COMMIT carried the held-back write");
+
+        raw(&mut c, "BEGIN").await.unwrap();
+        query("SELECT cflow_expect('rows', $1, $2)")
+            .bind(1i64)
+            .bind(2i64)
+            .defer(&mut c)
+            .await
+            .unwrap();
+        let err = raw_string(&mut c, "INSERT INTO held (id) VALUES ('c'); COMMIT".into())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("matched 1 rows of 2"), "{err}");
+        discard(&mut c);
+        raw(&mut c, "ROLLBACK").await.unwrap();
+        assert_eq!(count(&mut c).await, 2, "nothing after the failed check ran");
+
+        raw(&mut c, "BEGIN").await.unwrap();
+        insert("d").defer(&mut c).await.unwrap();
+        raw(&mut c, "COMMIT").await.unwrap();
+        assert_eq!(count(&mut c).await, 3);
+        let WConn::Any(_, d) = &c else {
+            panic!("a PostgreSQL writer connection")
+        };
+        assert_eq!(d.prepared.len(), 2, "one statement prepared per text");
+        c.close().await;
     }
 }

@@ -328,7 +328,7 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
     for text in bulk::rows_json(rows)? {
         crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
-            .execute(&mut *cx.conn)
+            .defer(&mut *cx.conn)
             .await?;
     }
     Ok(())
@@ -364,7 +364,7 @@ async fn insert_rows_and_attempts(
             crate::exec::query(AssertSqlSafe(sql))
                 .bind(std::mem::take(t))
                 .bind(std::mem::take(a))
-                .execute(&mut *cx.conn)
+                .defer(&mut *cx.conn)
                 .await?;
             return Ok(());
         }
@@ -592,7 +592,7 @@ pub(crate) async fn submit_many(
         for text in bulk::rows_json(&edges)? {
             crate::exec::query(AssertSqlSafe(sql.clone()))
                 .bind(text)
-                .execute(&mut *cx.conn)
+                .defer(&mut *cx.conn)
                 .await?;
         }
     }

@@ -758,10 +758,12 @@ impl Writer {
     /// Rolls the open transaction back: nothing of the batch stays. A connection that cannot
     /// even roll back is replaced before the next batch.
     async fn roll_back(&mut self) {
-        if let Some(conn) = self.conn.as_mut()
-            && exec::raw(conn, "ROLLBACK").await.is_err()
-        {
-            self.conn = None;
+        if let Some(conn) = self.conn.as_mut() {
+            // Writes held back for the next round trip (PostgreSQL) are dropped with the rest.
+            exec::discard(conn);
+            if exec::raw(conn, "ROLLBACK").await.is_err() {
+                self.conn = None;
+            }
         }
     }
 
@@ -821,9 +823,16 @@ impl Writer {
                 }
                 Err(e) => return Err(BatchError::Commit(e.into())),
             },
-            None => exec::raw(conn, "COMMIT")
-                .await
-                .map_err(|e| BatchError::Commit(e.into()))?,
+            None => match exec::raw(conn, "COMMIT").await {
+                Ok(()) => {}
+                // On PostgreSQL, writes held back for this round trip go before the `COMMIT`
+                // (see `exec::Deferred`): a database error is theirs, and nothing committed.
+                Err(e @ sqlx::Error::Database(_)) if backend == Backend::Postgres => {
+                    self.roll_back().await;
+                    return Err(BatchError::Op(e.into()));
+                }
+                Err(e) => return Err(BatchError::Commit(e.into())),
+            },
         }
         tracing::trace!(
             ops = reqs.len(),
