@@ -260,12 +260,88 @@ async fn execute_texts(cx: &mut OpCx<'_>, sql: &str, texts: Vec<String>) -> Resu
     Ok(n)
 }
 
+/// [`write_endings`] on SQLite: each row its own run of a prepared statement. The writer runs
+/// SQLite in-line (`exec::WConn::Lite`), so a statement per row costs a bind and a step, where
+/// one statement over the batch's rows as JSON cost serializing them, and SQLite parsing the
+/// text and extracting every value (`jsonb_each`, `->>`): the largest share of the JSON work in
+/// the writer's profile under `cflow bench tasks`.
+async fn write_endings_by_row(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
+    let mut n = 0;
+    for (_, a, e, outcome, now, started) in ended {
+        n += crate::exec::query(
+            "UPDATE attempts SET state = $3, ended_at = $4, exit_code = $5, stdout_tail = $6, \
+             stderr_tail = $7, result = $8, started_at = COALESCE(started_at, $9), detail = $10 \
+             WHERE task_id = $1 AND epoch = $2 AND state IN ('assigned', 'running')",
+        )
+        .bind(a.task_id.clone())
+        .bind(a.epoch)
+        .bind(e.attempt_state.as_str().to_string())
+        .bind(*now)
+        .bind(outcome.exit_code)
+        .bind(tail(&outcome.stdout_tail))
+        .bind(tail(&outcome.stderr_tail))
+        .bind(outcome.result.as_ref().map(|r| r.to_string()))
+        .bind(started.map(|s| start_time(s, a.assigned_at, *now)))
+        .bind(outcome.detail.as_ref().map(|d| d.to_string()))
+        .execute(&mut *cx.conn)
+        .await?
+        .rows_affected();
+    }
+    matched("attempts", n, ended.len())?;
+    let mut n = 0;
+    for (_, a, e, _, now, _) in ended {
+        n += crate::exec::query(
+            "UPDATE tasks SET state = $2, reason = $3, retry_at = $4, updated_at = $5 \
+             WHERE id = $1 AND state IN ('assigned', 'running')",
+        )
+        .bind(a.task_id.clone())
+        .bind(e.next.as_str().to_string())
+        .bind(e.reason.clone())
+        .bind(e.retry_at)
+        .bind(*now)
+        .execute(&mut *cx.conn)
+        .await?
+        .rows_affected();
+    }
+    matched("tasks", n, ended.len())?;
+    for (id, (done, failed, busy, now)) in agent_counts(ended) {
+        crate::exec::query(
+            "UPDATE agents SET tasks_done = tasks_done + $2, failures = failures + $3, \
+             busy_ms = busy_ms + $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(done)
+        .bind(failed)
+        .bind(busy)
+        .bind(now)
+        .execute(&mut *cx.conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The agents' counters of ended attempts, summed per agent: tasks done, failures, busy time,
+/// and the latest end.
+fn agent_counts<'a>(ended: &[Ended<'a>]) -> BTreeMap<&'a str, (i64, i64, i64, i64)> {
+    let mut agents: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
+    for (_, a, e, _, now, _) in ended {
+        let (done, failed) = e.counts();
+        let s = agents.entry(a.agent_id.as_str()).or_default();
+        *s = (s.0 + done, s.1 + failed, s.2 + e.busy, s.3.max(*now));
+    }
+    agents
+}
+
 /// Writes ended attempts, their tasks and their agents' counters: on PostgreSQL in one
 /// statement (three data-modifying `WITH` parts) held back to travel with the batch's next
 /// round trip (`exec::Query::defer`; it checks its own counts) when each set of rows fits in
-/// one parameter, otherwise (and on SQLite) in three.
+/// one parameter, otherwise in three; on SQLite a statement per row
+/// ([`write_endings_by_row`]).
 async fn write_endings(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
     let backend = cx.backend;
+    if backend == Backend::Sqlite {
+        return write_endings_by_row(cx, ended).await;
+    }
     // The attempts: one fenced update of every ended attempt, each row with its own values.
     let attempts_sql = |p| {
         format!(
@@ -337,12 +413,7 @@ async fn write_endings(cx: &mut OpCx<'_>, ended: &[Ended<'_>]) -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
     // The agents' counters, summed per agent.
-    let mut agents: BTreeMap<&str, (i64, i64, i64, i64)> = BTreeMap::new();
-    for (_, a, e, _, now, _) in ended {
-        let (done, failed) = e.counts();
-        let s = agents.entry(a.agent_id.as_str()).or_default();
-        *s = (s.0 + done, s.1 + failed, s.2 + e.busy, s.3.max(*now));
-    }
+    let agents = agent_counts(ended);
     let agents_sql = |p| {
         format!(
             "UPDATE agents SET tasks_done = agents.tasks_done + v.done, \
