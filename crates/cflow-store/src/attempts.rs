@@ -503,6 +503,27 @@ pub(crate) async fn insert_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
+    if cx.backend == crate::Backend::Sqlite {
+        // A statement per row: see `bulk::insert_by_row`.
+        for (tenant_id, a) in attempts {
+            crate::exec::query(
+                "INSERT INTO attempts (task_id, epoch, attempt_no, tenant_id, agent_id, \
+                 worker_id, lease_expires_at, assigned_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'assigned')",
+            )
+            .bind(a.task_id.clone())
+            .bind(a.epoch)
+            .bind(a.attempt_no)
+            .bind(tenant_id.to_string())
+            .bind(a.agent_id.clone())
+            .bind(a.worker_id.clone())
+            .bind(a.lease_expires_at)
+            .bind(a.assigned_at)
+            .execute(&mut *cx.conn)
+            .await?;
+        }
+        return Ok(());
+    }
     let sql = insert_attempts_sql(cx.backend, 1);
     // The text holds only column names written here; every value is in the one parameter.
     for text in attempt_rows_json(attempts)? {

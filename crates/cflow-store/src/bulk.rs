@@ -132,6 +132,59 @@ fn close(buf: &mut Vec<u8>) -> String {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// SQLite: runs `{insert} VALUES ($1, …)` once per row, binding each value of the row (a tuple
+/// or array as [`rows_json`] serializes it, in `cols` order) as `->>` would extract it from the
+/// JSON row: integers as integers, strings as text, `true`/`false` as 1/0, arrays and objects as
+/// their JSON text. The writer runs SQLite in-line, where a bind and a step per row cost less
+/// than serializing the rows to JSON and SQLite parsing them back.
+pub(crate) async fn insert_by_row<T: Serialize>(
+    conn: &mut crate::exec::WConn,
+    insert: &str,
+    cols: &[(&str, Ty)],
+    rows: &[T],
+) -> Result<()> {
+    use crate::exec::{Kind, Val};
+    let sql = format!(
+        "{insert} VALUES ({})",
+        crate::tasks::placeholders(1, cols.len())
+    );
+    for row in rows {
+        let corrupt = |detail: String| Error::Corrupt {
+            what: "batch".into(),
+            detail,
+        };
+        let values = match serde_json::to_value(row) {
+            Ok(Value::Array(values)) if values.len() == cols.len() => values,
+            Ok(other) => {
+                return Err(corrupt(format!(
+                    "a batch row is not an array of {} values: {other}",
+                    cols.len()
+                )));
+            }
+            Err(e) => return Err(corrupt(format!("cannot write a batch row: {e}"))),
+        };
+        // The text holds only SQL written by the store; every value is bound.
+        let mut q = crate::exec::query(sqlx::AssertSqlSafe(sql.clone()));
+        for (v, (_, ty)) in values.into_iter().zip(cols) {
+            q = q.bind_val(match v {
+                Value::Null => Val::Null(match ty {
+                    Ty::Text => Kind::Text,
+                    Ty::Int => Kind::Int,
+                }),
+                Value::Bool(b) => Val::Int(i64::from(b)),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => Val::Int(i),
+                    None => Val::Real(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                Value::String(s) => Val::Text(s),
+                v @ (Value::Array(_) | Value::Object(_)) => Val::Text(v.to_string()),
+            });
+        }
+        q.execute(conn).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -432,6 +432,11 @@ impl Query {
         self
     }
 
+    pub fn bind_val(mut self, v: Val) -> Self {
+        self.args.push(v);
+        self
+    }
+
     pub async fn execute(self, c: &mut WConn) -> Result<Done, sqlx::Error> {
         match c {
             WConn::Any(conn, d) => {

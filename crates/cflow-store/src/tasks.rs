@@ -323,6 +323,10 @@ pub(crate) async fn insert_rows(cx: &mut OpCx<'_>, rows: &[TaskRow]) -> Result<(
     if rows.is_empty() {
         return Ok(());
     }
+    if cx.backend == crate::Backend::Sqlite {
+        let insert = format!("INSERT INTO tasks ({TASK_COLUMNS})");
+        return bulk::insert_by_row(cx.conn, &insert, TASK_ROW, rows).await;
+    }
     let sql = insert_rows_sql(cx.backend, 1);
     // The text holds only column names written here; every value is in the one parameter.
     for text in bulk::rows_json(rows)? {
