@@ -84,7 +84,7 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// For a SQLite URL: the database file (percent-decoded), if it names one.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub(crate) fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -177,7 +177,8 @@ pub(crate) fn prepare_url(url: &str, backend: Backend) -> Result<String> {
 }
 
 /// Settings every connection gets. SQLite's are per connection, so they are applied on each:
-/// `synchronous=FULL` makes a commit durable before it returns (in WAL mode NORMAL would not),
+/// `synchronous=FULL` makes a commit durable before it returns (in WAL mode NORMAL would not;
+/// the writer's own connections relax this, see `durable`, and `open_lite`),
 /// foreign keys are off by default in SQLite, and the busy timeout lets a second process wait for
 /// the write lock instead of failing at once. PostgreSQL's `synchronous_commit` is set explicitly
 /// because a server default of `off` would silently break "accepted means durable".
@@ -239,6 +240,15 @@ fn open_lite(path: &std::path::Path) -> Result<rusqlite::Connection> {
     )
     .map_err(fail)?;
     conn.execute_batch(&sqlite_settings()).map_err(fail)?;
+    // In WAL mode the writer's commits only write their frames; `durable::Syncer` flushes the
+    // WAL before any of them is answered. Any other journal mode keeps syncing at commit.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(fail)?;
+    if mode.eq_ignore_ascii_case("wal") {
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(fail)?;
+    }
     // Every statement the writer runs, prepared once.
     conn.set_prepared_statement_cache_capacity(512);
     Ok(conn)

@@ -6,10 +6,16 @@
 //!   tenant id as their first argument after the audit context.
 //! - Every change is committed together with its audit entry, in one transaction, by the single
 //!   writer task, which also computes the audit hash chain so that its order is total.
-//! - A method that returns `Ok` for a write has committed it durably (SQLite `synchronous=FULL`,
-//!   PostgreSQL `synchronous_commit=on`). A write that returns an error other than a domain
-//!   failure, or whose caller stops waiting, may or may not have committed: the writer finishes
-//!   what it was given, and a lost connection during COMMIT leaves the outcome unknown.
+//! - A method that returns `Ok` for a write has committed it durably: the writer commits without
+//!   waiting for the log flush (SQLite `synchronous=NORMAL` in WAL mode, PostgreSQL
+//!   `synchronous_commit=off` for its session) and answers only after a flush that covers the
+//!   commit (`durable::Syncer`: `fdatasync` of the WAL, or a barrier transaction with
+//!   `synchronous_commit=on` on a connection alive since before the commit); every other
+//!   connection commits with `synchronous=FULL` / `synchronous_commit=on`. A committed batch can
+//!   be seen by other connections up to one flush before it is durable. A write that returns an
+//!   error other than a domain failure, or whose caller stops waiting, may or may not have
+//!   committed: the writer finishes what it was given, and a lost connection during COMMIT (or
+//!   before the flush is confirmed) leaves the outcome unknown.
 //!
 //! # Boundary
 //! Only this crate knows SQL. Callers see [`types`] and [`Error`].
@@ -105,6 +111,7 @@ mod batch_fast;
 mod bulk;
 mod cost;
 mod db;
+mod durable;
 pub mod error;
 mod exec;
 pub mod hooks;
@@ -133,6 +140,7 @@ pub use artifacts::sha256_hex;
 pub use attempts::MAX_LEASE_MS;
 pub use cost::{Budget, CostBy, CostRow, NewBudget, NewModelCall};
 pub use db::sqlite_url;
+pub use durable::PG_SYNC_APPLICATION;
 pub use error::{Error, Result};
 pub use hooks::{Hook, HookDelivery, NewDelivery, NewHook, SendResult};
 pub use keys::TOUCH_INTERVAL_MS;

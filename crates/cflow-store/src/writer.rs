@@ -16,6 +16,10 @@
 //! Within a batch, a run of plain memory writes (no precondition, different entries) is written
 //! by one multi-row statement: a round trip per op is most of the writer's cost otherwise.
 //!
+//! Durable before answered: the writer commits without waiting for the log flush and hands the
+//! batch's answers to `durable::Syncer`, which sends them once a flush covers the commit, while
+//! the writer goes on with the next batch.
+//!
 //! Audit order is total: the chain head is read inside the transaction, after taking a
 //! transaction-scoped advisory lock on PostgreSQL (so several server nodes serialise their
 //! batches) and under SQLite's write lock (`BEGIN IMMEDIATE`).
@@ -464,6 +468,8 @@ impl WriterHandle {
             rx,
             max_batch,
             wal,
+            syncer: None,
+            tag: None,
         };
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -617,6 +623,11 @@ struct Writer {
     max_batch: usize,
     /// SQLite's WAL, watched by `db::checkpointer`.
     wal: Option<Arc<db::WalWatch>>,
+    /// SQLite file: flushes the WAL and then answers, when the writer's connection commits
+    /// without syncing (see `durable`). Started with the first such connection.
+    syncer: Option<crate::durable::Syncer>,
+    /// The syncer's tag read before the earliest `COMMIT` of the batch being answered.
+    tag: Option<u64>,
 }
 
 impl Writer {
@@ -638,6 +649,10 @@ impl Writer {
                 self.conn = None;
             }
             self.checkpoint_if_wanted().await;
+        }
+        // Everything committed is answered (once flushed) before the writer reports it stopped.
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
         }
         if let Some(conn) = self.conn.take() {
             conn.close().await;
@@ -699,6 +714,7 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, batch: Vec<Request>) {
+        self.tag = None;
         let results = match self.run_with_retry(&batch).await {
             Ok(results) => results,
             Err(BatchError::Op(e)) if batch.len() > 1 => {
@@ -723,11 +739,56 @@ impl Writer {
                 results
             }
         };
-        for (req, result) in batch.into_iter().zip(results) {
-            if let Some(reply) = req.reply {
-                let _ = reply.send(result);
+        let answers = batch
+            .into_iter()
+            .zip(results)
+            .filter_map(|(req, result)| req.reply.map(|reply| (reply, result)));
+        match &self.syncer {
+            // Answered once the WAL is flushed, while the writer goes on with the next batch.
+            Some(syncer) => {
+                syncer.hand(self.tag.unwrap_or_else(|| syncer.tag()), answers.collect())
+            }
+            None => {
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
             }
         }
+    }
+
+    /// Starts the syncer when the writer's connection is one that commits without flushing
+    /// (PostgreSQL, see [`pg_prepare`]; `db::open_lite` in WAL mode).
+    async fn start_syncer_if_needed(&mut self) -> Result<()> {
+        if self.syncer.is_some() {
+            return Ok(());
+        }
+        if self.backend == Backend::Postgres {
+            self.syncer = Some(crate::durable::Syncer::for_postgres(self.url.clone()).await?);
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        if !matches!(conn, WConn::Lite(_)) {
+            return Ok(());
+        }
+        // 1 = NORMAL (2 = FULL flushes at every commit by itself).
+        let level: i64 = exec::query_scalar("PRAGMA synchronous")
+            .fetch_one(conn)
+            .await?;
+        if level >= 2 {
+            return Ok(());
+        }
+        let Some(path) = db::sqlite_path(&self.url) else {
+            return Err(Error::Config(format!(
+                "the store writer commits without flushing but has no database file ({})",
+                self.url
+            )));
+        };
+        let mut wal = path.into_os_string();
+        wal.push("-wal");
+        self.syncer = Some(crate::durable::Syncer::for_wal(wal.into())?);
+        Ok(())
     }
 
     /// Runs a batch; once more on a fresh connection when the connection failed before COMMIT.
@@ -780,6 +841,9 @@ impl Writer {
             }
             self.conn = Some(conn);
         }
+        self.start_syncer_if_needed()
+            .await
+            .map_err(BatchError::Connection)?;
         let Some(conn) = self.conn.as_mut() else {
             return Err(BatchError::Connection(Error::Closed));
         };
@@ -811,6 +875,10 @@ impl Writer {
                 return Err(e);
             }
         };
+        if let Some(syncer) = &self.syncer {
+            let tag = syncer.tag();
+            self.tag = Some(self.tag.map_or(tag, |t| t.min(tag)));
+        }
         match commit {
             // The ledger insert and COMMIT in one round trip: a database error is the insert's
             // (PostgreSQL then skips the COMMIT), so nothing committed; any other failure
@@ -857,8 +925,10 @@ impl Writer {
 const PG_BEGIN_AND_HEAD: &str =
     "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
 
-/// PostgreSQL: how the writer sets up each new connection: sequential scans off, then the
-/// statements it prepares (planned once; the batches `EXECUTE` them in simple queries).
+/// PostgreSQL: how the writer sets up each new connection: sequential scans off, commits that
+/// do not wait for the log flush (the writer answers only after `durable::Syncer`'s barrier
+/// confirms the flush), then the statements it prepares (planned once; the batches `EXECUTE`
+/// them in simple queries).
 ///
 /// Every statement the writer runs finds its rows by a key that an index covers, but
 /// PostgreSQL plans a prepared statement once for all ("generic plan", after five runs) with the
@@ -874,7 +944,7 @@ const PG_BEGIN_AND_HEAD: &str =
 /// last), and read connections keep the planner's defaults.
 fn pg_prepare() -> String {
     format!(
-        "SET enable_seqscan = off; {}; PREPARE cflow_agent_infos(text) AS {}; \
+        "SET enable_seqscan = off; SET synchronous_commit = off; {}; PREPARE cflow_agent_infos(text) AS {}; \
          PREPARE cflow_read_live(text) AS {}",
         audit::pg_prepare(),
         crate::batch_fast::agent_infos_sql(Backend::Postgres, 1),

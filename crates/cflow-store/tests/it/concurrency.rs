@@ -210,3 +210,65 @@ async fn concurrent_plain_writes_to_the_same_entries_keep_versions_exact() {
     })
     .await;
 }
+
+/// PostgreSQL: the writer commits without waiting for the flush and a connection of the syncer's
+/// own confirms durability (see `durable`). Losing that connection must not acknowledge a write
+/// it cannot vouch for, nor stop the store: a write answered in between is either `Ok` or says
+/// that it may or may not have committed, and writes succeed again once it has reconnected.
+#[tokio::test]
+async fn postgres_writes_go_on_when_the_durability_connection_is_lost() {
+    use sqlx::Connection;
+    let Some((store, url)) = cflow_test_support::db::postgres_store().await else {
+        return;
+    };
+    let t = tenant(&store, "sync").await;
+    store
+        .memory_put(&ctx(&t), &t, put("n", "k0", json!(0)))
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()) AS t",
+    )
+    .bind(cflow_store::PG_SYNC_APPLICATION)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the store's durability connection was not found");
+    let mut acknowledged = Vec::new();
+    for i in 1..=6 {
+        let key = format!("k{i}");
+        match store
+            .memory_put(&ctx(&t), &t, put("n", &key, json!(i)))
+            .await
+        {
+            Ok(_) => acknowledged.push(key),
+            Err(e) => assert!(e.to_string().contains("may or may not"), "{e}"),
+        }
+    }
+    // At most the writes committed before the reconnect fail; the later ones succeed.
+    assert!(
+        acknowledged.len() >= 4 && acknowledged.last().is_some_and(|k| k == "k6"),
+        "{acknowledged:?}"
+    );
+    for key in &acknowledged {
+        assert!(
+            store
+                .memory_get(&t, "n", key, now())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    let back: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND datname = current_database()",
+    )
+    .bind(cflow_store::PG_SYNC_APPLICATION)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(back, 1, "the durability connection did not come back");
+    store.close().await;
+}
