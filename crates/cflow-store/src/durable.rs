@@ -29,12 +29,13 @@
 //! SQLite: a failed flush is not retried: after an `fsync` error the kernel may have dropped the
 //! dirty pages it could not write, and a later `fsync` can succeed without them. The syncer
 //! answers the waiting callers and every later one with an error that says to restart the server
-//! (whose recovery reads back only what is on disk), and never acknowledges anything again.
+//! (whose recovery reads back only what is on disk), never acknowledges anything again, and
+//! `Store::ping` (so `/readyz`) fails with the same advice.
 //! (PostgreSQL handles its own flush failures: it stops and recovers.)
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -72,6 +73,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Set when a failed flush stopped acknowledgements for good ([`OnFailure::Stop`]); the
+    /// store's readiness reports it.
+    lost: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -91,7 +95,8 @@ pub(crate) struct Syncer {
 impl Syncer {
     /// A syncer that flushes the WAL file at `wal` (opened anew for each flush, so that a WAL
     /// SQLite deleted and created again is the one flushed).
-    pub(crate) fn for_wal(wal: PathBuf) -> Result<Self> {
+    /// `lost` is set if a flush fails.
+    pub(crate) fn for_wal(wal: PathBuf, lost: Arc<AtomicBool>) -> Result<Self> {
         Self::start(
             Box::new(move || {
                 std::fs::File::open(&wal).and_then(|f| f.sync_data())?;
@@ -99,6 +104,7 @@ impl Syncer {
             }),
             Arc::new(AtomicU64::new(0)),
             OnFailure::Stop,
+            lost,
         )
     }
 
@@ -124,6 +130,7 @@ impl Syncer {
             }),
             generation,
             OnFailure::Continue,
+            Arc::new(AtomicBool::new(false)),
         )?;
         // The first call of the flush function connects (see above).
         syncer.shared.lock().queued.push_back((0, Vec::new()));
@@ -135,10 +142,16 @@ impl Syncer {
         }
     }
 
-    fn start(sync: SyncFn, generation: Arc<AtomicU64>, on_failure: OnFailure) -> Result<Self> {
+    fn start(
+        sync: SyncFn,
+        generation: Arc<AtomicU64>,
+        on_failure: OnFailure,
+        lost: Arc<AtomicBool>,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            lost,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -235,6 +248,7 @@ fn run(shared: &Shared, mut sync: SyncFn, on_failure: OnFailure) {
                          nothing more will be acknowledged until cflow is restarted"
                     );
                     stopped = Some(e.clone());
+                    shared.lost.store(true, Ordering::Release);
                 }
                 OnFailure::Continue => tracing::warn!(
                     error = %e,
@@ -356,7 +370,11 @@ mod tests {
     use std::time::Duration;
 
     fn file_syncer(sync: SyncFn) -> Syncer {
-        Syncer::start(sync, Arc::new(AtomicU64::new(0)), OnFailure::Stop).unwrap()
+        file_syncer_with(sync, Arc::new(AtomicBool::new(false)))
+    }
+
+    fn file_syncer_with(sync: SyncFn, lost: Arc<AtomicBool>) -> Syncer {
+        Syncer::start(sync, Arc::new(AtomicU64::new(0)), OnFailure::Stop, lost).unwrap()
     }
 
     fn answer(n: u64) -> (Answer, oneshot::Receiver<Result<Output>>) {
@@ -419,24 +437,33 @@ mod tests {
     fn a_failed_flush_fails_its_answers_and_every_later_one() {
         let flushes = Arc::new(Mutex::new(0u32));
         let f = flushes.clone();
-        let syncer = file_syncer(Box::new(move || {
-            let mut n = f.lock().unwrap();
-            *n += 1;
-            if *n == 2 {
-                Err(std::io::Error::other("injected EIO"))
-            } else {
-                Ok(0)
-            }
-        }));
+        let lost = Arc::new(AtomicBool::new(false));
+        let syncer = file_syncer_with(
+            Box::new(move || {
+                let mut n = f.lock().unwrap();
+                *n += 1;
+                if *n == 2 {
+                    Err(std::io::Error::other("injected EIO"))
+                } else {
+                    Ok(0)
+                }
+            }),
+            lost.clone(),
+        );
         let (a, mut r) = answer(1);
         syncer.hand(0, vec![a]);
         assert_eq!(wait(&mut r).unwrap(), 1);
+        assert!(!lost.load(Ordering::Acquire));
         let (a, mut r) = answer(2);
         syncer.hand(0, vec![a]);
         let e = wait(&mut r).unwrap_err().to_string();
         assert!(
             e.contains("injected EIO") && e.contains("restart cflow"),
             "{e}"
+        );
+        assert!(
+            lost.load(Ordering::Acquire),
+            "readiness would not see the failure"
         );
         // A later flush would succeed, but nothing is acknowledged any more.
         let (a, mut r) = answer(3);
@@ -454,6 +481,7 @@ mod tests {
             Box::new(|| Ok(2)),
             Arc::new(AtomicU64::new(2)),
             OnFailure::Continue,
+            Arc::new(AtomicBool::new(false)),
         )
         .unwrap();
         assert_eq!(syncer.tag(), 2);
@@ -497,14 +525,14 @@ mod tests {
     fn the_wal_file_is_flushed_by_path() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("x.db-wal");
-        let syncer = Syncer::for_wal(wal.clone()).unwrap();
+        let syncer = Syncer::for_wal(wal.clone(), Arc::new(AtomicBool::new(false))).unwrap();
         // No WAL file: the flush fails, so the answer is an error, never a silent `Ok`.
         let (a, mut r) = answer(1);
         syncer.hand(0, vec![a]);
         assert!(wait(&mut r).is_err());
         syncer.stop();
         std::fs::write(&wal, b"frames").unwrap();
-        let syncer = Syncer::for_wal(wal).unwrap();
+        let syncer = Syncer::for_wal(wal, Arc::new(AtomicBool::new(false))).unwrap();
         let (a, mut r) = answer(2);
         syncer.hand(0, vec![a]);
         assert_eq!(wait(&mut r).unwrap(), 2);

@@ -288,6 +288,13 @@ impl Store {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
+        if self.inner.writer.durability_lost() {
+            return Err(Error::Config(
+                "the database's writes can no longer be made durable (fsync of the WAL failed); \
+                 restart cflow and check the disk"
+                    .into(),
+            ));
+        }
         sqlx::query("SELECT 1").execute(self.pool()?).await?;
         Ok(())
     }

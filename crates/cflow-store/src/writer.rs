@@ -431,6 +431,8 @@ enum Msg {
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Msg>,
     closed: AtomicBool,
+    /// Set when the database's writes can no longer be made durable (see `durable`).
+    durability_lost: Arc<AtomicBool>,
     /// Fires when the writer has stopped (or is dropped if its thread died).
     task: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -461,6 +463,7 @@ impl WriterHandle {
         let runtime = runtime
             .build()
             .map_err(|e| Error::Config(format!("cannot start the store writer's runtime: {e}")))?;
+        let durability_lost = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             url,
             backend,
@@ -470,6 +473,7 @@ impl WriterHandle {
             wal,
             syncer: None,
             tag: None,
+            durability_lost: durability_lost.clone(),
         };
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -482,6 +486,7 @@ impl WriterHandle {
         Ok(WriterHandle {
             tx,
             closed: AtomicBool::new(false),
+            durability_lost,
             task: Mutex::new(Some(done_rx)),
         })
     }
@@ -521,6 +526,11 @@ impl WriterHandle {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether a failed flush stopped the writer's acknowledgements (see `durable`).
+    pub fn durability_lost(&self) -> bool {
+        self.durability_lost.load(Ordering::Acquire)
     }
 
     /// Refuses new ops, lets the writer commit what is queued, and waits for it to stop.
@@ -628,6 +638,8 @@ struct Writer {
     syncer: Option<crate::durable::Syncer>,
     /// The syncer's tag read before the earliest `COMMIT` of the batch being answered.
     tag: Option<u64>,
+    /// Shared with the handle: set by the syncer when a flush failed for good.
+    durability_lost: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -787,7 +799,10 @@ impl Writer {
         };
         let mut wal = path.into_os_string();
         wal.push("-wal");
-        self.syncer = Some(crate::durable::Syncer::for_wal(wal.into())?);
+        self.syncer = Some(crate::durable::Syncer::for_wal(
+            wal.into(),
+            self.durability_lost.clone(),
+        )?);
         Ok(())
     }
 

@@ -37,7 +37,7 @@ async fn healthz() -> Json<StatusResponse> {
     Json(StatusResponse { status: "ok" })
 }
 
-/// Readiness: 200 when the database answers, else 503.
+/// Readiness: 200 when the database answers and its writes can be made durable, else 503.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -49,7 +49,11 @@ async fn healthz() -> Json<StatusResponse> {
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<StatusResponse>> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
-        ApiError::new(ProblemKind::Unavailable, "the database does not answer")
+        match e {
+            // The store's own verdict (writes can no longer be made durable), said as it is.
+            cflow_store::Error::Config(why) => ApiError::new(ProblemKind::Unavailable, why),
+            _ => ApiError::new(ProblemKind::Unavailable, "the database does not answer"),
+        }
     })?;
     Ok(Json(StatusResponse { status: "ready" }))
 }
