@@ -472,6 +472,7 @@ impl WriterHandle {
             max_batch,
             wal,
             syncer: None,
+            flushes_itself: false,
             tag: None,
             durability_lost: durability_lost.clone(),
         };
@@ -633,9 +634,13 @@ struct Writer {
     max_batch: usize,
     /// SQLite's WAL, watched by `db::checkpointer`.
     wal: Option<Arc<db::WalWatch>>,
-    /// SQLite file: flushes the WAL and then answers, when the writer's connection commits
-    /// without syncing (see `durable`). Started with the first such connection.
+    /// Flushes the log and then answers, when the writer's connection commits without waiting
+    /// for the flush (PostgreSQL; a SQLite file in WAL mode; see `durable`). Started with the
+    /// first such connection.
     syncer: Option<crate::durable::Syncer>,
+    /// SQLite: the writer's connection flushes at every commit by itself (not in WAL mode), so
+    /// no syncer is needed; found once, not asked again before every batch.
+    flushes_itself: bool,
     /// The syncer's tag read before the earliest `COMMIT` of the batch being answered.
     tag: Option<u64>,
     /// Shared with the handle: set by the syncer when a flush failed for good.
@@ -771,7 +776,7 @@ impl Writer {
     /// Starts the syncer when the writer's connection is one that commits without flushing
     /// (PostgreSQL, see [`pg_prepare`]; `db::open_lite` in WAL mode).
     async fn start_syncer_if_needed(&mut self) -> Result<()> {
-        if self.syncer.is_some() {
+        if self.syncer.is_some() || self.flushes_itself {
             return Ok(());
         }
         if self.backend == Backend::Postgres {
@@ -789,6 +794,7 @@ impl Writer {
             .fetch_one(conn)
             .await?;
         if level >= 2 {
+            self.flushes_itself = true;
             return Ok(());
         }
         let Some(path) = db::sqlite_path(&self.url) else {
