@@ -7,6 +7,7 @@
 //! counting the swarm's succeeded tasks page by page. With `--workers K`, the server's local pool
 //! is off and K `cflow worker` processes (this binary) run the tasks instead.
 
+mod cpu;
 mod report;
 mod swarm;
 mod workers;
@@ -160,7 +161,11 @@ pub fn run(
                 return Err(e);
             }
         };
-        let result = bench(&target, &args, json_out).await;
+        let procs = cpu::Procs {
+            server: target.child.as_ref().and_then(tokio::process::Child::id),
+            workers: workers.pids(),
+        };
+        let result = bench(&target, &args, json_out, &procs).await;
         let failed = result.as_ref().map_or(true, |r| r.errors > 0);
         workers.stop().await;
         if failed && let Some(log) = &target.log {
@@ -180,7 +185,12 @@ pub fn run(
     })
 }
 
-async fn bench(target: &Target, args: &BenchTasksArgs, quiet: bool) -> Result<Report> {
+async fn bench(
+    target: &Target,
+    args: &BenchTasksArgs,
+    quiet: bool,
+    procs: &cpu::Procs,
+) -> Result<Report> {
     let client = client_for(&target.url, &target.token)?;
     let backend = if args.database.is_some() {
         "postgresql"
@@ -208,12 +218,12 @@ async fn bench(target: &Target, args: &BenchTasksArgs, quiet: bool) -> Result<Re
         ));
     }
     let throughput = if args.tasks > 0 {
-        Some(throughput(&client, args, backend, quiet).await?)
+        Some(throughput(&client, args, backend, quiet, procs).await?)
     } else {
         None
     };
     let latency = if args.rate > 0 && !args.duration.is_zero() {
-        Some(latency(&client, args, quiet).await?)
+        Some(latency(&client, args, quiet, procs).await?)
     } else {
         None
     };
@@ -244,6 +254,7 @@ async fn throughput(
     args: &BenchTasksArgs,
     backend: &str,
     quiet: bool,
+    procs: &cpu::Procs,
 ) -> Result<Throughput> {
     let errors = Arc::new(Errors::default());
     let (swarm_id, _) = swarm(
@@ -275,6 +286,7 @@ async fn throughput(
     }
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu::sample(procs);
     let start = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..args.in_flight.min(bodies.len()) {
@@ -304,6 +316,9 @@ async fn throughput(
     let submitted = start.elapsed();
     let result = drained(client, &swarm_id).await;
     let complete = start.elapsed();
+    let cpu = cpu_before
+        .zip(cpu::sample(procs))
+        .map(|(a, b)| cpu::between(&a, &b));
     if let Err(e) = result {
         errors.record(format!("{e:#}"));
     }
@@ -339,6 +354,7 @@ async fn throughput(
         error_reasons: errors.seen(),
         target: format!(">= {goal:.0} tasks/s ({backend})"),
         met: tasks_per_sec >= goal && errors.count() == 0,
+        cpu,
     })
 }
 
@@ -354,7 +370,12 @@ fn unix_micros(t: SystemTime) -> i64 {
 
 /// Phase 2: one task per request at a fixed rate; each request's latency counts from its
 /// scheduled send time, so a stalled server shows as latency (no coordinated omission).
-async fn latency(client: &Client, args: &BenchTasksArgs, quiet: bool) -> Result<Latency> {
+async fn latency(
+    client: &Client,
+    args: &BenchTasksArgs,
+    quiet: bool,
+    procs: &cpu::Procs,
+) -> Result<Latency> {
     let errors = Arc::new(Errors::default());
     let (swarm_id, _) = swarm(
         client,
@@ -375,6 +396,7 @@ async fn latency(client: &Client, args: &BenchTasksArgs, quiet: bool) -> Result<
     let total = (f64::from(args.rate) * (warmup + args.duration).as_secs_f64()).round() as u64;
     let interval = 1.0 / f64::from(args.rate);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let cpu_before = cpu::sample(procs);
     let begin = Instant::now() + Duration::from_millis(5);
     // The wall clock at `begin`: scheduled send times are compared with the server's stamps.
     let begin_wall = unix_micros(SystemTime::now()) + 5_000;
@@ -433,6 +455,9 @@ async fn latency(client: &Client, args: &BenchTasksArgs, quiet: bool) -> Result<
     if let Err(e) = drained(client, &swarm_id).await {
         errors.record(format!("{e:#}"));
     }
+    let cpu = cpu_before
+        .zip(cpu::sample(procs))
+        .map(|(a, b)| cpu::between(&a, &b));
     let sent = std::mem::take(&mut *sent.lock().map_err(|_| anyhow!("poisoned"))?);
     let (starts, clamped) = start_latencies(client, sent, &errors).await;
     let succeeded = count(client, &swarm_id, "succeeded").await?;
@@ -463,6 +488,7 @@ async fn latency(client: &Client, args: &BenchTasksArgs, quiet: bool) -> Result<
             "submit→start p99 < {START_P99_TARGET_MS} ms at {} tasks/s",
             args.rate
         ),
+        cpu,
     })
 }
 

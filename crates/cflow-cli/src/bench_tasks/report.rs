@@ -2,6 +2,7 @@
 //! or as JSON.
 
 use super::BenchDriver;
+use super::cpu::{CpuUse, describe};
 use crate::output::emit;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub(super) struct Throughput {
     pub(super) error_reasons: Vec<String>,
     pub(super) target: String,
     pub(super) met: bool,
+    /// Where the CPU went from the first request until all tasks were complete (`None` where
+    /// `/proc` cannot be read).
+    pub(super) cpu: Option<CpuUse>,
 }
 
 /// Percentiles in milliseconds.
@@ -82,6 +86,8 @@ pub(super) struct Latency {
     pub(super) error_reasons: Vec<String>,
     pub(super) target: String,
     pub(super) met: bool,
+    /// Where the CPU went over the phase, warm-up included, until all its tasks were complete.
+    pub(super) cpu: Option<CpuUse>,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +138,19 @@ pub(super) fn met(m: Option<bool>) -> String {
     }
 }
 
+/// A phase's CPU split, under its numbers (nothing where `/proc` could not be read).
+fn cpu_row(t: &mut comfy_table::Table, cpu: Option<&CpuUse>) {
+    if let Some(c) = cpu {
+        t.add_row([
+            "  CPU over the phase".to_string(),
+            describe(c),
+            "-".into(),
+            "(no target; measured)".into(),
+            "-".into(),
+        ]);
+    }
+}
+
 pub(super) fn print_report(r: &Report) {
     let s = &r.setup;
     emit(&format!("cflow bench tasks — server: {}", s.server));
@@ -160,6 +179,7 @@ pub(super) fn print_report(r: &Report) {
             p.target.clone(),
             met(Some(p.met)),
         ]);
+        cpu_row(&mut t, p.cpu.as_ref());
     }
     if let Some(l) = &r.latency {
         let pct = |p: &Percentiles| {
@@ -189,6 +209,7 @@ pub(super) fn print_report(r: &Report) {
             "(no target; measured)".into(),
             "-".into(),
         ]);
+        cpu_row(&mut t, l.cpu.as_ref());
     }
     if let Some(i) = &r.idle {
         let mb = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1} MB"));

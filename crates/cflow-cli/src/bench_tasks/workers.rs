@@ -18,6 +18,14 @@ pub(super) struct Workers {
 }
 
 impl Workers {
+    /// The process ids of the workers still running.
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .filter_map(tokio::process::Child::id)
+            .collect()
+    }
+
     pub(super) async fn start(target: &Target, args: &BenchTasksArgs) -> Result<Self> {
         if args.workers == 0 {
             return Ok(Self {

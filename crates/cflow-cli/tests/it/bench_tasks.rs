@@ -56,6 +56,24 @@ fn bench_tasks_runs_every_phase_without_errors() {
     for phase in ["throughput", "latency", "idle"] {
         assert_eq!(report[phase]["errors"], 0, "errors in {phase}: {report:#}");
     }
+    // Where the CPU went in each timed phase: the spawned server is measured, there are no
+    // workers, and the machine's share is a percentage. The latency phase (two seconds of
+    // requests) certainly used more than the counters' resolution of 10 ms on the server; the
+    // 200 tasks in bulk may not have.
+    positive(&report, "latency.cpu.server_secs");
+    for phase in ["throughput", "latency"] {
+        let cpu = &report[phase]["cpu"];
+        positive(cpu, "wall_secs");
+        assert!(cpu["workers_secs"].is_null(), "{phase}: {cpu:#}");
+        for key in ["server_secs", "client_secs", "rest_secs"] {
+            assert!(
+                cpu[key].as_f64().is_some_and(|v| v >= 0.0),
+                "{phase}.{key}: {cpu:#}"
+            );
+        }
+        let busy = cpu["machine_busy_pct"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&busy), "{phase}: {cpu:#}");
+    }
 }
 
 /// Against a running server (`--server`), the benchmark can run again: each run's phases create
@@ -87,6 +105,10 @@ fn bench_tasks_runs_twice_against_the_same_server() {
         assert_eq!(report["throughput"]["succeeded"], 100, "round {round}");
         assert_eq!(report["latency"]["errors"], 0, "round {round}: {report:#}");
         positive(&report, "latency.succeeded");
+        // A server the benchmark did not start is not measured: its CPU is in the rest.
+        let cpu = &report["throughput"]["cpu"];
+        assert!(cpu["server_secs"].is_null(), "round {round}: {cpu:#}");
+        positive(cpu, "wall_secs");
     }
     server.stop();
 }
