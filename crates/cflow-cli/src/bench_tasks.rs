@@ -316,9 +316,7 @@ async fn throughput(
     let submitted = start.elapsed();
     let result = drained(client, &swarm_id).await;
     let complete = start.elapsed();
-    let cpu = cpu_before
-        .zip(cpu::sample(procs))
-        .map(|(a, b)| cpu::between(&a, &b));
+    let cpu = cpu::since(cpu_before, procs);
     if let Err(e) = result {
         errors.record(format!("{e:#}"));
     }
@@ -455,9 +453,7 @@ async fn latency(
     if let Err(e) = drained(client, &swarm_id).await {
         errors.record(format!("{e:#}"));
     }
-    let cpu = cpu_before
-        .zip(cpu::sample(procs))
-        .map(|(a, b)| cpu::between(&a, &b));
+    let cpu = cpu::since(cpu_before, procs);
     let sent = std::mem::take(&mut *sent.lock().map_err(|_| anyhow!("poisoned"))?);
     let (starts, clamped) = start_latencies(client, sent, &errors).await;
     let succeeded = count(client, &swarm_id, "succeeded").await?;

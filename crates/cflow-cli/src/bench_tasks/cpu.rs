@@ -88,6 +88,12 @@ fn process_of(pid: u32) -> Option<u64> {
     process(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The CPU used since `before` (`None` if either sample could not be taken).
+pub(super) fn since(before: Option<Sample>, procs: &Procs) -> Option<CpuUse> {
+    let after = sample(procs)?;
+    Some(between(&before?, &after))
+}
+
 /// The CPU used between two samples.
 pub(super) fn between(a: &Sample, b: &Sample) -> CpuUse {
     let secs = |t: u64| t as f64 / TICKS_PER_SEC;
@@ -260,8 +266,7 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         std::hint::black_box(x);
-        let b = sample(&procs).expect("a second sample");
-        let c = between(&a, &b);
+        let c = since(Some(a), &procs).expect("a second sample");
         assert!(c.client_secs > 0.0, "{c:?}");
         assert_eq!(c.server_secs, Some(c.client_secs));
         assert!(
@@ -274,5 +279,6 @@ mod tests {
             workers: Vec::new(),
         };
         assert!(sample(&gone).is_none());
+        assert!(since(None, &procs).is_none());
     }
 }
