@@ -100,15 +100,14 @@ pub(crate) fn coalesce(drafts: Vec<Draft>) -> Vec<Draft> {
                     .into_iter()
                     .map(|d| {
                         let id = d.resource.strip_prefix("task/").unwrap_or(&d.resource);
-                        let mut item = serde_json::Map::new();
-                        item.insert("id".into(), Value::String(id.to_string()));
-                        match d.detail {
-                            Value::Object(detail) => item.extend(detail),
-                            Value::Null => {}
-                            other => {
-                                item.insert("detail".into(), other);
-                            }
-                        }
+                        let id = Value::String(id.to_string());
+                        // The detail's own fields, and the id unless the detail names one.
+                        let mut item = match d.detail {
+                            Value::Object(detail) => detail,
+                            Value::Null => serde_json::Map::new(),
+                            other => serde_json::Map::from_iter([("detail".to_string(), other)]),
+                        };
+                        item.entry("id").or_insert(id);
                         Value::Object(item)
                     })
                     .collect();
@@ -183,21 +182,12 @@ impl Head {
 /// it, and serde_json keeps insertion order when any crate in a build enables its
 /// `preserve_order` feature: sorting before sealing makes the stored text, and so the hash, the
 /// same whichever way the writing and the verifying binaries were built.
-fn sorted_keys(v: Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut fields: Vec<(String, Value)> = map.into_iter().collect();
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(
-                fields
-                    .into_iter()
-                    .map(|(k, v)| (k, sorted_keys(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
-        other => other,
-    }
+fn sorted_keys(mut v: Value) -> Value {
+    // In place: a no-op without `preserve_order` (a `Map` is then a `BTreeMap`, sorted
+    // already), where rebuilding every object of a coalesced entry's detail (up to a thousand
+    // tasks' items) was about 1.5 % of the writer's time under `cflow bench tasks`.
+    v.sort_all_objects();
+    v
 }
 
 /// Reads the chain head; must run inside the writer's transaction, after its lock.
