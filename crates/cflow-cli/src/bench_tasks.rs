@@ -8,6 +8,7 @@
 //! is off and K `cflow worker` processes (this binary) run the tasks instead.
 
 mod cpu;
+mod pg;
 mod report;
 mod swarm;
 mod workers;
@@ -21,7 +22,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use cflow_core::Action;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use report::{Idle, Latency, Percentiles, Report, Setup, Throughput, executors, print_report};
+use report::{
+    Idle, Latency, Percentiles, PgSetup, Report, Setup, Throughput, executors, print_report,
+};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -199,9 +202,25 @@ async fn bench(
     } else {
         "external (unknown)"
     };
+    // The PostgreSQL server's settings, read before any phase; a failure to read them is
+    // reported in their place rather than failing the run.
+    let postgres = match &args.database {
+        Some(url) => Some(match pg::settings(url).await {
+            Ok(settings) => PgSetup {
+                summary: pg::describe(&settings),
+                settings,
+            },
+            Err(e) => PgSetup {
+                summary: format!("PostgreSQL settings not read: {e:#}"),
+                settings: Vec::new(),
+            },
+        }),
+        None => None,
+    };
     let setup = Setup {
         server: target.description.clone(),
         backend,
+        postgres,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         driver: args.driver,
         workers: args.workers,

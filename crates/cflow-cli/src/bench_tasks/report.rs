@@ -7,11 +7,22 @@ use crate::output::emit;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// The PostgreSQL server a `--database` run measured against.
+#[derive(Debug, Serialize)]
+pub(super) struct PgSetup {
+    /// The line printed above the numbers (or why the settings could not be read).
+    pub(super) summary: String,
+    pub(super) settings: Vec<super::pg::Setting>,
+}
+
 /// The run's setup, printed above the numbers.
 #[derive(Debug, Serialize)]
 pub(super) struct Setup {
     pub(super) server: String,
     pub(super) backend: &'static str,
+    /// With `--database`: the PostgreSQL server's settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) postgres: Option<PgSetup>,
     pub(super) cores: usize,
     pub(super) driver: BenchDriver,
     /// `cflow worker` processes (0: the server's local pool).
@@ -162,6 +173,9 @@ pub(super) fn print_report(r: &Report) {
         s.agents,
         s.cores
     ));
+    if let Some(pg) = &s.postgres {
+        emit(&pg.summary);
+    }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(["benchmark", "measured", "errors", "target", "met"]);

@@ -112,3 +112,65 @@ fn bench_tasks_runs_twice_against_the_same_server() {
     }
     server.stop();
 }
+
+/// With `--database`, the benchmark spawns a server on that (fresh) PostgreSQL database, runs
+/// the tasks there, and reports the PostgreSQL server's settings next to its numbers: the
+/// values it prints are the server's own (`SHOW`), read from the same server.
+#[test]
+fn bench_tasks_on_postgres_reports_the_servers_settings() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let Some(url) = crate::harness::fresh_postgres_url(&rt) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let report = run(cflow_in(work.path()).args([
+        "bench",
+        "tasks",
+        "--database",
+        &url,
+        "--tasks",
+        "100",
+        "--agents",
+        "8",
+        "--slots",
+        "8",
+        "--rate",
+        "0",
+        "--idle-agents",
+        "0",
+        "--json",
+    ]))
+    .json();
+    assert_eq!(report["errors"], 0, "errors in {report:#}");
+    assert_eq!(report["setup"]["backend"], "postgresql");
+    assert_eq!(report["throughput"]["succeeded"], 100);
+    let pg = &report["setup"]["postgres"];
+    let settings = pg["settings"].as_array().expect("settings");
+    let value = |name: &str| {
+        settings
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} missing in {pg:#}"))
+            .to_string()
+    };
+    let (shown, fsync): (String, String) = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_as("SELECT current_setting('shared_buffers'), current_setting('fsync')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("SHOW shared_buffers, fsync")
+    });
+    assert_eq!(value("shared_buffers"), shown);
+    assert_eq!(value("fsync"), fsync);
+    for name in ["wal_buffers", "max_wal_size", "synchronous_commit"] {
+        assert!(!value(name).is_empty(), "{name} in {pg:#}");
+    }
+    let summary = pg["summary"].as_str().expect("summary");
+    assert!(
+        summary.starts_with(&format!("PostgreSQL {}: ", value("server_version")))
+            && summary.contains(&format!("shared_buffers {shown}")),
+        "{summary}"
+    );
+}

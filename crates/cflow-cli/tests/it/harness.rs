@@ -330,3 +330,50 @@ fn ready(port: u16) -> bool {
     let head = String::from_utf8_lossy(&buf[..n]);
     head.starts_with("HTTP/1.1 200")
 }
+
+/// A URL of a new, empty, uniquely named database on the test PostgreSQL server
+/// (`CFLOW_TEST_DATABASE_URL`, see `scripts/pg-test.sh`), or `None` after a note when none is
+/// configured; under CI a missing server fails the test instead. (The same as the support
+/// crate's, whose `server` feature these tests do not build.)
+pub fn fresh_postgres_url(rt: &tokio::runtime::Runtime) -> Option<String> {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    const ENV: &str = "CFLOW_TEST_DATABASE_URL";
+    let server = match std::env::var(ENV) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{ENV} is not set, and CI must test PostgreSQL too: run \
+                 `eval \"$(scripts/pg-test.sh start)\"` first (or use scripts/test.sh)"
+            );
+            eprintln!("note: skipping a PostgreSQL test: {ENV} is not set");
+            return None;
+        }
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Digits and letters only, so the name needs no quoting.
+    let name = format!("cflow_t_cli_{}_{nanos}", std::process::id());
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {ENV}: {e}"));
+        conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let _ = conn.close().await;
+    });
+    // Replace the database name (the path after the authority), keeping any query.
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server.as_str(), None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let root = base[authority..]
+        .find('/')
+        .map_or(base, |slash| &base[..authority + slash]);
+    Some(match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    })
+}
