@@ -13,6 +13,11 @@
 # target/pg-test/state) so that `stop` finds it. `start` while a recorded cluster is still running
 # prints that cluster's URL again instead of starting a second one.
 #
+# Its buffers are small (shared_buffers 64MB), sized for the test suites' many databases.
+# CFLOW_PG_TEST_OPTIONS adds server options after the script's own, which they override: for a
+# benchmark against a cluster sized like a production one, for example
+#   CFLOW_PG_TEST_OPTIONS="-c shared_buffers=1GB -c wal_buffers=64MB" scripts/pg-test.sh start
+#
 # PostgreSQL refuses to run as root, so as root the cluster runs as the unprivileged user
 # `postgres` (created when missing).
 set -euo pipefail
@@ -142,7 +147,7 @@ cmd_start() {
   for attempt in 1 2 3 4 5; do
     port="$(pick_port)" || die "no free TCP port found on 127.0.0.1"
     if as_owner "$bindir/pg_ctl" start -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o \
-      "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/sock -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=64MB" \
+      "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/sock -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=64MB ${CFLOW_PG_TEST_OPTIONS:-}" \
       >/dev/null 2>&1; then
       started=1
       break

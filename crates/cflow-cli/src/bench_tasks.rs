@@ -8,7 +8,6 @@
 //! is off and K `cflow worker` processes (this binary) run the tasks instead.
 
 mod cpu;
-mod pg;
 mod report;
 mod swarm;
 mod workers;
@@ -205,9 +204,9 @@ async fn bench(
     // The PostgreSQL server's settings, read before any phase; a failure to read them is
     // reported in their place rather than failing the run.
     let postgres = match &args.database {
-        Some(url) => Some(match pg::settings(url).await {
+        Some(url) => Some(match crate::pgsettings::settings(url).await {
             Ok(settings) => PgSetup {
-                summary: pg::describe(&settings),
+                summary: crate::pgsettings::describe(&settings),
                 settings,
             },
             Err(e) => PgSetup {

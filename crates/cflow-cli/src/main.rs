@@ -11,6 +11,7 @@ mod config;
 mod env;
 mod mcp;
 mod output;
+mod pgsettings;
 mod workflow;
 
 use std::process::ExitCode;

@@ -12,7 +12,7 @@ use serde::Serialize;
 pub(super) struct PgSetup {
     /// The line printed above the numbers (or why the settings could not be read).
     pub(super) summary: String,
-    pub(super) settings: Vec<super::pg::Setting>,
+    pub(super) settings: Vec<crate::pgsettings::Setting>,
 }
 
 /// The run's setup, printed above the numbers.

@@ -1,6 +1,7 @@
 //! `cflow doctor`: is the server reachable and ready, is the token accepted, which database the
-//! local configuration names, which workers are connected, and what isolation each driver gives
-//! its commands on this host. Exit code 1 when the server cannot be used.
+//! local configuration names (for PostgreSQL, its server's settings and advice when its buffers
+//! are small), which workers are connected, and what isolation each driver gives its commands
+//! on this host. Exit code 1 when the server cannot be used.
 
 use crate::client::{Client, is_local, shown};
 use crate::config::Loaded;
@@ -86,7 +87,7 @@ pub async fn run(loaded: &Loaded, out: Printer) -> Result<ExitCode> {
     // The API does not report its backend; this is what the local configuration says, which is
     // the server's own only when it was started from the same configuration.
     let database = match &config.server.database_url {
-        Some(_) => json!({"backend": "postgresql", "source": "local configuration (database_url)"}),
+        Some(url) => postgres_report(url).await,
         None => json!({
             "backend": "sqlite",
             "path": config.server.data_dir.join(super::audit::SQLITE_FILE).display().to_string(),
@@ -147,6 +148,31 @@ pub async fn run(loaded: &Loaded, out: Printer) -> Result<ExitCode> {
     })
 }
 
+/// The configured PostgreSQL database: its server's settings (read over one short connection,
+/// given at most [`PG_PROBE`]), with advice when its buffers are small. A database this host
+/// cannot reach is reported, not a failure of the check: the server may reach it when we do not.
+async fn postgres_report(url: &str) -> Value {
+    let mut d = json!({"backend": "postgresql", "source": "local configuration (database_url)"});
+    match tokio::time::timeout(PG_PROBE, crate::pgsettings::settings(url)).await {
+        Ok(Ok(settings)) => {
+            d["summary"] = json!(crate::pgsettings::describe(&settings));
+            d["advice"] = json!(crate::pgsettings::advice(&settings));
+            d["settings"] = json!(settings);
+        }
+        Ok(Err(e)) => d["settings_error"] = json!(format!("{e:#}")),
+        Err(_) => {
+            d["settings_error"] = json!(format!(
+                "no answer from the database within {} s",
+                PG_PROBE.as_secs()
+            ))
+        }
+    }
+    d
+}
+
+/// How long `cflow doctor` waits for the configured PostgreSQL database.
+const PG_PROBE: Duration = Duration::from_secs(5);
+
 fn print_human(r: &Value) {
     let mark = |b: bool| if b { "ok  " } else { "FAIL" };
     let s = &r["server"];
@@ -197,6 +223,15 @@ fn print_human(r: &Value) {
             .unwrap_or_default(),
         d["source"].as_str().unwrap_or("")
     ));
+    if let Some(summary) = d["summary"].as_str() {
+        emit(&format!("           --   {summary}"));
+    }
+    if let Some(advice) = d["advice"].as_str() {
+        emit(&format!("database   WARN {advice}"));
+    }
+    if let Some(e) = d["settings_error"].as_str() {
+        emit(&format!("database   --   settings not read: {e}"));
+    }
     match &r["workers"] {
         Value::Array(ws) if ws.is_empty() => emit("workers    --   none connected"),
         Value::Array(ws) => {

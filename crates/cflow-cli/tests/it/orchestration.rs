@@ -410,6 +410,65 @@ fn doctor_reports_the_server_and_each_sandbox_layer() {
     assert!(r.stdout.contains("cannot reach"), "{}", r.stdout);
 }
 
+/// With a PostgreSQL `database_url` configured, `cflow doctor` reads that server's settings and
+/// advises when its buffers are small (the test cluster's 64 MB are); a database it cannot
+/// reach is reported without its password. Neither decides whether the check passes: here no
+/// cflow server runs, so it exits 1 either way.
+#[test]
+fn doctor_reads_the_configured_postgres_settings() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let Some(url) = crate::harness::fresh_postgres_url(&rt) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let doctor = |database: &str| {
+        let r = run(crate::harness::cflow_in(work.path())
+            .env("CFLOW_DATABASE_URL", database)
+            .args([
+                "--output",
+                "json",
+                "doctor",
+                "--server",
+                "http://127.0.0.1:9",
+            ]));
+        let _ = r.fails();
+        serde_json::from_str::<Value>(&r.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
+    };
+    let doc = doctor(&url);
+    let d = &doc["database"];
+    assert_eq!(d["backend"], "postgresql", "{d:#}");
+    let (shown, bytes): (String, i64) = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_as(
+            "SELECT current_setting('shared_buffers'), \
+             pg_size_bytes(current_setting('shared_buffers'))",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("SHOW shared_buffers")
+    });
+    let reported = d["settings"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "shared_buffers"))
+        .unwrap_or_else(|| panic!("no shared_buffers in {d:#}"));
+    assert_eq!(reported["value"], shown.as_str());
+    assert_eq!(d["advice"].is_string(), bytes < 256 << 20, "{d:#}");
+    assert!(
+        d["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("PostgreSQL ")),
+        "{d:#}"
+    );
+
+    let doc = doctor("postgres://cflow:hunter2-secret@127.0.0.1:9/cflow");
+    let d = &doc["database"];
+    assert!(d["settings_error"].is_string(), "{d:#}");
+    assert!(d["settings"].is_null(), "{d:#}");
+    assert!(!doc.to_string().contains("hunter2-secret"), "{doc:#}");
+}
+
 /// Wherever a command takes a swarm, its name works as well as its id (names are unique in a
 /// tenant); an unknown one is an error that says where to look, and nothing is sent.
 #[test]
