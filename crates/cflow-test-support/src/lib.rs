@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `db` and `server` (feature `server`, on by default): stores and running cflow servers.
+//! - `pg` (feature `pg`, part of `server`): fresh databases on the test PostgreSQL server.
 //! - `llm_mock` (feature `llm-mock`, on by default): a fake model server speaking the Anthropic
 //!   Messages and OpenAI chat-completions streaming formats, played from a script of turns.
 
@@ -10,5 +11,7 @@
 pub mod db;
 #[cfg(feature = "llm-mock")]
 pub mod llm_mock;
+#[cfg(feature = "pg")]
+pub mod pg;
 #[cfg(feature = "server")]
 pub mod server;

@@ -119,7 +119,7 @@ fn bench_tasks_runs_twice_against_the_same_server() {
 #[test]
 fn bench_tasks_on_postgres_reports_the_servers_settings() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let Some(url) = crate::harness::fresh_postgres_url(&rt) else {
+    let Some(url) = rt.block_on(cflow_test_support::pg::fresh_postgres_url()) else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");

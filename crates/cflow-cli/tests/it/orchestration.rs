@@ -417,7 +417,7 @@ fn doctor_reports_the_server_and_each_sandbox_layer() {
 #[test]
 fn doctor_reads_the_configured_postgres_settings() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
-    let Some(url) = crate::harness::fresh_postgres_url(&rt) else {
+    let Some(url) = rt.block_on(cflow_test_support::pg::fresh_postgres_url()) else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");
