@@ -159,7 +159,9 @@ async fn postgres_report(url: &str) -> Value {
             d["advice"] = json!(crate::pgsettings::advice(&settings));
             d["settings"] = json!(settings);
         }
-        Ok(Err(e)) => d["settings_error"] = json!(format!("{e:#}")),
+        // What was tried and the root cause: the chain between repeats itself (sqlx's I/O
+        // error prints its source, then is followed by it).
+        Ok(Err(e)) => d["settings_error"] = json!(format!("{e}: {}", e.root_cause())),
         Err(_) => {
             d["settings_error"] = json!(format!(
                 "no answer from the database within {} s",
