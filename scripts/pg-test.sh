@@ -14,8 +14,8 @@
 # prints that cluster's URL again instead of starting a second one.
 #
 # Its buffers are small (shared_buffers 64MB), sized for the test suites' many databases.
-# CFLOW_PG_TEST_OPTIONS adds server options after the script's own, which they override: for a
-# benchmark against a cluster sized like a production one, for example
+# CFLOW_PG_TEST_OPTIONS adds server options after the script's own, which they override: to
+# benchmark against a cluster set up like another one, for example
 #   CFLOW_PG_TEST_OPTIONS="-c shared_buffers=1GB -c wal_buffers=64MB" scripts/pg-test.sh start
 #
 # PostgreSQL refuses to run as root, so as root the cluster runs as the unprivileged user

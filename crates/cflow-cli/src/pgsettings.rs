@@ -1,8 +1,7 @@
-//! A PostgreSQL server's settings that cflow's throughput moves with, read over one short
-//! connection: printed by `cflow bench tasks --database` next to its numbers (a run with
-//! `shared_buffers` 1 GB and `wal_buffers` 64 MB drained about a tenth more tasks a second than
-//! one with 64 MB and 2 MB on the same machine, so a number without them cannot be compared),
-//! and by `cflow doctor` for the configured database, with advice when the buffers are small.
+//! A PostgreSQL server's settings that bear on cflow's throughput (buffers, WAL, durability),
+//! read over one short connection: printed by `cflow bench tasks --database` next to its
+//! numbers, so that a number can be compared with one taken against another server, and by
+//! `cflow doctor` for the configured database.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -25,9 +24,6 @@ pub(crate) struct Setting {
     pub(crate) name: String,
     pub(crate) value: String,
 }
-
-/// Below this `shared_buffers` (bytes), [`advice`] suggests more.
-const SMALL_SHARED_BUFFERS: i64 = 256 << 20;
 
 /// Reads [`NAMES`] from the server at `url` (one short connection).
 pub(crate) async fn settings(url: &str) -> Result<Vec<Setting>> {
@@ -52,37 +48,6 @@ pub(crate) async fn settings(url: &str) -> Result<Vec<Setting>> {
             })
         })
         .collect()
-}
-
-/// What to change, if anything: `shared_buffers` (as `SHOW` prints it, e.g. `64MB`) below
-/// [`SMALL_SHARED_BUFFERS`] holds too little of a busy cflow database, and its writer then
-/// fills the WAL buffers (a thirty-second of `shared_buffers` by default) and writes them itself.
-pub(crate) fn advice(settings: &[Setting]) -> Option<String> {
-    let shown = &settings.iter().find(|s| s.name == "shared_buffers")?.value;
-    let bytes = size_bytes(shown)?;
-    (bytes < SMALL_SHARED_BUFFERS).then(|| {
-        format!(
-            "shared_buffers is {shown}: under load cflow's writes overflow PostgreSQL's \
-             buffers, and its backend then writes WAL and pages itself; the usual size is about \
-             a quarter of the database server's memory, with wal_buffers 16MB or more (both \
-             take a restart of PostgreSQL)"
-        )
-    })
-}
-
-/// The bytes of a size as PostgreSQL prints one (`64MB`, `8kB`, `1GB`, `1TB`).
-fn size_bytes(shown: &str) -> Option<i64> {
-    let digits = shown.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let n: i64 = digits.parse().ok()?;
-    let unit: i64 = match &shown[digits.len()..] {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(unit)
 }
 
 /// One line for the report: `PostgreSQL <version>: shared_buffers 64MB, …`.
@@ -125,20 +90,5 @@ mod tests {
             describe(&[s("wal_buffers", "2MB")]),
             "PostgreSQL (version unknown): wal_buffers 2MB"
         );
-    }
-
-    #[test]
-    fn small_shared_buffers_get_advice_and_large_ones_none() {
-        assert_eq!(size_bytes("64MB"), Some(64 << 20));
-        assert_eq!(size_bytes("8kB"), Some(8 << 10));
-        assert_eq!(size_bytes("1GB"), Some(1 << 30));
-        assert_eq!(size_bytes("12 parsecs"), None);
-        let small = advice(&[s("shared_buffers", "128MB")]).expect("advice");
-        assert!(small.starts_with("shared_buffers is 128MB: "), "{small}");
-        assert_eq!(advice(&[s("shared_buffers", "256MB")]), None);
-        assert_eq!(advice(&[s("shared_buffers", "4GB")]), None);
-        // Nothing read, or a size it cannot parse: no advice rather than a wrong one.
-        assert_eq!(advice(&[]), None);
-        assert_eq!(advice(&[s("shared_buffers", "lots")]), None);
     }
 }

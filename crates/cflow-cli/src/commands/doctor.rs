@@ -1,7 +1,7 @@
 //! `cflow doctor`: is the server reachable and ready, is the token accepted, which database the
-//! local configuration names (for PostgreSQL, its server's settings and advice when its buffers
-//! are small), which workers are connected, and what isolation each driver gives its commands
-//! on this host. Exit code 1 when the server cannot be used.
+//! local configuration names (for PostgreSQL, its server's version and settings), which workers
+//! are connected, and what isolation each driver gives its commands on this host. Exit code 1
+//! when the server cannot be used.
 
 use crate::client::{Client, is_local, shown};
 use crate::config::Loaded;
@@ -148,15 +148,14 @@ pub async fn run(loaded: &Loaded, out: Printer) -> Result<ExitCode> {
     })
 }
 
-/// The configured PostgreSQL database: its server's settings (read over one short connection,
-/// given at most [`PG_PROBE`]), with advice when its buffers are small. A database this host
-/// cannot reach is reported, not a failure of the check: the server may reach it when we do not.
+/// The configured PostgreSQL database: its server's version and settings (read over one short
+/// connection, given at most [`PG_PROBE`]). A database this host cannot reach is reported, not a
+/// failure of the check: the server may reach it when we do not.
 async fn postgres_report(url: &str) -> Value {
     let mut d = json!({"backend": "postgresql", "source": "local configuration (database_url)"});
     match tokio::time::timeout(PG_PROBE, crate::pgsettings::settings(url)).await {
         Ok(Ok(settings)) => {
             d["summary"] = json!(crate::pgsettings::describe(&settings));
-            d["advice"] = json!(crate::pgsettings::advice(&settings));
             d["settings"] = json!(settings);
         }
         // What was tried and the root cause: the chain between repeats itself (sqlx's I/O
@@ -227,9 +226,6 @@ fn print_human(r: &Value) {
     ));
     if let Some(summary) = d["summary"].as_str() {
         emit(&format!("           --   {summary}"));
-    }
-    if let Some(advice) = d["advice"].as_str() {
-        emit(&format!("database   WARN {advice}"));
     }
     if let Some(e) = d["settings_error"].as_str() {
         emit(&format!("database   --   settings not read: {e}"));

@@ -410,10 +410,9 @@ fn doctor_reports_the_server_and_each_sandbox_layer() {
     assert!(r.stdout.contains("cannot reach"), "{}", r.stdout);
 }
 
-/// With a PostgreSQL `database_url` configured, `cflow doctor` reads that server's settings and
-/// advises when its buffers are small (the test cluster's 64 MB are); a database it cannot
-/// reach is reported without its password. Neither decides whether the check passes: here no
-/// cflow server runs, so it exits 1 either way.
+/// With a PostgreSQL `database_url` configured, `cflow doctor` reads that server's settings; a
+/// database it cannot reach is reported without its password. Neither decides whether the check
+/// passes: here no cflow server runs, so it exits 1 either way.
 #[test]
 fn doctor_reads_the_configured_postgres_settings() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -438,23 +437,19 @@ fn doctor_reads_the_configured_postgres_settings() {
     let doc = doctor(&url);
     let d = &doc["database"];
     assert_eq!(d["backend"], "postgresql", "{d:#}");
-    let (shown, bytes): (String, i64) = rt.block_on(async {
+    let shown: String = rt.block_on(async {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        sqlx::query_as(
-            "SELECT current_setting('shared_buffers'), \
-             pg_size_bytes(current_setting('shared_buffers'))",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("SHOW shared_buffers")
+        sqlx::query_scalar("SELECT current_setting('shared_buffers')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("SHOW shared_buffers")
     });
     let reported = d["settings"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "shared_buffers"))
         .unwrap_or_else(|| panic!("no shared_buffers in {d:#}"));
     assert_eq!(reported["value"], shown.as_str());
-    assert_eq!(d["advice"].is_string(), bytes < 256 << 20, "{d:#}");
     assert!(
         d["summary"]
             .as_str()
