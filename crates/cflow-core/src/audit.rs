@@ -31,9 +31,12 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-/// The fields that the hash commits to, in a fixed order. Serialising a struct with serde_json
-/// writes its fields in declaration order with deterministic escaping, which makes the encoding
-/// canonical for a given entry.
+/// The fields that the hash commits to, in a fixed order, but the last: the entry's `detail`.
+/// The canonical encoding is this struct as serde_json writes it (fields in declaration order,
+/// deterministic escaping) with `"detail":` and the detail's compact serde_json text added as
+/// its last field, which is exactly how serde_json writes the same struct with the detail in
+/// it; taking the detail's text lets a writer serialise a large detail once, for the hash and
+/// for the stored row.
 #[derive(Serialize)]
 struct Canonical<'a> {
     seq: i64,
@@ -45,11 +48,15 @@ struct Canonical<'a> {
     outcome: &'a str,
     request_id: Option<&'a str>,
     source: Option<&'a str>,
-    detail: &'a serde_json::Value,
 }
 
 /// The canonical bytes of an entry (everything but its hashes).
 pub fn canonical_bytes(e: &AuditEntry) -> Vec<u8> {
+    canonical_bytes_with(e, &detail_text(&e.detail))
+}
+
+/// The canonical bytes of an entry whose detail's text ([`detail_text`]) is `detail`.
+fn canonical_bytes_with(e: &AuditEntry, detail: &str) -> Vec<u8> {
     let c = Canonical {
         seq: e.seq,
         at: e.at,
@@ -60,24 +67,46 @@ pub fn canonical_bytes(e: &AuditEntry) -> Vec<u8> {
         outcome: &e.outcome,
         request_id: e.request_id.as_deref(),
         source: e.source.as_deref(),
-        detail: &e.detail,
     };
-    serde_json::to_vec(&c).expect("serialising plain data cannot fail")
+    let mut out = Vec::with_capacity(256 + detail.len());
+    serde_json::to_writer(&mut out, &c).expect("serialising plain data cannot fail");
+    // `{...}` becomes `{...,"detail":<detail>}`.
+    out.pop();
+    out.extend_from_slice(b",\"detail\":");
+    out.extend_from_slice(detail.as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// A detail as the ledger stores it and the hash covers it: compact serde_json text.
+pub fn detail_text(detail: &serde_json::Value) -> String {
+    detail.to_string()
 }
 
 /// `sha256(prev_hash ‖ canonical entry)` as lowercase hex.
 pub fn entry_hash(prev_hash: &str, e: &AuditEntry) -> String {
+    hash_with(prev_hash, e, &detail_text(&e.detail))
+}
+
+fn hash_with(prev_hash: &str, e: &AuditEntry, detail: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(canonical_bytes(e));
+    h.update(canonical_bytes_with(e, detail));
     hex::encode(h.finalize())
 }
 
 /// Fills `prev_hash` and `hash` of a new entry that follows `prev_hash`.
-pub fn seal(mut e: AuditEntry, prev_hash: &str) -> AuditEntry {
+pub fn seal(e: AuditEntry, prev_hash: &str) -> AuditEntry {
+    seal_with_text(e, prev_hash).0
+}
+
+/// [`seal`], also answering the detail's text ([`detail_text`]), serialised once for the hash
+/// and for the row that stores the entry.
+pub fn seal_with_text(mut e: AuditEntry, prev_hash: &str) -> (AuditEntry, String) {
+    let detail = detail_text(&e.detail);
     e.prev_hash = prev_hash.to_string();
-    e.hash = entry_hash(prev_hash, &e);
-    e
+    e.hash = hash_with(prev_hash, &e, &detail);
+    (e, detail)
 }
 
 /// Why an entry does not fit the chain.
@@ -163,6 +192,68 @@ pub fn verify_chain<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The encoding before the detail's text was spliced in: the whole entry's fields, detail
+    /// included, as one struct. Stored hashes were made this way, so the two must agree.
+    #[derive(Serialize)]
+    struct Whole<'a> {
+        seq: i64,
+        at: i64,
+        tenant_id: Option<&'a str>,
+        principal_id: Option<&'a str>,
+        action: &'a str,
+        resource: &'a str,
+        outcome: &'a str,
+        request_id: Option<&'a str>,
+        source: Option<&'a str>,
+        detail: &'a serde_json::Value,
+    }
+
+    #[test]
+    fn the_spliced_encoding_equals_serialising_the_whole_entry() {
+        let details = [
+            serde_json::json!({}),
+            serde_json::Value::Null,
+            serde_json::json!("plain \"quoted\" \\ text\n\u{1}é✓"),
+            serde_json::json!({"count": 2, "tasks": [{"id": "a", "epoch": 1}, {"id": "b", "x": [1.5, -2, null, true]}]}),
+        ];
+        for (i, detail) in details.into_iter().enumerate() {
+            let e = AuditEntry {
+                seq: 7 + i as i64,
+                at: 1_764_000_000_000,
+                tenant_id: Some("t\"1".into()),
+                principal_id: None,
+                action: "task.complete".into(),
+                resource: "tasks".into(),
+                outcome: "success".into(),
+                request_id: Some("r-1".into()),
+                source: None,
+                detail,
+                prev_hash: String::new(),
+                hash: String::new(),
+            };
+            let whole = serde_json::to_vec(&Whole {
+                seq: e.seq,
+                at: e.at,
+                tenant_id: e.tenant_id.as_deref(),
+                principal_id: e.principal_id.as_deref(),
+                action: &e.action,
+                resource: &e.resource,
+                outcome: &e.outcome,
+                request_id: e.request_id.as_deref(),
+                source: e.source.as_deref(),
+                detail: &e.detail,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(canonical_bytes(&e)).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
+            let (sealed, text) = seal_with_text(e.clone(), GENESIS_HASH);
+            assert_eq!(text, e.detail.to_string());
+            assert_eq!(sealed, seal(e, GENESIS_HASH));
+        }
+    }
 
     fn chain(n: i64) -> Vec<AuditEntry> {
         let mut prev = GENESIS_HASH.to_string();

@@ -3,7 +3,7 @@
 
 use crate::exec::GetCol;
 use crate::exec::WConn;
-use cflow_core::audit::{AuditEntry, ChainVerifier, GENESIS_HASH, seal};
+use cflow_core::audit::{AuditEntry, ChainVerifier, GENESIS_HASH, seal_with_text};
 use serde_json::Value;
 use sqlx::AnyPool;
 use sqlx::AssertSqlSafe;
@@ -152,9 +152,9 @@ impl Head {
     /// Seals `draft` as the next entry and makes it the head. Times never go backwards along the
     /// chain (a clock step back, or another node's clock, cannot reorder it), which also lets a
     /// `since` filter be turned into a range of `seq`.
-    pub fn append(&mut self, ctx: &AuditContext, draft: Draft, now: i64) -> AuditEntry {
+    pub fn append(&mut self, ctx: &AuditContext, draft: Draft, now: i64) -> Sealed {
         let at = now.max(self.at);
-        let entry = seal(
+        let (entry, detail) = seal_with_text(
             AuditEntry {
                 seq: self.seq + 1,
                 at,
@@ -174,8 +174,15 @@ impl Head {
         self.seq = entry.seq;
         self.at = at;
         self.hash.clone_from(&entry.hash);
-        entry
+        Sealed { entry, detail }
     }
+}
+
+/// An entry sealed into the chain, with its detail's text: serialised once, for the hash and
+/// for the stored row (a coalesced entry's detail lists up to a thousand tasks).
+pub(crate) struct Sealed {
+    entry: AuditEntry,
+    detail: String,
 }
 
 /// `v` with every object's keys in sorted order. The hash covers the detail as serde_json writes
@@ -209,12 +216,36 @@ const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outco
 /// Inserts sealed entries with one statement whose one parameter holds every entry (see
 /// `bulk`): one round trip and one bind, however many ops the batch had (unless the entries
 /// hold several MiB, which are split over a few statements).
-pub(crate) async fn insert(
-    conn: &mut WConn,
-    backend: Backend,
-    entries: &[AuditEntry],
-) -> Result<()> {
+pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: &[Sealed]) -> Result<()> {
     if entries.is_empty() {
+        return Ok(());
+    }
+    if backend == Backend::Sqlite {
+        // A prepared insert per entry (the writer runs SQLite in-line): the detail's text is
+        // bound as it is, where a JSON row held it escaped and SQLite parsed it back out.
+        let sql = format!(
+            "INSERT INTO audit ({COLUMNS}) VALUES ({})",
+            crate::tasks::placeholders(1, ROW_COLUMNS.len())
+        );
+        for s in entries {
+            let e = &s.entry;
+            // The text holds only column names written here; every value is bound.
+            crate::exec::query(AssertSqlSafe(sql.clone()))
+                .bind(e.seq)
+                .bind(e.at)
+                .bind(e.tenant_id.clone())
+                .bind(e.principal_id.clone())
+                .bind(e.action.clone())
+                .bind(e.resource.clone())
+                .bind(e.outcome.clone())
+                .bind(e.request_id.clone())
+                .bind(e.source.clone())
+                .bind(s.detail.clone())
+                .bind(e.prev_hash.clone())
+                .bind(e.hash.clone())
+                .execute(&mut *conn)
+                .await?;
+        }
         return Ok(());
     }
     let sql = format!(
@@ -237,7 +268,7 @@ pub(crate) async fn insert(
 /// that [`pg_prepare`] prepared on the writer's connection (planned once, not per batch), with
 /// the rows as a dollar-quoted literal ([`bulk::dollar_quoted`]). If the insert fails,
 /// PostgreSQL skips the `COMMIT` and the transaction stays open, aborted.
-pub(crate) fn insert_and_commit_pg(entries: &[AuditEntry]) -> Result<Option<String>> {
+pub(crate) fn insert_and_commit_pg(entries: &[Sealed]) -> Result<Option<String>> {
     if entries.is_empty() {
         return Ok(Some("COMMIT".into()));
     }
@@ -280,10 +311,10 @@ const ROW_COLUMNS: [(&str, bulk::Ty); 12] = {
 };
 
 /// Each entry as a row in `ROW_COLUMNS` order.
-fn rows_of(entries: &[AuditEntry]) -> Vec<impl serde::Serialize + '_> {
+fn rows_of(entries: &[Sealed]) -> Vec<impl serde::Serialize + '_> {
     entries
         .iter()
-        .map(|e| {
+        .map(|Sealed { entry: e, detail }| {
             (
                 e.seq,
                 e.at,
@@ -294,7 +325,7 @@ fn rows_of(entries: &[AuditEntry]) -> Vec<impl serde::Serialize + '_> {
                 &e.outcome,
                 &e.request_id,
                 &e.source,
-                e.detail.to_string(),
+                detail,
                 &e.prev_hash,
                 &e.hash,
             )
