@@ -13,23 +13,21 @@
 //! it (the hook dispatcher under a burst) reads what it missed from the ring with
 //! [`EventBus::since`], and loses events only once they have left the ring too.
 
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
-/// One state change.
-#[derive(Debug, Clone, Serialize)]
+/// One state change (clients get it as `routes::events` and hooks shape it, id included).
+#[derive(Debug, Clone)]
 pub struct Event {
-    /// `<boot>-<seq>`.
-    pub id: String,
-    #[serde(skip)]
+    /// The server start that published it (see [`Event::id`]), shared by all its events.
+    pub boot: Arc<str>,
     pub seq: u64,
     /// `*` for platform-wide events (the local pool's state), which every tenant sees.
     pub tenant_id: String,
-    /// `task.queued`, `agent.busy`, `worker.lost`, `autoscaler.scale_up`, ...
-    #[serde(rename = "type")]
+    /// `task.queued`, `agent.busy`, `worker.lost`, `autoscaler.scale_up`, ... (`type` on the
+    /// wire).
     pub kind: String,
     /// The id of what changed (a task, agent, swarm or worker id).
     pub subject: String,
@@ -38,8 +36,15 @@ pub struct Event {
     pub at: i64,
     /// Unix microseconds (the same instant as `at`): hooks are matched against their state at
     /// this time (see `cflow_store::Hook::was_on_at`).
-    #[serde(skip)]
     pub at_us: i64,
+}
+
+impl Event {
+    /// `<boot>-<seq>`: made when asked for (SSE, hooks), not for every event published, most of
+    /// which nobody reads before they leave the ring.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.boot, self.seq)
+    }
 }
 
 /// Cheap to clone.
@@ -49,7 +54,7 @@ pub struct EventBus(Arc<Inner>);
 struct Inner {
     /// Every payload is masked with its tenant's masker before it is kept or sent.
     masks: crate::secrets::Masks,
-    boot: String,
+    boot: Arc<str>,
     capacity: usize,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Event>>,
@@ -97,7 +102,7 @@ impl EventBus {
     pub fn with_masks(capacity: usize, masks: crate::secrets::Masks) -> Self {
         let capacity = capacity.max(16);
         let (live, _) = broadcast::channel(4096);
-        let boot = format!("{:x}", crate::state::now_ms());
+        let boot: Arc<str> = format!("{:x}", crate::state::now_ms()).into();
         EventBus(Arc::new(Inner {
             masks,
             boot,
@@ -132,7 +137,7 @@ impl EventBus {
         ring.next_seq += 1;
         let at_us = crate::state::now_us();
         let event = Arc::new(Event {
-            id: format!("{}-{seq}", self.0.boot),
+            boot: self.0.boot.clone(),
             seq,
             tenant_id: tenant_id.to_string(),
             kind: kind.to_string(),
@@ -141,12 +146,18 @@ impl EventBus {
             at: at_us.div_euclid(1000),
             at_us,
         });
-        if ring.events.len() == self.0.capacity {
-            ring.events.pop_front();
-        }
+        // The oldest event is dropped after the lock is released: its memory is cold by now,
+        // and freeing it was most of the time spent publishing.
+        let evicted = if ring.events.len() == self.0.capacity {
+            ring.events.pop_front()
+        } else {
+            None
+        };
         ring.events.push_back(event.clone());
         // Sent under the ring lock so live order equals ring order; no receiver is fine.
         let _ = self.0.live.send(event);
+        drop(ring);
+        drop(evicted);
     }
 
     /// Subscribes for `tenant_id`'s events (the caller filters by tenant; see
@@ -204,7 +215,7 @@ impl EventBus {
 
     fn parse_id(&self, id: &str) -> Option<u64> {
         let (boot, seq) = id.rsplit_once('-')?;
-        if boot != self.0.boot {
+        if boot != &*self.0.boot {
             return None;
         }
         seq.parse().ok()

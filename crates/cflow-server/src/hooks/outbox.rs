@@ -33,7 +33,7 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 /// The envelope every handler receives: the event, and which hook it is for.
 pub fn envelope(hook: &Hook, e: &Event) -> Value {
     json!({
-        "id": e.id,
+        "id": e.id(),
         "type": e.kind,
         "tenant_id": e.tenant_id,
         "subject": e.subject,
@@ -198,7 +198,7 @@ async fn dispatch(state: &AppState, events: &[Arc<Event>]) {
                 .or_default()
                 .push(NewDelivery {
                     hook_id: hook.id.clone(),
-                    event_id: e.id.clone(),
+                    event_id: e.id(),
                     event_type: e.kind.clone(),
                     payload: envelope(hook, e),
                 });
@@ -534,7 +534,7 @@ mod tests {
 
     fn event(kind: &str, at_us: i64) -> Event {
         Event {
-            id: "b-1".into(),
+            boot: "b".into(),
             seq: 1,
             tenant_id: "t1".into(),
             kind: kind.into(),

@@ -65,14 +65,14 @@ fn prefixes(types: Option<&str>) -> ApiResult<Vec<String>> {
 /// What a client reads: the event without its tenant.
 fn to_sse(e: &Event) -> SseEvent {
     let data = json!({
-        "id": e.id,
+        "id": e.id(),
         "type": e.kind,
         "subject": e.subject,
         "data": e.data,
         "at": time(e.at),
     });
     SseEvent::default()
-        .id(e.id.clone())
+        .id(e.id())
         .event(e.kind.clone())
         .data(data.to_string())
 }
