@@ -839,12 +839,11 @@ impl Scheduler {
                             .pools
                             .iter()
                             .find(|p| p.agent_type == a.rec.agent_type)
-                            .cloned()
                     });
                     // An agent being handed over to its next task is recycled (if a drain began
                     // meanwhile) when that task ends, or when the hand-over is not made.
                     let draining = a.rec.state == AgentState::Draining && a.next.is_none();
-                    let worn = pool.as_ref().is_some_and(|p| {
+                    let worn = pool.is_some_and(|p| {
                         p.recycle_after_tasks
                             .is_some_and(|n| a.tasks_since_start >= u64::try_from(n).unwrap_or(0))
                             || (p.recycle_on_failure && failed == Some(true))
