@@ -213,36 +213,34 @@ pub(crate) const HEAD_SQL: &str = "SELECT seq, at, hash FROM audit ORDER BY seq 
 
 const COLUMNS: &str = "seq, at, tenant_id, principal_id, action, resource, outcome, request_id, source, detail, prev_hash, hash";
 
-/// Inserts sealed entries with one statement whose one parameter holds every entry (see
-/// `bulk`): one round trip and one bind, however many ops the batch had (unless the entries
-/// hold several MiB, which are split over a few statements).
-pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: &[Sealed]) -> Result<()> {
+/// Inserts sealed entries: on SQLite (which the writer runs in-line) a prepared insert per
+/// entry, its detail's text bound as it is; on PostgreSQL one statement whose one parameter
+/// holds every entry (see `bulk`): one round trip and one bind, however many ops the batch had
+/// (unless the entries hold several MiB, which are split over a few statements).
+pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: Vec<Sealed>) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
     if backend == Backend::Sqlite {
-        // A prepared insert per entry (the writer runs SQLite in-line): the detail's text is
-        // bound as it is, where a JSON row held it escaped and SQLite parsed it back out.
         let sql = format!(
             "INSERT INTO audit ({COLUMNS}) VALUES ({})",
             crate::tasks::placeholders(1, ROW_COLUMNS.len())
         );
-        for s in entries {
-            let e = &s.entry;
+        for Sealed { entry: e, detail } in entries {
             // The text holds only column names written here; every value is bound.
             crate::exec::query(AssertSqlSafe(sql.clone()))
                 .bind(e.seq)
                 .bind(e.at)
-                .bind(e.tenant_id.clone())
-                .bind(e.principal_id.clone())
-                .bind(e.action.clone())
-                .bind(e.resource.clone())
-                .bind(e.outcome.clone())
-                .bind(e.request_id.clone())
-                .bind(e.source.clone())
-                .bind(s.detail.clone())
-                .bind(e.prev_hash.clone())
-                .bind(e.hash.clone())
+                .bind(e.tenant_id)
+                .bind(e.principal_id)
+                .bind(e.action)
+                .bind(e.resource)
+                .bind(e.outcome)
+                .bind(e.request_id)
+                .bind(e.source)
+                .bind(detail)
+                .bind(e.prev_hash)
+                .bind(e.hash)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -253,7 +251,7 @@ pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: &[Sealed
         bulk::rows_from(backend, 1, &ROW_COLUMNS)
     );
     // The text holds only column names written here; every value is in the one parameter.
-    for text in bulk::rows_json(&rows_of(entries))? {
+    for text in bulk::rows_json(&rows_of(&entries))? {
         crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
             .execute(&mut *conn)

@@ -1170,7 +1170,7 @@ async fn apply_batch(
     {
         return Ok((results, applied, Some(sql)));
     }
-    audit::insert(conn, backend, &entries)
+    audit::insert(conn, backend, entries)
         .await
         .map_err(classify)?;
     Ok((results, applied, None))
