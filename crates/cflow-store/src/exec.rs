@@ -387,6 +387,35 @@ pub(crate) async fn raw_rows_pg(c: &mut WConn, sql: String) -> Result<Vec<AnyRow
     }
 }
 
+/// PostgreSQL: whether writes are held back on this connection ([`Deferred`]), so that a
+/// statement can travel in the same round trip as them ([`fetch_last_pg`]).
+pub(crate) fn defers(c: &WConn) -> bool {
+    matches!(c, WConn::Any(_, d) if d.on)
+}
+
+/// PostgreSQL: runs the held-back writes and then `sql` (statements built by the store: no
+/// caller-supplied SQL) as one simple query, one round trip, and returns the first column of
+/// the last row it returns (`sql`'s, which must return one row). An error in a held-back write
+/// skips the rest, as at `COMMIT`.
+pub(crate) async fn fetch_last_pg(c: &mut WConn, sql: &str) -> Result<String, sqlx::Error> {
+    match c {
+        WConn::Any(conn, d) => {
+            let mut all = std::mem::take(&mut d.sql);
+            all.push_str(sql);
+            let rows =
+                sqlx::Executor::fetch_all(&mut *conn, sqlx::raw_sql(sqlx::AssertSqlSafe(all)))
+                    .await?;
+            match rows.last() {
+                Some(r) => sqlx::Row::try_get(r, 0),
+                None => Err(sqlx::Error::RowNotFound),
+            }
+        }
+        WConn::Lite(_) => Err(sqlx::Error::Protocol(
+            "a multi-statement query with results is for PostgreSQL only".into(),
+        )),
+    }
+}
+
 /// A statement and its arguments.
 pub(crate) struct Query {
     sql: SqlStr,

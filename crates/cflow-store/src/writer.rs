@@ -966,10 +966,11 @@ const PG_BEGIN_AND_HEAD: &str =
 fn pg_prepare() -> String {
     format!(
         "SET enable_seqscan = off; SET synchronous_commit = off; {}; PREPARE cflow_agent_infos(text) AS {}; \
-         PREPARE cflow_read_live(text) AS {}",
+         PREPARE cflow_read_live(text) AS {}; PREPARE cflow_assign(text) AS {}",
         audit::pg_prepare(),
         crate::batch_fast::agent_infos_sql(Backend::Postgres, 1),
-        crate::batch_fast::read_live_sql(Backend::Postgres, true)
+        crate::batch_fast::read_live_sql(Backend::Postgres, true),
+        crate::batch_fast::assign_pg_sql()
     )
 }
 

@@ -2,8 +2,8 @@
 
 use cflow_core::task::TaskState;
 use cflow_store::{
-    AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, NextAssign, OutcomeKind,
-    StartRequest,
+    AgentState, AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, NextAssign,
+    OutcomeKind, StartRequest, SwarmState,
 };
 
 use crate::attempts::{LEASE, agent, get, outcome, stale};
@@ -572,6 +572,154 @@ async fn a_completion_hands_its_agent_over_to_the_next_task() {
             );
         }
         assert!(!assigned.contains(&id["e"]));
+    })
+    .await;
+}
+
+/// A batch of assignments of distinct tasks takes the set-based path (on PostgreSQL one
+/// statement that checks and writes every element, the refused ones then checked again one by
+/// one for their reason): each element still gets exactly the answer of its single op, and the
+/// refused ones change nothing.
+#[tokio::test]
+async fn a_set_of_assignments_checks_every_element_like_its_single_op() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "set").await;
+        let other = tenant(&store, "set-other").await;
+        let ag = agent(&store, &t).await;
+        let paused = agent(&store, &t).await;
+        let quarantined = agent(&store, &t).await;
+        let theirs = agent(&store, &other).await;
+        store
+            .set_swarm_state(&ctx(&t), &t, &paused.swarm_id, SwarmState::Paused)
+            .await
+            .unwrap();
+        store
+            .set_agent_state(&ctx(&t), &t, &quarantined.id, AgentState::Quarantined)
+            .await
+            .unwrap();
+        let names = ["ok", "again", "taken", "waits", "paused", "quar", "theirs"];
+        let mut tasks: Vec<_> = names.iter().map(|n| task(n, &[])).collect();
+        tasks[3] = task("waits", &["ok"]);
+        let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+        let id = |n: &str| out[names.iter().position(|x| *x == n).unwrap()].id.clone();
+        let n = now();
+        let req = |task: &str, agent: &str| AssignRequest {
+            task_id: id(task),
+            agent_id: agent.to_string(),
+            worker_id: "w1".to_string(),
+            lease_ms: LEASE,
+            now: n,
+        };
+        // "again" runs once and is lost, so its next attempt is its second; "taken" is
+        // assigned already.
+        let first = store
+            .assign_tasks(&system(), vec![req("again", &ag.id), req("taken", &ag.id)])
+            .await
+            .unwrap();
+        assert!(first.iter().all(Result::is_ok), "{backend:?}: {first:?}");
+        store
+            .requeue_lost(&system(), &id("again"), 1, n + LEASE + 1)
+            .await
+            .unwrap();
+        let before: Vec<_> = ["taken", "waits", "paused", "quar", "theirs"]
+            .iter()
+            .map(|x| id(x))
+            .collect();
+        let mut before_tasks = Vec::new();
+        for x in &before {
+            before_tasks.push(get(&store, &t, x).await);
+        }
+
+        let got = store
+            .assign_tasks(
+                &system(),
+                vec![
+                    req("ok", &ag.id),
+                    req("taken", &ag.id),
+                    req("again", &ag.id),
+                    req("waits", &ag.id),
+                    req("paused", &paused.id),
+                    req("quar", &quarantined.id),
+                    req("theirs", &theirs.id),
+                ],
+            )
+            .await
+            .unwrap();
+        let a = got[0].as_ref().unwrap();
+        assert_eq!(
+            (
+                a.epoch,
+                a.attempt_no,
+                a.state,
+                a.lease_expires_at,
+                a.assigned_at
+            ),
+            (1, 1, AttemptState::Assigned, n + LEASE, n),
+            "{backend:?}"
+        );
+        assert!(matches!(got[1], Err(Error::State(_))), "{:?}", got[1]);
+        let a = got[2].as_ref().unwrap();
+        assert_eq!((a.epoch, a.attempt_no), (2, 2), "{backend:?}");
+        assert!(matches!(got[3], Err(Error::State(_))), "{:?}", got[3]);
+        assert!(
+            matches!(got[4], Err(Error::State(ref m)) if m.contains("paused")),
+            "{:?}",
+            got[4]
+        );
+        assert!(
+            matches!(got[5], Err(Error::State(ref m)) if m.contains("quarantined")),
+            "{:?}",
+            got[5]
+        );
+        assert!(matches!(got[6], Err(Error::NotFound(_))), "{:?}", got[6]);
+
+        // What was assigned is in the task and its attempt; the refused are unchanged.
+        for x in ["ok", "again"] {
+            let task = get(&store, &t, &id(x)).await;
+            assert_eq!(task.state, TaskState::Assigned, "{backend:?} {x}");
+            let attempts = store.list_attempts(&t, &id(x)).await.unwrap();
+            let last = attempts.last().unwrap();
+            assert_eq!(
+                (last.epoch, last.agent_id.as_str(), last.worker_id.as_str()),
+                (task.epoch, ag.id.as_str(), "w1"),
+                "{backend:?} {x}"
+            );
+        }
+        for (x, was) in before.iter().zip(&before_tasks) {
+            assert_eq!(&get(&store, &t, x).await, was, "{backend:?}");
+        }
+        // Each accepted element was audited like its single op (a batch's entries are grouped
+        // into one that lists them); the refused ones of this tenant as failures.
+        let q = AuditQuery {
+            tenant_id: Some(t.clone()),
+            ..Default::default()
+        };
+        let entries = store.audit_list(&q, &page(1000, None)).await.unwrap().items;
+        let mut assigned: Vec<(String, i64)> = entries
+            .iter()
+            .filter(|e| e.action == "task.assign" && e.outcome == "success")
+            .flat_map(|e| e.detail["tasks"].as_array().cloned().unwrap_or_default())
+            .map(|x| {
+                (
+                    x["id"].as_str().unwrap().to_string(),
+                    x["epoch"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assigned.sort();
+        let mut want = vec![
+            (id("again"), 1),
+            (id("taken"), 1),
+            (id("ok"), 1),
+            (id("again"), 2),
+        ];
+        want.sort();
+        assert_eq!(assigned, want, "{backend:?}");
+        let refused = entries
+            .iter()
+            .filter(|e| e.action == "task.assign" && e.outcome != "success")
+            .count();
+        assert!(refused >= 1, "{backend:?}: {entries:?}");
     })
     .await;
 }
