@@ -208,6 +208,24 @@ pub(crate) async fn head(conn: &mut WConn) -> Result<Head> {
     }
 }
 
+/// PostgreSQL: takes the ledger's transaction-scoped lock (the one the main writer takes with
+/// each batch's `BEGIN`, see `writer::PG_BEGIN_AND_HEAD`) and then reads the head, in one round
+/// trip after the writes held back so far. From here to its `COMMIT` the transaction is the
+/// ledger's only appender; the head read after the lock was granted sees every entry committed
+/// before.
+pub(crate) async fn lock_and_head_pg(conn: &mut WConn) -> Result<Head> {
+    let rows = crate::exec::raw_rows_pg(conn, PG_LOCK_AND_HEAD.to_string()).await?;
+    // The lock's row (one column), then the head's if the ledger has one (three).
+    match rows.get(1) {
+        Some(r) => Head::from_row(r),
+        None => Ok(Head::genesis()),
+    }
+}
+
+/// The statements of [`lock_and_head_pg`]: the key is "cflowaud" in ASCII, as in the `BEGIN`.
+pub(crate) const PG_LOCK_AND_HEAD: &str =
+    "SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
+
 /// The ledger's head: the last entry's `seq, at, hash` (none in an empty ledger).
 pub(crate) const HEAD_SQL: &str = "SELECT seq, at, hash FROM audit ORDER BY seq DESC LIMIT 1";
 

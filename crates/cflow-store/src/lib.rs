@@ -4,8 +4,10 @@
 //! # Invariants
 //! - Every query on tenant data filters on `tenant_id`; methods that touch tenant data take the
 //!   tenant id as their first argument after the audit context.
-//! - Every change is committed together with its audit entry, in one transaction, by the single
-//!   writer task, which also computes the audit hash chain so that its order is total.
+//! - Every change is committed together with its audit entry, in one transaction, by the
+//!   writer task, which also computes the audit hash chain so that its order is total (on
+//!   PostgreSQL a second writer takes plain submissions and appends to the chain under the same
+//!   lock, between two of the main writer's batches: `writer::Role`).
 //! - A method that returns `Ok` for a write has committed it durably: the writer commits without
 //!   waiting for the log flush (SQLite `synchronous=NORMAL` in WAL mode, PostgreSQL
 //!   `synchronous_commit=off` for its session) and answers only after a flush that covers the
@@ -159,7 +161,25 @@ use std::time::Duration;
 use cflow_core::validate;
 use sqlx::AnyPool;
 
-use crate::writer::{Op, Output, WriterHandle};
+use crate::writer::{Op, Output, Role, WriterHandle};
+
+/// Whether a write may go to the submissions' writer (`writer::Role::Submissions`), whose
+/// batches run alongside the main writer's and see none of its uncommitted writes: a submission
+/// of new tasks that reads only what no other op changes under it. Excluded: dependencies
+/// (their states are read, and a dependency may end meanwhile), idempotency keys (two
+/// submissions of one key must be decided one after the other), and agents offered to take
+/// tasks at once (an assignment).
+fn submits_alone(op: &Op) -> bool {
+    match op {
+        Op::SubmitTasks { tasks, direct, .. } => {
+            direct.iter().all(Option::is_none)
+                && tasks
+                    .iter()
+                    .all(|t| t.depends_on.is_empty() && t.idempotency_key.is_none())
+        }
+        _ => false,
+    }
+}
 
 /// Expired entries deleted per writer op by [`Store::memory_purge_expired`], so that a large
 /// purge does not hold the writer (and every other write) for long.
@@ -182,6 +202,12 @@ pub struct StoreOptions {
     /// SQLite: WAL frames (pages) past which the writer checkpoints between two batches, so the
     /// WAL starts over instead of growing under a steady load (8,192 frames: about 32 MiB).
     pub wal_restart_frames: u32,
+    /// PostgreSQL: a second writer, with a connection of its own, for submissions of new tasks
+    /// that read nothing another op writes (no dependency, no idempotency key, no agent offered
+    /// to take them): their rows are written while the main writer's batches run, and they
+    /// append to the ledger between two of its batches (see `writer::Role`). Off: every write
+    /// goes through the one writer.
+    pub submission_writer: bool,
 }
 
 impl Default for StoreOptions {
@@ -190,6 +216,7 @@ impl Default for StoreOptions {
             max_read_connections: 8,
             max_batch: 512,
             wal_restart_frames: 8192,
+            submission_writer: true,
         }
     }
 }
@@ -206,8 +233,11 @@ struct Inner {
     redacted_url: String,
     /// Serves every read.
     pool: AnyPool,
-    /// Performs every write.
+    /// Performs every write but those of `submitter`.
     writer: WriterHandle,
+    /// PostgreSQL: writes the submissions that [`submits_alone`] accepts
+    /// ([`StoreOptions::submission_writer`]).
+    submitter: Option<WriterHandle>,
     touches: keys::TouchTracker,
 }
 
@@ -250,13 +280,26 @@ impl Store {
             // own on its runtime (the first batch connects, as after a failure).
             Backend::Postgres => None,
         };
-        let writer = WriterHandle::start(conn, url, backend, opts.max_batch, wal)?;
+        let submitter = if backend == Backend::Postgres && opts.submission_writer {
+            Some(WriterHandle::start(
+                None,
+                url.clone(),
+                backend,
+                opts.max_batch,
+                None,
+                Role::Submissions,
+            )?)
+        } else {
+            None
+        };
+        let writer = WriterHandle::start(conn, url, backend, opts.max_batch, wal, Role::Main)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
                 redacted_url,
                 pool,
                 writer,
+                submitter,
                 touches: keys::TouchTracker::default(),
             }),
         })
@@ -283,12 +326,23 @@ impl Store {
     }
 
     async fn write(&self, ctx: &AuditContext, op: Op) -> Result<Output> {
+        if let Some(submitter) = &self.inner.submitter
+            && submits_alone(&op)
+        {
+            return submitter.call(ctx, op).await;
+        }
         self.inner.writer.call(ctx, op).await
     }
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
-        if self.inner.writer.durability_lost() {
+        if self.inner.writer.durability_lost()
+            || self
+                .inner
+                .submitter
+                .as_ref()
+                .is_some_and(WriterHandle::durability_lost)
+        {
             return Err(Error::Config(
                 "the database's writes can no longer be made durable (fsync of the WAL failed); \
                  restart cflow and check the disk"
@@ -301,6 +355,9 @@ impl Store {
 
     /// Stops accepting writes, commits what is queued, and closes every connection.
     pub async fn close(&self) {
+        if let Some(submitter) = &self.inner.submitter {
+            submitter.shutdown().await;
+        }
         self.inner.writer.shutdown().await;
         // Waits for borrowed connections to come back; a reader stuck on a dead server must not
         // make shutdown hang.
@@ -523,5 +580,43 @@ impl Store {
     /// Walks the whole chain and reports the first entry that does not fit.
     pub async fn audit_verify(&self) -> Result<VerifyReport> {
         audit::verify(self.pool()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(tasks: Vec<NewTask>, direct: Vec<Option<DirectAssign>>) -> Op {
+        Op::SubmitTasks {
+            tenant_id: "t".into(),
+            tasks,
+            direct,
+        }
+    }
+
+    #[test]
+    fn only_submissions_that_read_nothing_others_change_go_alone() {
+        let plain = || NewTask::new(serde_json::json!({"command": ["true"]}));
+        assert!(submits_alone(&submit(vec![plain(), plain()], vec![])));
+        assert!(submits_alone(&submit(vec![plain()], vec![None])));
+        let keyed = NewTask {
+            idempotency_key: Some("k".into()),
+            ..plain()
+        };
+        assert!(!submits_alone(&submit(vec![plain(), keyed], vec![])));
+        let dependent = NewTask {
+            depends_on: vec!["other".into()],
+            ..plain()
+        };
+        assert!(!submits_alone(&submit(vec![dependent], vec![])));
+        let offer = DirectAssign {
+            task_id: "x".into(),
+            agent_id: "a".into(),
+            worker_id: "w".into(),
+            lease_ms: 1_000,
+        };
+        assert!(!submits_alone(&submit(vec![plain()], vec![Some(offer)])));
+        assert!(!submits_alone(&Op::PurgeExpired { now: 0, limit: 1 }));
     }
 }

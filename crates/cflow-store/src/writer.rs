@@ -1,4 +1,6 @@
-//! The group-commit writer: the one task per store that performs every change.
+//! The group-commit writer: the one task per store that performs every change (on PostgreSQL,
+//! every change but plain submissions, which a second writer of the same kind performs: see
+//! [`Role`]).
 //!
 //! Callers send an [`Op`] with a reply channel. The writer takes one request, drains whatever
 //! else is already queued (up to `max_batch`), and runs them all in one transaction together
@@ -446,6 +448,7 @@ impl WriterHandle {
         backend: Backend,
         max_batch: usize,
         wal: Option<Arc<db::WalWatch>>,
+        role: Role,
     ) -> Result<Self> {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4).max(1024));
@@ -475,10 +478,15 @@ impl WriterHandle {
             flushes_itself: false,
             tag: None,
             durability_lost: durability_lost.clone(),
+            late_lock: role == Role::Submissions && backend == Backend::Postgres,
         };
         let (done_tx, done_rx) = oneshot::channel();
+        let name = match role {
+            Role::Main => "cflow-writer",
+            Role::Submissions => "cflow-writer-sub",
+        };
         std::thread::Builder::new()
-            .name("cflow-writer".into())
+            .name(name.into())
             .spawn(move || {
                 runtime.block_on(writer.run());
                 let _ = done_tx.send(());
@@ -645,6 +653,22 @@ struct Writer {
     tag: Option<u64>,
     /// Shared with the handle: set by the syncer when a flush failed for good.
     durability_lost: Arc<AtomicBool>,
+    /// PostgreSQL: takes the ledger's lock only to append its entries, at the end of each batch,
+    /// instead of with the `BEGIN` ([`Role::Submissions`]).
+    late_lock: bool,
+}
+
+/// What a writer does. Every store has a main writer; on PostgreSQL, a second one takes the
+/// submissions that read nothing another op writes (see `Store::write`), so that their rows are
+/// written while the main writer's batches run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Role {
+    /// Every op; takes the ledger's lock with each batch's `BEGIN`.
+    Main,
+    /// New tasks with no dependency, idempotency key or offered agent only; takes the ledger's
+    /// lock just before it appends the batch's entries and commits, so its batches run alongside
+    /// the main writer's and commit between two of them.
+    Submissions,
 }
 
 impl Writer {
@@ -882,9 +906,11 @@ impl Writer {
             // The advisory lock, the ledger's head, the leading submissions' agents and the
             // completions after them come with the `BEGIN`.
             Backend::Postgres => {
-                let (head, infos, prefetched) = begin_pg(conn, reqs).await.map_err(classify)?;
+                let (head, infos, prefetched) = begin_pg(conn, reqs, !self.late_lock)
+                    .await
+                    .map_err(classify)?;
                 (agents, live) = (infos, prefetched);
-                Some(head)
+                head
             }
         };
         let t0 = std::time::Instant::now();
@@ -924,6 +950,7 @@ impl Writer {
             },
         }
         tracing::trace!(
+            submissions = self.late_lock,
             ops = reqs.len(),
             begin_us = (t0 - started).as_micros(),
             apply_us = t1.as_micros(),
@@ -978,7 +1005,7 @@ fn pg_prepare() -> String {
 /// submissions (if the batch starts with some) and the prefetched completions
 /// ([`OpCx::live`]).
 type Begun = (
-    audit::Head,
+    Option<audit::Head>,
     Option<HashMap<String, AgentInfo>>,
     Option<LiveRead>,
 );
@@ -986,7 +1013,7 @@ type Begun = (
 /// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, the agents the
 /// batch's leading run of submissions names, if it has one, and the tasks and attempts the
 /// completions after that run report on ([`live_prefetch`]).
-async fn begin_pg(conn: &mut WConn, reqs: &[Request]) -> Result<Begun> {
+async fn begin_pg(conn: &mut WConn, reqs: &[Request], lock: bool) -> Result<Begun> {
     let end = submit_run(reqs, 0);
     let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[..end]
         .iter()
@@ -996,7 +1023,11 @@ async fn begin_pg(conn: &mut WConn, reqs: &[Request]) -> Result<Begun> {
         })
         .collect();
     let ids = tasks::submit_agent_ids(&subs);
-    let mut sql = PG_BEGIN_AND_HEAD.to_string();
+    let mut sql = if lock {
+        PG_BEGIN_AND_HEAD.to_string()
+    } else {
+        "BEGIN".to_string()
+    };
     if !subs.is_empty() && !ids.is_empty() {
         let json = crate::bulk::ids_json(ids.iter().copied());
         sql.push_str(&format!(
@@ -1013,12 +1044,13 @@ async fn begin_pg(conn: &mut WConn, reqs: &[Request]) -> Result<Begun> {
         ));
     }
     let rows = exec::raw_rows_pg(conn, sql).await?;
-    // The lock's row (one column), the head's if the ledger has one (three), the agents' (five
-    // columns each), then the completions' (one).
-    let mut rows = rows.iter().skip(1).peekable();
-    let head = match rows.next_if(|r| sqlx::Row::len(*r) == 3) {
-        Some(r) => audit::Head::from_row(r)?,
-        None => audit::Head::genesis(),
+    // With the lock: the lock's row (one column), the head's if the ledger has one (three);
+    // then the agents' (five columns each), then the completions' (one).
+    let mut rows = rows.iter().skip(usize::from(lock)).peekable();
+    let head = match (lock, rows.next_if(|r| lock && sqlx::Row::len(*r) == 3)) {
+        (false, _) => None,
+        (true, Some(r)) => Some(audit::Head::from_row(r)?),
+        (true, None) => Some(audit::Head::genesis()),
     };
     let mut infos = HashMap::new();
     let mut live = None;
@@ -1096,12 +1128,9 @@ async fn apply_batch(
 ) -> Result<Applied, BatchError> {
     let (mut agents, mut live) = prefetched;
     let live_at = submit_run(reqs, 0);
-    let mut head = match head {
-        Some(h) => h,
-        None => audit::head(conn).await.map_err(classify)?,
-    };
     let now = db::now_ms();
-    let mut entries = Vec::new();
+    // Each entry with its request's context, sealed once the ledger's head is known.
+    let mut drafts: Vec<(&AuditContext, Draft)> = Vec::new();
     let mut results = Vec::with_capacity(reqs.len());
     let mut start = 0;
     while start < reqs.len() {
@@ -1159,13 +1188,27 @@ async fn apply_batch(
             };
         for (req, step) in reqs[start..].iter().zip(steps) {
             for draft in audit::coalesce(step.audit) {
-                entries.push(head.append(&req.ctx, draft, now));
+                drafts.push((&req.ctx, draft));
             }
             results.push(step.result);
         }
         start = end.max(start + 1);
     }
     let applied = std::time::Instant::now();
+    // The head read with the `BEGIN` (PostgreSQL's main writer), else now: on SQLite under the
+    // write lock the transaction holds, on PostgreSQL after taking the ledger's lock, which
+    // serialises every appender (see `Role`).
+    let mut head = match head {
+        Some(h) => h,
+        None if backend == Backend::Postgres => {
+            audit::lock_and_head_pg(conn).await.map_err(classify)?
+        }
+        None => audit::head(conn).await.map_err(classify)?,
+    };
+    let entries: Vec<audit::Sealed> = drafts
+        .into_iter()
+        .map(|(ctx, draft)| head.append(ctx, draft, now))
+        .collect();
     if backend == Backend::Postgres
         && let Some(sql) = audit::insert_and_commit_pg(&entries).map_err(classify)?
     {
@@ -1187,6 +1230,12 @@ mod tests {
         assert!(
             sql.contains(&format!("SELECT 1 FROM pg_advisory_xact_lock({key}); ")),
             "{sql}"
+        );
+        // The submissions' writer takes the same lock, later (`Role::Submissions`).
+        assert!(
+            sql.ends_with(crate::audit::PG_LOCK_AND_HEAD),
+            "{sql} / {}",
+            crate::audit::PG_LOCK_AND_HEAD
         );
     }
 }

@@ -272,3 +272,128 @@ async fn postgres_writes_go_on_when_the_durability_connection_is_lost() {
     assert_eq!(back, 1, "the durability connection did not come back");
     store.close().await;
 }
+
+/// Submissions from many callers at once, of every kind, while other writes go on: on
+/// PostgreSQL plain submissions take the submissions' writer (its batches run alongside the main
+/// writer's and append to the ledger between two of them) and the rest the main writer. Nothing
+/// is lost, an idempotency key still names one task, and the ledger's chain stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submissions_of_every_kind_at_once_keep_the_ledger_whole() {
+    each_backend(|store, backend| async move {
+        let t = tenant(&store, "subs").await;
+        let mut calls = Vec::new();
+        // Plain submissions: 8 callers x 10 requests x 20 tasks.
+        for c in 0..8 {
+            let (store, t) = (store.clone(), t.clone());
+            calls.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for r in 0..10 {
+                    let tasks = (0..20)
+                        .map(|i| crate::tasks::task(&format!("p{c}-{r}-{i}"), &[]))
+                        .collect();
+                    let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+                    ids.extend(out.into_iter().map(|s| (None, s.id, s.existing)));
+                }
+                ids
+            }));
+        }
+        // Four callers submit the same ten idempotency keys; two submit small DAGs.
+        for _ in 0..4 {
+            let (store, t) = (store.clone(), t.clone());
+            calls.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for k in 0..10 {
+                    let task = cflow_store::NewTask {
+                        idempotency_key: Some(format!("key-{k}")),
+                        ..crate::tasks::task("k", &[])
+                    };
+                    let out = store.submit_tasks(&ctx(&t), &t, vec![task]).await.unwrap();
+                    ids.push((Some(k), out[0].id.clone(), out[0].existing));
+                }
+                ids
+            }));
+        }
+        for c in 0..2 {
+            let (store, t) = (store.clone(), t.clone());
+            calls.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for r in 0..10 {
+                    let a = format!("a{c}-{r}");
+                    let tasks = vec![
+                        crate::tasks::task(&a, &[]),
+                        crate::tasks::task(&format!("b{c}-{r}"), &[&a]),
+                    ];
+                    let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+                    ids.extend(out.into_iter().map(|s| (None, s.id, s.existing)));
+                }
+                ids
+            }));
+        }
+        // Other writes meanwhile (the main writer's).
+        {
+            let (store, t) = (store.clone(), t.clone());
+            calls.push(tokio::spawn(async move {
+                for i in 0..40 {
+                    store
+                        .memory_put(&ctx(&t), &t, put("ns", &format!("k{i}"), json!(i)))
+                        .await
+                        .unwrap();
+                }
+                Vec::new()
+            }));
+        }
+        let mut keyed: std::collections::HashMap<usize, std::collections::HashSet<String>> =
+            Default::default();
+        let mut created = std::collections::HashSet::new();
+        for call in calls {
+            for (key, id, existing) in call.await.unwrap() {
+                match key {
+                    Some(k) => {
+                        keyed.entry(k).or_default().insert(id.clone());
+                        if !existing {
+                            created.insert(id);
+                        }
+                    }
+                    None => {
+                        assert!(!existing, "{backend:?}");
+                        created.insert(id);
+                    }
+                }
+            }
+        }
+        // 1,600 plain, 40 in DAGs, one task per key.
+        assert_eq!(keyed.len(), 10);
+        assert!(
+            keyed.values().all(|ids| ids.len() == 1),
+            "{backend:?}: {keyed:?}"
+        );
+        assert_eq!(created.len(), 1_600 + 40 + 10, "{backend:?}");
+        let all = crate::tasks::all_tasks_paged(&store, &t).await;
+        assert_eq!(all.len(), created.len(), "{backend:?}");
+        assert!(all.iter().all(|task| created.contains(&task.id)));
+
+        // Every submission request is in the ledger, and the chain is whole.
+        let mut submits = 0;
+        let mut cursor = None;
+        loop {
+            let q = cflow_store::AuditQuery {
+                tenant_id: Some(t.clone()),
+                since: None,
+            };
+            let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
+            submits += p
+                .items
+                .iter()
+                .filter(|e| e.action == "task.submit" && e.outcome == "success")
+                .count();
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(submits, 80 + 40 + 20, "{backend:?}");
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{backend:?}: {report:?}");
+    })
+    .await;
+}

@@ -23,6 +23,23 @@ pub async fn all_tasks(store: &Store, tenant_id: &str) -> Vec<Task> {
         .items
 }
 
+/// Every task of the tenant, page after page.
+pub async fn all_tasks_paged(store: &Store, tenant_id: &str) -> Vec<Task> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_tasks(tenant_id, &TaskFilter::default(), &page(1000, cursor))
+            .await
+            .unwrap();
+        out.extend(p.items);
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_bulk_submit_plans_the_dag() {
     each_backend(|store, backend| async move {
