@@ -82,14 +82,22 @@ impl Table {
     /// Stops and forgets an attempt the scheduler no longer gives to this worker. Returns whether
     /// it was held.
     pub(crate) fn drop_attempt(&self, task_id: &str, epoch: i64) -> bool {
+        self.drop_held(task_id, epoch).is_some()
+    }
+
+    /// [`Table::drop_attempt`], saying what was dropped: `Some(true)` for an attempt whose driver
+    /// had returned (its `Finished` report queued or in flight, which goes out all the same),
+    /// `Some(false)` for one still running, `None` when it was not held.
+    pub(crate) fn drop_held(&self, task_id: &str, epoch: i64) -> Option<bool> {
         let mut map = self.lock();
         match map.get(task_id) {
             Some(e) if e.epoch == epoch => {
                 e.cancel.cancel();
+                let finished = e.finished;
                 map.remove(task_id);
-                true
+                Some(finished)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -179,5 +187,28 @@ impl Table {
         self.attempts
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_says_whether_the_attempt_was_still_running() {
+        let table = Table::default();
+        let (a, b) = (CancellationToken::new(), CancellationToken::new());
+        assert!(table.insert("a", 1, a.clone()));
+        assert!(table.insert("b", 1, b.clone()));
+        assert!(table.mark_finished("b", 1));
+        // Another epoch, or a task not held: nothing happens.
+        assert_eq!(table.drop_held("a", 2), None);
+        assert_eq!(table.drop_held("c", 1), None);
+        assert!(!a.is_cancelled());
+        assert_eq!(table.drop_held("a", 1), Some(false));
+        assert!(a.is_cancelled());
+        assert_eq!(table.drop_held("b", 1), Some(true));
+        assert!(table.held().is_empty());
+        assert_eq!(table.drop_held("b", 1), None);
     }
 }
