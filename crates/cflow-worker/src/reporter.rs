@@ -1,6 +1,7 @@
 //! The reporter: one task that sends every report of the worker, at most [`IN_FLIGHT`] `report`
 //! calls at a time, each call carrying everything that queued up meanwhile. With nothing else
-//! queued a report goes out at once; under load the batches grow by themselves, so the number of
+//! queued a report goes out at once (after a few yields of the thread that let a burst being
+//! reported join it, see [`gather`]); under load the batches grow by themselves, so the number of
 //! round trips tracks the server's latency rather than the task rate. Two calls in flight keep
 //! the server's writer busy while it finishes the previous call (its commit, then the in-memory
 //! settlement) and this worker runs what that call handed it; one call would make them take
@@ -26,6 +27,30 @@ const MAX_BATCH: usize = 4096;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// The most `report` calls in flight at once.
 pub(crate) const IN_FLIGHT: usize = 2;
+/// Times the reporter yields its thread to let a burst of reports finish queueing before it
+/// sends a call (see [`gather`]).
+const GATHER_YIELDS: u32 = 3;
+
+/// Takes what is queued, then yields the thread (at most [`GATHER_YIELDS`] times, while more
+/// keeps arriving) and takes again. A call's answer hands the worker a wave of attempts at once
+/// (the scheduler's hand-over); without the pause the first of their reports went out alone and
+/// the rest waited for that call's answer, so the server's writer alternated a batch of a few
+/// tasks with one of hundreds and sat idle after each small one.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Report>, pending: &mut VecDeque<Report>) {
+    while let Ok(r) = rx.try_recv() {
+        pending.push_back(r);
+    }
+    for _ in 0..GATHER_YIELDS {
+        tokio::task::yield_now().await;
+        let before = pending.len();
+        while let Ok(r) = rx.try_recv() {
+            pending.push_back(r);
+        }
+        if pending.len() == before {
+            break;
+        }
+    }
+}
 
 pub(crate) struct Reporter {
     pub(crate) link: Arc<dyn Link>,
@@ -54,9 +79,7 @@ impl Reporter {
         let mut closed = false;
         loop {
             while calls.len() < IN_FLIGHT {
-                while let Ok(r) = rx.try_recv() {
-                    pending.push_back(r);
-                }
+                gather(&mut rx, &mut pending).await;
                 let mut batch = take_batch(&mut pending, &busy);
                 if batch.is_empty() {
                     break;

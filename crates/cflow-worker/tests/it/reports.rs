@@ -42,6 +42,28 @@ async fn reports_queued_behind_a_slow_call_go_out_as_one_batch() {
     worker.stop().await.unwrap();
 }
 
+/// A wave of attempts handed out at once (as the scheduler's hand-over does) reports in one
+/// call. Without the reporter's pause before a call, its first reports went out alone or in
+/// pairs: up to 64 calls of 2 reports here, one writer batch each on a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_attempts_reports_in_one_call() {
+    let fake = FakeServer::new();
+    let slots = 64;
+    let worker = start(&fake, options(slots));
+    fake.assign((0..slots).map(|i| assignment(&format!("w{i}"), "noop", json!(null))));
+    for i in 0..slots {
+        fake.wait_finished(&format!("w{i}")).await;
+    }
+    let calls = fake.with(|s| s.calls.clone());
+    assert_eq!(calls.iter().sum::<usize>(), 2 * slots as usize, "{calls:?}");
+    assert!(
+        calls[0] >= slots as usize,
+        "the first call carries most of the wave: {calls:?}"
+    );
+    fake.wait_idle(slots).await;
+    worker.stop().await.unwrap();
+}
+
 /// A second call goes out while the first is held, but a report never overtakes an earlier
 /// report of its attempt: it waits for that call's answer.
 #[tokio::test]
