@@ -487,6 +487,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "hook windows",
                 include_str!("../migrations/sqlite/0011_hook_windows.sql"),
             ),
+            (
+                12,
+                "lease index",
+                include_str!("../migrations/sqlite/0012_lease_index.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
