@@ -475,10 +475,30 @@ pub(crate) fn new_attempt(
     lease_ms: i64,
     now: i64,
 ) -> Attempt {
+    assigned_attempt(
+        task_id,
+        agent_id,
+        worker_id,
+        (h.epoch + 1, h.attempts + 1),
+        lease_ms,
+        now,
+    )
+}
+
+/// A new attempt in `assigned` at `(epoch, attempt number)`, its lease running `lease_ms` from
+/// `now`.
+pub(crate) fn assigned_attempt(
+    task_id: &str,
+    agent_id: &str,
+    worker_id: &str,
+    (epoch, attempt_no): (i64, i64),
+    lease_ms: i64,
+    now: i64,
+) -> Attempt {
     Attempt {
         task_id: task_id.to_string(),
-        epoch: h.epoch + 1,
-        attempt_no: h.attempts + 1,
+        epoch,
+        attempt_no,
         agent_id: agent_id.to_string(),
         worker_id: worker_id.to_string(),
         state: AttemptState::Assigned,

@@ -16,9 +16,9 @@ use serde_json::json;
 use sqlx::AssertSqlSafe;
 
 use crate::attempts::{
-    AGENT_INFO_COLUMNS, AgentInfo, Ending, HEAD_COLUMNS, Head, agent_info, assigned_draft,
-    check_agent, check_live, completed_draft, head_from_row, insert_attempts, new_attempt,
-    plan_ending, stale_step, start_time, tail,
+    AGENT_INFO_COLUMNS, AgentInfo, Ending, HEAD_COLUMNS, Head, agent_info, assigned_attempt,
+    assigned_draft, check_agent, check_live, completed_draft, head_from_row, insert_attempts,
+    new_attempt, plan_ending, stale_step, start_time, tail,
 };
 use crate::audit::Draft;
 use crate::bulk::Ty::{Int, Text};
@@ -641,28 +641,20 @@ async fn assign_pg(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<Vec<Step
             rest.push((i, r.clone()));
             continue;
         };
-        let a = Attempt {
-            task_id: r.task_id.to_string(),
-            epoch,
-            attempt_no,
-            agent_id: r.agent_id.to_string(),
-            worker_id: r.worker_id.to_string(),
-            state: AttemptState::Assigned,
-            lease_expires_at: r.now + r.lease_ms,
-            assigned_at: r.now,
-            started_at: None,
-            ended_at: None,
-            exit_code: None,
-            stdout_tail: None,
-            stderr_tail: None,
-            result: None,
-            detail: None,
-        };
+        let a = assigned_attempt(
+            r.task_id,
+            r.agent_id,
+            r.worker_id,
+            (epoch, attempt_no),
+            r.lease_ms,
+            r.now,
+        );
+        // The detail is the assignment's (`assigned_draft`).
         let draft = Draft::success(
             Some(&tenant),
             "task.assign",
             format!("task/{}", r.task_id),
-            json!({ "agent_id": r.agent_id, "worker_id": r.worker_id }),
+            serde_json::Value::Null,
         );
         let draft = assigned_draft(draft, &a);
         steps.push(Some(Step::done(Output::Assigned(a), draft)));
