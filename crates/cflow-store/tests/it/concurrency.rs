@@ -32,6 +32,24 @@ async fn increment(store: &Store, t: &str) -> u64 {
     }
 }
 
+/// Every ledger entry of the tenant, page after page.
+async fn tenant_ledger(store: &Store, t: &str) -> Vec<cflow_core::audit::AuditEntry> {
+    let q = cflow_store::AuditQuery {
+        tenant_id: Some(t.to_string()),
+        since: None,
+    };
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
+        out.extend(p.items);
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_cas_increments_lose_nothing() {
     each_backend(|store, backend| async move {
@@ -64,25 +82,13 @@ async fn two_hundred_concurrent_cas_increments_lose_nothing() {
         // Every attempt, won or lost, is in the ledger.
         let mut writes = 0u64;
         let mut refused = 0u64;
-        let mut cursor = None;
-        loop {
-            let q = cflow_store::AuditQuery {
-                tenant_id: Some(t.clone()),
-                since: None,
-            };
-            let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
-            for e in &p.items {
-                if e.action == "memory.write" {
-                    match e.outcome.as_str() {
-                        "success" => writes += 1,
-                        "precondition_failed" => refused += 1,
-                        other => panic!("{other}"),
-                    }
+        for e in tenant_ledger(&store, &t).await {
+            if e.action == "memory.write" {
+                match e.outcome.as_str() {
+                    "success" => writes += 1,
+                    "precondition_failed" => refused += 1,
+                    other => panic!("{other}"),
                 }
-            }
-            match p.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
             }
         }
         assert_eq!(writes, 201);
@@ -373,24 +379,11 @@ async fn submissions_of_every_kind_at_once_keep_the_ledger_whole() {
         assert!(all.iter().all(|task| created.contains(&task.id)));
 
         // Every submission request is in the ledger, and the chain is whole.
-        let mut submits = 0;
-        let mut cursor = None;
-        loop {
-            let q = cflow_store::AuditQuery {
-                tenant_id: Some(t.clone()),
-                since: None,
-            };
-            let p = store.audit_list(&q, &page(1000, cursor)).await.unwrap();
-            submits += p
-                .items
-                .iter()
-                .filter(|e| e.action == "task.submit" && e.outcome == "success")
-                .count();
-            match p.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let submits = tenant_ledger(&store, &t)
+            .await
+            .iter()
+            .filter(|e| e.action == "task.submit" && e.outcome == "success")
+            .count();
         assert_eq!(submits, 80 + 40 + 20, "{backend:?}");
         let report = store.audit_verify().await.unwrap();
         assert!(report.first_break.is_none(), "{backend:?}: {report:?}");
