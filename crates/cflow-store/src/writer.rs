@@ -416,6 +416,35 @@ fn group_of(op: &Op) -> (u8, &str) {
     }
 }
 
+/// The kinds of a batch's ops for its trace line: each op's kind (`group_of`, `other` for the
+/// rest) with, for attempt batches, how many elements and how many hand-overs they carry, e.g.
+/// `complete:64+60 assign:3`.
+fn kinds_of(reqs: &[Request]) -> String {
+    let mut out = String::new();
+    for r in reqs {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        match &r.op {
+            Op::AttemptBatch(ops) => {
+                let next = ops
+                    .iter()
+                    .filter(|o| matches!(o, AttemptOp::Complete { next: Some(_), .. }))
+                    .count();
+                let kind = match group_of(&r.op).1 {
+                    "" => "attempts",
+                    k => k,
+                };
+                out.push_str(&format!("{kind}:{}+{next}", ops.len()));
+            }
+            Op::SubmitTasks { tasks, .. } => out.push_str(&format!("submit:{}", tasks.len())),
+            Op::MemoryPut { .. } => out.push_str("memory"),
+            _ => out.push_str("other"),
+        }
+    }
+    out
+}
+
 struct Request {
     ctx: AuditContext,
     op: Op,
@@ -952,6 +981,7 @@ impl Writer {
         tracing::trace!(
             submissions = self.late_lock,
             ops = reqs.len(),
+            kinds = %kinds_of(reqs),
             begin_us = (t0 - started).as_micros(),
             apply_us = t1.as_micros(),
             audit_us = (t2 - t1).as_micros(),
