@@ -492,6 +492,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "lease index",
                 include_str!("../migrations/sqlite/0012_lease_index.sql"),
             ),
+            (
+                13,
+                "tasks by tenant",
+                include_str!("../migrations/sqlite/0013_tasks_by_tenant.sql"),
+            ),
         ],
         Backend::Postgres => &[
             (
@@ -568,6 +573,11 @@ fn migrator(backend: Backend) -> Migrator {
                 15,
                 "expect",
                 include_str!("../migrations/postgres/0015_expect.sql"),
+            ),
+            (
+                16,
+                "tasks by tenant",
+                include_str!("../migrations/postgres/0016_tasks_by_tenant.sql"),
             ),
         ],
     };

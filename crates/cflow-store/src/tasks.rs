@@ -896,28 +896,33 @@ impl Store {
     ) -> Result<Page<Task>> {
         let limit = page::clamp_limit(req.limit);
         let after = page::decode_opt(TASK_CURSOR, &req.cursor)?.unwrap_or_default();
-        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND id > $2");
-        let mut n = 3;
-        if filter.state.is_some() {
-            sql.push_str(&format!(" AND state = ${n}"));
-            n += 1;
-        }
+        // Parameters: $1 tenant, $2 cursor, $3 the page's size (and one more), then the swarm
+        // and the state when filtered on.
+        let mut cond = String::from("tenant_id = $1 AND id > $2");
+        let mut n = 4;
         if filter.swarm_id.is_some() {
-            sql.push_str(&format!(" AND swarm_id = ${n}"));
+            cond.push_str(&format!(" AND swarm_id = ${n}"));
             n += 1;
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${n}"));
-        // The text holds only placeholders; every value is bound.
+        let sql = if filter.state.is_some() {
+            format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE {cond} AND state = ${n} ORDER BY id LIMIT $3"
+            )
+        } else {
+            list_all_states_sql(&cond)
+        };
+        // The text holds only placeholders and constants written here; every value is bound.
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant_id.to_string())
-            .bind(after);
-        if let Some(s) = filter.state {
-            q = q.bind(s.as_str());
-        }
+            .bind(after)
+            .bind(limit + 1);
         if let Some(s) = &filter.swarm_id {
             q = q.bind(s.clone());
         }
-        let rows = q.bind(limit + 1).fetch_all(self.pool()?).await?;
+        if let Some(s) = filter.state {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(self.pool()?).await?;
         let items = rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?;
         Ok(page::finish(items, limit, TASK_CURSOR, |t| t.id.clone()))
     }
@@ -980,4 +985,24 @@ impl Store {
             .await?;
         rows.iter().map(attempt_from_row).collect()
     }
+}
+
+/// A page of a tenant's tasks in every state, in id order (`cond` the tenant's, cursor's and
+/// swarm's conditions; `$3` the page's size): one ordered range of `tasks_by_state` per state,
+/// merged. The tasks have no index by tenant and id alone (PostgreSQL's migration 0016,
+/// SQLite's 0013): every update of a task's state wrote an entry into it, and into
+/// `tasks_by_state`, whose ranges serve the same pages.
+fn list_all_states_sql(cond: &str) -> String {
+    let parts: Vec<String> = TaskState::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "SELECT * FROM (SELECT {TASK_COLUMNS} FROM tasks WHERE {cond} AND state = '{}' \
+                 ORDER BY id LIMIT $3) AS s{i}",
+                s.as_str()
+            )
+        })
+        .collect();
+    format!("{} ORDER BY id LIMIT $3", parts.join(" UNION ALL "))
 }

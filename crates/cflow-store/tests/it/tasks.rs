@@ -259,6 +259,22 @@ async fn listing_is_tenant_scoped_filtered_and_paged() {
             .unwrap();
 
         assert_eq!(store.get_task(&other, &out[0].id).await.unwrap(), None);
+        // Tasks in three states (queued, pending, cancelled): a page of every state merges
+        // one range per state, in id order.
+        store
+            .cancel_task(&ctx(&t), &t, &out[3].id, 1)
+            .await
+            .unwrap();
+        let states: std::collections::HashSet<TaskState> = all_tasks(&store, &t)
+            .await
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(
+            states,
+            [TaskState::Pending, TaskState::Queued, TaskState::Cancelled].into(),
+            "{backend:?}"
+        );
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
@@ -300,6 +316,27 @@ async fn listing_is_tenant_scoped_filtered_and_paged() {
             p.items.iter().map(|t| &t.id).collect::<Vec<_>>(),
             [&out[1].id]
         );
+        let queued_in_swarm = TaskFilter {
+            state: Some(TaskState::Queued),
+            swarm_id: Some(sw.id.clone()),
+        };
+        let p = store
+            .list_tasks(&t, &queued_in_swarm, &page(10, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.items.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            [&out[1].id]
+        );
+        let cancelled_in_swarm = TaskFilter {
+            state: Some(TaskState::Cancelled),
+            swarm_id: Some(sw.id.clone()),
+        };
+        let p = store
+            .list_tasks(&t, &cancelled_in_swarm, &page(10, None))
+            .await
+            .unwrap();
+        assert!(p.items.is_empty(), "{backend:?}: {:?}", p.items);
     })
     .await;
 }
