@@ -282,29 +282,77 @@ pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: Vec<Seal
 /// batch's ledger insert and its `COMMIT` take one round trip; `None` when the entries are too
 /// large for one statement (then [`insert`] and a separate `COMMIT`). It executes the statement
 /// that [`pg_prepare`] prepared on the writer's connection (planned once, not per batch), with
-/// the rows as a dollar-quoted literal ([`bulk::dollar_quoted`]). If the insert fails,
-/// PostgreSQL skips the `COMMIT` and the transaction stays open, aborted.
+/// the rows but their details as one dollar-quoted literal ([`bulk::dollar_quoted`]) and the
+/// details as an array of such literals. A coalesced entry's detail lists up to a thousand
+/// tasks: inside the rows' JSON it was escaped by the writer and parsed back by PostgreSQL
+/// (88 KB of rows for a batch of 222 tasks: 0.53 ms of `jsonb` parsing, against 0.12 ms for the
+/// same details as plain literals), and a literal reaches the column byte for byte, as sealed.
+/// If the insert fails, PostgreSQL skips the `COMMIT` and the transaction stays open, aborted.
 pub(crate) fn insert_and_commit_pg(entries: &[Sealed]) -> Result<Option<String>> {
     if entries.is_empty() {
         return Ok(Some("COMMIT".into()));
     }
-    let mut texts = bulk::rows_json(&rows_of(entries))?;
+    let detail_bytes: usize = entries.iter().map(|s| s.detail.len()).sum();
+    if detail_bytes >= bulk::MAX_JSON_BYTES {
+        return Ok(None);
+    }
+    // In `ROW_COLUMNS` order, the detail (`null` here) in the array.
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|Sealed { entry: e, .. }| {
+            (
+                e.seq,
+                e.at,
+                &e.tenant_id,
+                &e.principal_id,
+                &e.action,
+                &e.resource,
+                &e.outcome,
+                &e.request_id,
+                &e.source,
+                (),
+                &e.prev_hash,
+                &e.hash,
+            )
+        })
+        .collect();
+    let mut texts = bulk::rows_json(&rows)?;
     let (Some(text), None) = (texts.pop(), texts.pop()) else {
         return Ok(None);
     };
-    Ok(Some(format!(
-        "EXECUTE cflow_audit_insert({}); COMMIT",
-        bulk::dollar_quoted(&text)
-    )))
+    let mut sql = String::with_capacity(text.len() + detail_bytes + 64 * entries.len() + 64);
+    sql.push_str("EXECUTE cflow_audit_insert(");
+    sql.push_str(&bulk::dollar_quoted(&text));
+    sql.push_str(", ARRAY[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&bulk::dollar_quoted(&e.detail));
+    }
+    sql.push_str("]::text[]); COMMIT");
+    Ok(Some(sql))
 }
 
 /// PostgreSQL: the ledger's statements the writer prepares on each new connection: the head
-/// read (`cflow_head`) and the insert of [`insert_and_commit_pg`] (`cflow_audit_insert`).
+/// read (`cflow_head`) and the insert of [`insert_and_commit_pg`] (`cflow_audit_insert`: the
+/// rows in `ROW_COLUMNS` order as JSON but the detail, `$1`, and the details in the rows'
+/// order, `$2`).
 pub(crate) fn pg_prepare() -> String {
+    let cols: Vec<String> = ROW_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| match (*name, ty) {
+            ("detail", _) => "$2[j.ord] AS detail".to_string(),
+            (_, bulk::Ty::Int) => format!("(j.value ->> {i})::bigint AS {name}"),
+            (_, bulk::Ty::Text) => format!("j.value ->> {i} AS {name}"),
+        })
+        .collect();
     format!(
         "PREPARE cflow_head AS {HEAD_SQL}; \
-         PREPARE cflow_audit_insert(text) AS INSERT INTO audit ({COLUMNS}) {}",
-        bulk::rows_from(Backend::Postgres, 1, &ROW_COLUMNS)
+         PREPARE cflow_audit_insert(text, text[]) AS INSERT INTO audit ({COLUMNS}) SELECT {} \
+         FROM cflow_rows($1::jsonb) WITH ORDINALITY AS j(value, ord)",
+        cols.join(", ")
     )
 }
 

@@ -166,26 +166,44 @@ async fn entries_with_quotes_and_dollar_signs_are_stored_verbatim() {
             "$$ $cflow1$ $cflow1 $",
             "ünïcödé ✓ 🦀",
         ];
-        for (i, s) in nasty.iter().enumerate() {
-            store
-                .audit_append(
-                    &c,
-                    denied_read(format!("memory/{s}"), json!({ "i": i, "text": s })),
-                )
-                .await
-                .unwrap();
+        // One by one, then all at once: the writer then seals several in one batch, whose
+        // details travel as one array of literals, each with its own tag.
+        for round in 0..2 {
+            let appends = nasty.iter().enumerate().map(|(i, s)| {
+                let (store, c) = (&store, &c);
+                async move {
+                    let detail = json!({ "i": i, "round": round, "text": s });
+                    store
+                        .audit_append(c, denied_read(format!("memory/{s}"), detail))
+                        .await
+                }
+            });
+            if round == 0 {
+                for a in appends {
+                    a.await.unwrap();
+                }
+            } else {
+                for r in futures_util::future::join_all(appends).await {
+                    r.unwrap();
+                }
+            }
         }
         let all = first_entries(&store).await;
-        let got: Vec<_> = all
+        let mut got: Vec<String> = all
             .iter()
             .filter(|e| e.action == "memory.read")
-            .map(|e| (e.resource.clone(), e.detail.clone()))
+            .map(|e| format!("{} {}", e.resource, e.detail))
             .collect();
-        let want: Vec<_> = nasty
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("memory/{s}"), json!({ "i": i, "text": s })))
+        let mut want: Vec<String> = (0..2)
+            .flat_map(|round| {
+                nasty.iter().enumerate().map(move |(i, s)| {
+                    let detail = json!({ "i": i, "round": round, "text": s });
+                    format!("memory/{s} {detail}")
+                })
+            })
             .collect();
+        got.sort();
+        want.sort();
         assert_eq!(got, want, "{backend:?}");
         let report = store.audit_verify().await.unwrap();
         assert_eq!(report.verified, all.len() as u64);
