@@ -269,7 +269,7 @@ pub(crate) async fn insert(conn: &mut WConn, backend: Backend, entries: Vec<Seal
         bulk::rows_from(backend, 1, &ROW_COLUMNS)
     );
     // The text holds only column names written here; every value is in the one parameter.
-    for text in bulk::rows_json(&rows_of(&entries))? {
+    for text in bulk::rows_json(&rows_of(&entries, true))? {
         crate::exec::query(AssertSqlSafe(sql.clone()))
             .bind(text)
             .execute(&mut *conn)
@@ -296,26 +296,8 @@ pub(crate) fn insert_and_commit_pg(entries: &[Sealed]) -> Result<Option<String>>
     if detail_bytes >= bulk::MAX_JSON_BYTES {
         return Ok(None);
     }
-    // In `ROW_COLUMNS` order, the detail (`null` here) in the array.
-    let rows: Vec<_> = entries
-        .iter()
-        .map(|Sealed { entry: e, .. }| {
-            (
-                e.seq,
-                e.at,
-                &e.tenant_id,
-                &e.principal_id,
-                &e.action,
-                &e.resource,
-                &e.outcome,
-                &e.request_id,
-                &e.source,
-                (),
-                &e.prev_hash,
-                &e.hash,
-            )
-        })
-        .collect();
+    // The details go in the array: `null` in the rows.
+    let rows = rows_of(entries, false);
     let mut texts = bulk::rows_json(&rows)?;
     let (Some(text), None) = (texts.pop(), texts.pop()) else {
         return Ok(None);
@@ -374,11 +356,11 @@ const ROW_COLUMNS: [(&str, bulk::Ty); 12] = {
     ]
 };
 
-/// Each entry as a row in `ROW_COLUMNS` order.
-fn rows_of(entries: &[Sealed]) -> Vec<impl serde::Serialize + '_> {
+/// Each entry as a row in `ROW_COLUMNS` order; its detail `null` unless `with_detail`.
+fn rows_of(entries: &[Sealed], with_detail: bool) -> Vec<impl serde::Serialize + '_> {
     entries
         .iter()
-        .map(|Sealed { entry: e, detail }| {
+        .map(move |Sealed { entry: e, detail }| {
             (
                 e.seq,
                 e.at,
@@ -389,7 +371,7 @@ fn rows_of(entries: &[Sealed]) -> Vec<impl serde::Serialize + '_> {
                 &e.outcome,
                 &e.request_id,
                 &e.source,
-                detail,
+                with_detail.then_some(detail),
                 &e.prev_hash,
                 &e.hash,
             )
