@@ -990,8 +990,8 @@ impl Store {
 /// A page of a tenant's tasks in every state, in id order (`cond` the tenant's, cursor's and
 /// swarm's conditions; `$3` the page's size): one ordered range of `tasks_by_state` per state,
 /// merged. The tasks have no index by tenant and id alone (PostgreSQL's migration 0016,
-/// SQLite's 0013): every update of a task's state wrote an entry into it, and into
-/// `tasks_by_state`, whose ranges serve the same pages.
+/// SQLite's 0013): on PostgreSQL every update of a task's state wrote an entry into it, and
+/// into `tasks_by_state`, whose ranges serve the same pages.
 fn list_all_states_sql(cond: &str) -> String {
     let parts: Vec<String> = TaskState::ALL
         .iter()
