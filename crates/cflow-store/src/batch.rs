@@ -19,6 +19,8 @@ pub(crate) async fn apply(cx: &mut OpCx<'_>, ops: &[AttemptOp]) -> Result<Step> 
     let mut steps = match fast(cx, &refs).await? {
         Some(steps) => steps,
         None => {
+            // Op by op, each may read and write beyond its own task (`OpCx::serialize`).
+            cx.serialize().await?;
             let mut steps = Vec::with_capacity(ops.len());
             for op in ops {
                 steps.push(crate::attempts::apply(cx, op).await?);
@@ -107,6 +109,7 @@ async fn hand_over(cx: &mut OpCx<'_>, ops: &[&AttemptOp], steps: &mut [Step]) ->
         let reqs: Vec<AssignReq<'_>> = wanted.iter().map(|(_, r)| r.clone()).collect();
         batch_fast::assign(cx, &reqs).await?
     } else {
+        cx.serialize().await?;
         let mut out = Vec::with_capacity(wanted.len());
         for (_, r) in &wanted {
             let op = AttemptOp::Assign {

@@ -839,7 +839,14 @@ pub(crate) async fn complete(
     let ids: Vec<&str> = reqs.iter().map(|r| r.0).collect();
     // Dependents: only tasks that have some are settled (for the others settling is a no-op).
     let (live, with_deps) = read_live(cx, &ids, true).await?;
-    if live.values().any(|(h, _)| h.replica_of.is_some()) {
+    let replicas = live.values().any(|(h, _)| h.replica_of.is_some());
+    // Settling dependents and counting a quorum's votes read what other completions change:
+    // alongside other writers, they wait for the ones before them (`OpCx::serialize`), before
+    // anything is written.
+    if replicas || !with_deps.is_empty() {
+        cx.serialize().await?;
+    }
+    if replicas {
         return Ok(None);
     }
     enum Planned {

@@ -181,6 +181,29 @@ fn submits_alone(op: &Op) -> bool {
     }
 }
 
+/// Whether a write may go to an attempt writer (`writer::Role::Attempts`), whose batches run
+/// alongside each other (never alongside the main writer's): a batch of assignments, starts and
+/// completions (the local pool's and remote workers' reports, with the hand-over of each agent's
+/// next task), which writes the rows of the tasks it names and adds to their agents' counters.
+/// Heartbeats, cancellations, lease expiry and the rest stay on the main writer.
+fn attempts_alone(op: &Op) -> bool {
+    use crate::attempts::AttemptOp;
+    match op {
+        Op::AttemptBatch(ops) => {
+            !ops.is_empty()
+                && ops.iter().all(|o| {
+                    matches!(
+                        o,
+                        AttemptOp::Assign { .. }
+                            | AttemptOp::Start { .. }
+                            | AttemptOp::Complete { .. }
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
 /// Expired entries deleted per writer op by [`Store::memory_purge_expired`], so that a large
 /// purge does not hold the writer (and every other write) for long.
 const PURGE_CHUNK: i64 = 1000;
@@ -208,6 +231,10 @@ pub struct StoreOptions {
     /// append to the ledger between two of its batches (see `writer::Role`). Off: every write
     /// goes through the one writer.
     pub submission_writer: bool,
+    /// PostgreSQL: writers, each with a connection of its own, for batches of assignments,
+    /// starts and completions, which run alongside each other (see `writer::Role::Attempts`).
+    /// 0: they go through the main writer.
+    pub attempt_writers: usize,
 }
 
 impl Default for StoreOptions {
@@ -217,6 +244,7 @@ impl Default for StoreOptions {
             max_batch: 512,
             wal_restart_frames: 8192,
             submission_writer: true,
+            attempt_writers: 2,
         }
     }
 }
@@ -238,6 +266,11 @@ struct Inner {
     /// PostgreSQL: writes the submissions that [`submits_alone`] accepts
     /// ([`StoreOptions::submission_writer`]).
     submitter: Option<WriterHandle>,
+    /// PostgreSQL: write the batches that [`attempts_alone`] accepts
+    /// ([`StoreOptions::attempt_writers`]), taken in turn.
+    attempters: Vec<WriterHandle>,
+    /// The attempt writer the next such batch goes to (modulo their number).
+    next_attempter: std::sync::atomic::AtomicUsize,
     touches: keys::TouchTracker,
 }
 
@@ -292,6 +325,19 @@ impl Store {
         } else {
             None
         };
+        let mut attempters = Vec::new();
+        if backend == Backend::Postgres {
+            for _ in 0..opts.attempt_writers {
+                attempters.push(WriterHandle::start(
+                    None,
+                    url.clone(),
+                    backend,
+                    opts.max_batch,
+                    None,
+                    Role::Attempts,
+                )?);
+            }
+        }
         let writer = WriterHandle::start(conn, url, backend, opts.max_batch, wal, Role::Main)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -300,6 +346,8 @@ impl Store {
                 pool,
                 writer,
                 submitter,
+                attempters,
+                next_attempter: Default::default(),
                 touches: keys::TouchTracker::default(),
             }),
         })
@@ -331,6 +379,14 @@ impl Store {
         {
             return submitter.call(ctx, op).await;
         }
+        let attempters = &self.inner.attempters;
+        if !attempters.is_empty() && attempts_alone(&op) {
+            let i = self
+                .inner
+                .next_attempter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return attempters[i % attempters.len()].call(ctx, op).await;
+        }
         self.inner.writer.call(ctx, op).await
     }
 
@@ -340,8 +396,9 @@ impl Store {
             || self
                 .inner
                 .submitter
-                .as_ref()
-                .is_some_and(WriterHandle::durability_lost)
+                .iter()
+                .chain(&self.inner.attempters)
+                .any(WriterHandle::durability_lost)
         {
             return Err(Error::Config(
                 "the database's writes can no longer be made durable (fsync of the WAL failed); \
@@ -355,8 +412,8 @@ impl Store {
 
     /// Stops accepting writes, commits what is queued, and closes every connection.
     pub async fn close(&self) {
-        if let Some(submitter) = &self.inner.submitter {
-            submitter.shutdown().await;
+        for other in self.inner.submitter.iter().chain(&self.inner.attempters) {
+            other.shutdown().await;
         }
         self.inner.writer.shutdown().await;
         // Waits for borrowed connections to come back; a reader stuck on a dead server must not

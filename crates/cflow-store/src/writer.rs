@@ -1,6 +1,6 @@
 //! The group-commit writer: the one task per store that performs every change (on PostgreSQL,
-//! every change but plain submissions, which a second writer of the same kind performs: see
-//! [`Role`]).
+//! every change but plain submissions and attempt reports, which other writers of the same kind
+//! perform: see [`Role`]).
 //!
 //! Callers send an [`Op`] with a reply channel. The writer takes one request, drains whatever
 //! else is already queued (up to `max_batch`), and runs them all in one transaction together
@@ -23,8 +23,12 @@
 //! the writer goes on with the next batch.
 //!
 //! Audit order is total: the chain head is read inside the transaction, after taking a
-//! transaction-scoped advisory lock on PostgreSQL (so several server nodes serialise their
-//! batches) and under SQLite's write lock (`BEGIN IMMEDIATE`).
+//! transaction-scoped advisory lock on PostgreSQL (so several writers and server nodes
+//! serialise their appends) and under SQLite's write lock (`BEGIN IMMEDIATE`).
+//!
+//! On PostgreSQL a store has more than one writer, each on a connection of its own: the main
+//! one, one for plain submissions and a few for attempt reports, which run alongside each other
+//! under the locks described at [`Role`].
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -239,6 +243,27 @@ pub(crate) struct OpCx<'a> {
     /// submissions, and what `batch_fast::read_live` reads for them, read with the `BEGIN` on
     /// PostgreSQL ([`live_prefetch`]); taken by that run's first read.
     pub live: Option<LiveRead>,
+    /// PostgreSQL: the batch runs alongside other writers' batches ([`Role::Attempts`]), so
+    /// work beyond the set-based path of its own tasks waits for [`OpCx::serialize`] first.
+    pub shared: bool,
+    /// Whether this transaction holds `SETTLE_LOCK` (taken by [`OpCx::serialize`]).
+    pub serialized: bool,
+}
+
+impl OpCx<'_> {
+    /// Before an op of a batch that runs alongside other writers' batches ([`Role::Attempts`])
+    /// reads or writes rows another such batch may be changing at the same time (a dependent's
+    /// count of unmet dependencies, a quorum's votes, anything off the set-based path): takes
+    /// `SETTLE_LOCK`, held until the transaction ends, so that such work of two batches runs
+    /// one after the other and the second sees what the first committed. Nothing on a writer
+    /// that runs alone (the main one, which excludes the others by `OPS_LOCK`, and SQLite's).
+    pub async fn serialize(&mut self) -> Result<()> {
+        if self.shared && !self.serialized {
+            exec::raw(self.conn, PG_SETTLE_LOCK).await?;
+            self.serialized = true;
+        }
+        Ok(())
+    }
 }
 
 /// The task ids of a run of completions and `batch_fast::read_live`'s packed answer for them.
@@ -507,12 +532,17 @@ impl WriterHandle {
             flushes_itself: false,
             tag: None,
             durability_lost: durability_lost.clone(),
-            late_lock: role == Role::Submissions && backend == Backend::Postgres,
+            // SQLite has one writer, which runs alone.
+            role: match backend {
+                Backend::Sqlite => Role::Main,
+                Backend::Postgres => role,
+            },
         };
         let (done_tx, done_rx) = oneshot::channel();
         let name = match role {
             Role::Main => "cflow-writer",
             Role::Submissions => "cflow-writer-sub",
+            Role::Attempts => "cflow-writer-att",
         };
         std::thread::Builder::new()
             .name(name.into())
@@ -682,23 +712,48 @@ struct Writer {
     tag: Option<u64>,
     /// Shared with the handle: set by the syncer when a flush failed for good.
     durability_lost: Arc<AtomicBool>,
-    /// PostgreSQL: takes the ledger's lock only to append its entries, at the end of each batch,
-    /// instead of with the `BEGIN` ([`Role::Submissions`]).
-    late_lock: bool,
+    /// What this writer does; always [`Role::Main`] on SQLite.
+    role: Role,
 }
 
-/// What a writer does. Every store has a main writer; on PostgreSQL, a second one takes the
-/// submissions that read nothing another op writes (see `Store::write`), so that their rows are
-/// written while the main writer's batches run.
+/// What a writer does. Every store has a main writer; on PostgreSQL, others take the writes
+/// that can run alongside it or alongside each other (see `Store::write`), each on a connection
+/// (a server process) of its own, so that more than one core does the database's share of the
+/// work. Three advisory locks (transaction-scoped, so every server node takes part) keep them
+/// apart, always taken in this order, so that no writer waits for a lock while holding one
+/// another is waiting for:
+///
+/// 1. `OPS_LOCK` ("cflowops"): exclusive for the main writer's batches, shared for the attempt writers':
+///    a main batch runs alone (its reads see everything it depends on committed, as if it were
+///    the only writer), attempt batches run together.
+/// 2. `SETTLE_LOCK` ("cflowdep"): taken by an attempt batch before anything beyond the set-based path of
+///    its own tasks ([`OpCx::serialize`]).
+/// 3. The ledger's lock ("cflowaud"): serialises the appends, so the chain is total. The main
+///    writer takes it with its `BEGIN`; the others just before they append and commit.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Role {
-    /// Every op; takes the ledger's lock with each batch's `BEGIN`.
+    /// Every op not given to another writer.
     Main,
-    /// New tasks with no dependency, idempotency key or offered agent only; takes the ledger's
-    /// lock just before it appends the batch's entries and commits, so its batches run alongside
-    /// the main writer's and commit between two of them.
+    /// New tasks with no dependency, idempotency key or offered agent only: they write new rows
+    /// and read nothing another op writes, so they take neither of the first two locks and run
+    /// alongside every other writer.
     Submissions,
+    /// Batches of assignments, starts and completions (with the hand-over of each agent's next
+    /// task): each writes the rows of the tasks and attempts it names (distinct from those of
+    /// another batch in flight, since each is reported by the one holder of its attempt, and
+    /// guarded by the state and epoch it expects if not) and adds to the counters of their
+    /// agents. Several run at once.
+    Attempts,
 }
+
+/// [`OpCx::serialize`]'s statement: `SETTLE_LOCK`. The key is "cflowdep" in ASCII (checked by
+/// a test).
+const PG_SETTLE_LOCK: &str = "SELECT 1 FROM pg_advisory_xact_lock(7162531483379590512)";
+
+/// How an attempt writer's batch starts: its share of `OPS_LOCK`, whose key is "cflowops" in
+/// ASCII (checked by a test).
+const PG_BEGIN_SHARED: &str =
+    "BEGIN; SELECT 1 FROM pg_advisory_xact_lock_shared(7162531483380314227)";
 
 impl Writer {
     async fn run(mut self) {
@@ -787,7 +842,12 @@ impl Writer {
         self.tag = None;
         let results = match self.run_with_retry(&batch).await {
             Ok(results) => results,
-            Err(BatchError::Op(e)) if batch.len() > 1 => {
+            // An attempt writer's batch may also fail because another one changed its rows
+            // first (a report sent twice at once, each to its own writer: the second one's guarded
+            // update waits for the first to commit and then matches nothing) or, rarely, on a
+            // deadlock between them: each op then runs again on its own, after the other
+            // committed, and reads what it did.
+            Err(BatchError::Op(e)) if batch.len() > 1 || self.role == Role::Attempts => {
                 tracing::warn!(error = %e, ops = batch.len(), "write batch failed; re-running its ops one by one");
                 let mut results = Vec::with_capacity(batch.len());
                 for req in &batch {
@@ -935,15 +995,15 @@ impl Writer {
             // The advisory lock, the ledger's head, the leading submissions' agents and the
             // completions after them come with the `BEGIN`.
             Backend::Postgres => {
-                let (head, infos, prefetched) = begin_pg(conn, reqs, !self.late_lock)
-                    .await
-                    .map_err(classify)?;
+                let (head, infos, prefetched) =
+                    begin_pg(conn, reqs, self.role).await.map_err(classify)?;
                 (agents, live) = (infos, prefetched);
                 head
             }
         };
         let t0 = std::time::Instant::now();
-        let applied = apply_batch(conn, backend, head, (agents, live), reqs).await;
+        let shared = self.role == Role::Attempts;
+        let applied = apply_batch(conn, backend, head, (agents, live), reqs, shared).await;
         let (results, t1, t2, commit) = match applied {
             Ok((results, applied_at, commit)) => (results, applied_at - t0, t0.elapsed(), commit),
             Err(e) => {
@@ -979,7 +1039,7 @@ impl Writer {
             },
         }
         tracing::trace!(
-            submissions = self.late_lock,
+            role = ?self.role,
             ops = reqs.len(),
             kinds = %kinds_of(reqs),
             begin_us = (t0 - started).as_micros(),
@@ -992,16 +1052,18 @@ impl Writer {
     }
 }
 
-/// PostgreSQL: how a batch's transaction starts, in one round trip (a simple query of several
-/// statements): `BEGIN`; the transaction-scoped advisory lock that serialises write batches
-/// across server nodes (any key works as long as every node uses the same one; this one is
-/// "cflowaud" in ASCII, checked by a test; selected `FROM` the function so that its row holds an
-/// integer, not `void`, which sqlx's `Any` driver cannot decode); the ledger's head; and, when
-/// the batch starts with submissions, the agents they name. Each statement takes its own
-/// snapshot, so the reads see every batch committed before the lock was granted, exactly as if
-/// sent on their own after it; the writer holds the lock and writes nothing before them.
-const PG_BEGIN_AND_HEAD: &str =
-    "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
+/// PostgreSQL: how a main batch's transaction starts, in one round trip (a simple query of
+/// several statements): `BEGIN`; the transaction-scoped advisory locks that keep it apart from
+/// the attempt writers' batches (`OPS_LOCK`, exclusive) and serialise the ledger's appends
+/// across writers and server nodes (any key works as long as every node uses the same one; this
+/// one is "cflowaud" in ASCII; both checked by a test; selected `FROM` the function so that its
+/// row holds an integer, not `void`, which sqlx's `Any` driver cannot decode); the ledger's head;
+/// and, when the batch starts with submissions, the agents they name. Each statement takes its
+/// own snapshot, so the reads see every batch committed before the locks were granted, exactly
+/// as if sent on their own after them; the writer holds the locks and writes nothing before
+/// them.
+const PG_BEGIN_AND_HEAD: &str = "BEGIN; SELECT 1 FROM pg_advisory_xact_lock(7162531483380314227); \
+     SELECT 1 FROM pg_advisory_xact_lock(7162531483379397988); EXECUTE cflow_head";
 
 /// PostgreSQL: how the writer sets up each new connection: sequential scans off, commits that
 /// do not wait for the log flush (the writer answers only after `durable::Syncer`'s barrier
@@ -1043,7 +1105,7 @@ type Begun = (
 /// Starts a batch on PostgreSQL ([`PG_BEGIN_AND_HEAD`]): the ledger's head, the agents the
 /// batch's leading run of submissions names, if it has one, and the tasks and attempts the
 /// completions after that run report on ([`live_prefetch`]).
-async fn begin_pg(conn: &mut WConn, reqs: &[Request], lock: bool) -> Result<Begun> {
+async fn begin_pg(conn: &mut WConn, reqs: &[Request], role: Role) -> Result<Begun> {
     let end = submit_run(reqs, 0);
     let subs: Vec<(&[NewTask], &[Option<DirectAssign>])> = reqs[..end]
         .iter()
@@ -1053,11 +1115,13 @@ async fn begin_pg(conn: &mut WConn, reqs: &[Request], lock: bool) -> Result<Begu
         })
         .collect();
     let ids = tasks::submit_agent_ids(&subs);
-    let mut sql = if lock {
-        PG_BEGIN_AND_HEAD.to_string()
-    } else {
-        "BEGIN".to_string()
+    // The locks' rows (one column each) come first.
+    let (mut sql, locks) = match role {
+        Role::Main => (PG_BEGIN_AND_HEAD.to_string(), 2),
+        Role::Submissions => ("BEGIN".to_string(), 0),
+        Role::Attempts => (PG_BEGIN_SHARED.to_string(), 1),
     };
+    let lock = role == Role::Main;
     if !subs.is_empty() && !ids.is_empty() {
         let json = crate::bulk::ids_json(ids.iter().copied());
         sql.push_str(&format!(
@@ -1074,9 +1138,9 @@ async fn begin_pg(conn: &mut WConn, reqs: &[Request], lock: bool) -> Result<Begu
         ));
     }
     let rows = exec::raw_rows_pg(conn, sql).await?;
-    // With the lock: the lock's row (one column), the head's if the ledger has one (three);
-    // then the agents' (five columns each), then the completions' (one).
-    let mut rows = rows.iter().skip(usize::from(lock)).peekable();
+    // After the locks' rows: the head's if read and the ledger has one (three columns); then
+    // the agents' (five columns each), then the completions' (one).
+    let mut rows = rows.iter().skip(locks).peekable();
     let head = match (lock, rows.next_if(|r| lock && sqlx::Row::len(*r) == 3)) {
         (false, _) => None,
         (true, Some(r)) => Some(audit::Head::from_row(r)?),
@@ -1155,6 +1219,7 @@ async fn apply_batch(
     head: Option<audit::Head>,
     prefetched: Prefetched,
     reqs: &[Request],
+    shared: bool,
 ) -> Result<Applied, BatchError> {
     let (mut agents, mut live) = prefetched;
     let live_at = submit_run(reqs, 0);
@@ -1163,6 +1228,8 @@ async fn apply_batch(
     let mut drafts: Vec<(&AuditContext, Draft)> = Vec::new();
     let mut results = Vec::with_capacity(reqs.len());
     let mut start = 0;
+    // Whether the transaction holds `SETTLE_LOCK` (a lock outlives the run that took it).
+    let mut serialized = false;
     while start < reqs.len() {
         let mut cx = OpCx {
             conn: &mut *conn,
@@ -1172,6 +1239,8 @@ async fn apply_batch(
             agents: if start == 0 { agents.take() } else { None },
             // Read for the run right after the leading submissions only.
             live: if start == live_at { live.take() } else { None },
+            shared,
+            serialized,
         };
         let end = submit_run(reqs, start)
             .max(plain_put_run(reqs, start))
@@ -1216,6 +1285,7 @@ async fn apply_batch(
             } else {
                 vec![apply(&mut cx, &reqs[start].op).await.map_err(classify)?]
             };
+        serialized = cx.serialized;
         for (req, step) in reqs[start..].iter().zip(steps) {
             for draft in audit::coalesce(step.audit) {
                 drafts.push((&req.ctx, draft));
@@ -1253,13 +1323,25 @@ async fn apply_batch(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_pg_begin_statement_takes_the_audit_lock() {
+    fn the_pg_begin_statements_take_the_locks_in_order() {
         let key = i64::from_be_bytes(*b"cflowaud");
+        let ops = i64::from_be_bytes(*b"cflowops");
+        let settle = i64::from_be_bytes(*b"cflowdep");
         let sql = super::PG_BEGIN_AND_HEAD;
-        assert!(sql.starts_with("BEGIN; "), "{sql}");
-        assert!(
-            sql.contains(&format!("SELECT 1 FROM pg_advisory_xact_lock({key}); ")),
-            "{sql}"
+        assert_eq!(
+            sql,
+            format!(
+                "BEGIN; SELECT 1 FROM pg_advisory_xact_lock({ops}); \
+                 SELECT 1 FROM pg_advisory_xact_lock({key}); EXECUTE cflow_head"
+            )
+        );
+        assert_eq!(
+            super::PG_BEGIN_SHARED,
+            format!("BEGIN; SELECT 1 FROM pg_advisory_xact_lock_shared({ops})")
+        );
+        assert_eq!(
+            super::PG_SETTLE_LOCK,
+            format!("SELECT 1 FROM pg_advisory_xact_lock({settle})")
         );
         // The submissions' writer takes the same lock, later (`Role::Submissions`).
         assert!(

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use cflow_core::task::TaskState;
 use cflow_store::{
     AssignRequest, AttemptState, AuditQuery, CompleteRequest, Error, NewTask, Outcome, OutcomeKind,
-    StartRequest, Store, TaskFilter,
+    StartRequest, Store, StoreOptions, TaskFilter,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -518,10 +518,15 @@ async fn scans(conn: &mut sqlx::PgConnection) -> Vec<(String, i64, i64, i64)> {
 /// new dependency edge must be seen by the completion, which queues the dependent. The writer
 /// is held at its lock (a session of the test's holds it) while a batch of submissions and a
 /// completion queues behind it. Both kinds of batch: a dependent of the completed task is
-/// queued, and an independent submission is stored, with the completion recorded once.
+/// queued, and an independent submission is stored, with the completion recorded once. Without
+/// attempt writers, which would take the completion (`StoreOptions::attempt_writers`).
 #[tokio::test]
 async fn postgres_completion_after_submissions_in_one_batch() {
-    let Some((store, url)) = cflow_test_support::db::postgres_store().await else {
+    let opts = StoreOptions {
+        attempt_writers: 0,
+        ..StoreOptions::default()
+    };
+    let Some((store, url)) = cflow_test_support::db::postgres_store_with(opts).await else {
         return;
     };
     let t = tenant(&store, "prefetch").await;

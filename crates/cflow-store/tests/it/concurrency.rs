@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cflow_store::{Error, MemoryPut, Precondition, Store};
+use cflow_store::{Error, MemoryPut, NewTask, Precondition, Store};
 use serde_json::json;
 
-use crate::{ctx, each_backend, now, page, put, tenant};
+use crate::{ctx, each_backend, now, page, put, system, tenant};
 
 /// One increment by compare-and-set: read, write `value + 1` if the version is unchanged,
 /// retry when someone else won. Returns how many attempts failed.
@@ -389,4 +389,325 @@ async fn submissions_of_every_kind_at_once_keep_the_ledger_whole() {
         assert!(report.first_break.is_none(), "{backend:?}: {report:?}");
     })
     .await;
+}
+
+/// Attempt reports from many callers at once, alongside the main writer's ops: on PostgreSQL the
+/// completions take the attempt writers, whose batches run alongside each other, while
+/// heartbeats, cancellations and memory writes take the main writer. Each dependent whose two
+/// dependencies end in different batches is settled exactly once (queued, or cancelled when one
+/// failed), a quorum whose replicas end in different batches is decided once, a task cancelled
+/// while its completion is in flight ends one way with one attempt, nothing waits on another
+/// writer's lock for good (PostgreSQL's deadlock detection is put off for an hour here, so a
+/// deadlock between writers would hold the writes past the deadline), and the ledger's chain is
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attempt_reports_alongside_other_writes_settle_everything_once() {
+    use cflow_core::task::TaskState;
+    use cflow_store::{AssignRequest, CompleteRequest, OutcomeKind, StartRequest, StoreOptions};
+
+    async fn body(store: Store, backend: cflow_store::Backend) {
+        let t = tenant(&store, "reports").await;
+        let mut agents = Vec::new();
+        for _ in 0..8 {
+            agents.push(crate::attempts::agent(&store, &t).await.id);
+        }
+        // 40 pairs of dependencies with a dependent each (the first of every odd pair fails
+        // for good), 24 tasks to cancel while they complete, a quorum of 4 replicas.
+        let mut pairs = Vec::new();
+        for i in 0..40 {
+            let a = NewTask {
+                max_attempts: 1,
+                ..crate::tasks::task("a", &[])
+            };
+            let tasks = vec![
+                a,
+                crate::tasks::task("b", &[]),
+                crate::tasks::task("d", &["a", "b"]),
+            ];
+            let out = store.submit_tasks(&ctx(&t), &t, tasks).await.unwrap();
+            pairs.push((i, out[0].id.clone(), out[1].id.clone(), out[2].id.clone()));
+        }
+        let racing: Vec<String> = store
+            .submit_tasks(
+                &ctx(&t),
+                &t,
+                (0..24)
+                    .map(|i| crate::tasks::task(&format!("x{i}"), &[]))
+                    .collect(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        // Quorums of three replicas that must all agree: each replica's completion counts the
+        // votes of the other two.
+        let quorums: Vec<NewTask> = (0..12)
+            .map(|i| NewTask {
+                replicas: 3,
+                quorum: 3,
+                ..crate::tasks::task(&format!("q{i}"), &[])
+            })
+            .collect();
+        let parents: Vec<String> = store
+            .submit_tasks(&ctx(&t), &t, quorums)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        // By replica index: the first replicas of every parent, then the second ones, ...
+        let mut by_index: Vec<Vec<String>> = vec![Vec::new(); 3];
+        for p in &parents {
+            for (i, r) in store
+                .replicas_of(&t, p)
+                .await
+                .unwrap()
+                .into_iter()
+                .enumerate()
+            {
+                by_index[i].push(r.id);
+            }
+        }
+        let replicas: Vec<String> = by_index.iter().flatten().cloned().collect();
+
+        // Everything assigned and running.
+        let all: Vec<String> = pairs
+            .iter()
+            .flat_map(|(_, a, b, _)| [a.clone(), b.clone()])
+            .chain(racing.iter().cloned())
+            .chain(replicas.iter().cloned())
+            .collect();
+        let assigns = all
+            .iter()
+            .enumerate()
+            .map(|(i, id)| AssignRequest {
+                task_id: id.clone(),
+                agent_id: agents[i % agents.len()].clone(),
+                worker_id: "w".into(),
+                lease_ms: crate::attempts::LEASE,
+                now: now(),
+            })
+            .collect();
+        let mut epochs = std::collections::HashMap::new();
+        for a in store.assign_tasks(&system(), assigns).await.unwrap() {
+            let a = a.unwrap();
+            epochs.insert(a.task_id.clone(), a.epoch);
+        }
+        let starts = all
+            .iter()
+            .map(|id| StartRequest {
+                task_id: id.clone(),
+                epoch: epochs[id],
+                now: now(),
+            })
+            .collect();
+        for s in store.start_attempts(&system(), starts).await.unwrap() {
+            s.unwrap();
+        }
+        let report = |id: &String, kind: OutcomeKind| CompleteRequest {
+            task_id: id.clone(),
+            epoch: epochs[id],
+            outcome: crate::attempts::outcome(kind),
+            now: now(),
+            started_at: None,
+            next: None,
+        };
+
+        let mut calls = Vec::new();
+        // The first and the second of each pair from different callers, in opposite orders,
+        // in batches of 4; the replicas one per batch from two callers.
+        let firsts: Vec<CompleteRequest> = pairs
+            .iter()
+            .map(|(i, a, _, _)| {
+                let kind = if i % 2 == 1 {
+                    OutcomeKind::Failed { retryable: true }
+                } else {
+                    OutcomeKind::Succeeded
+                };
+                report(a, kind)
+            })
+            .collect();
+        let seconds: Vec<CompleteRequest> = pairs
+            .iter()
+            .rev()
+            .map(|(_, _, b, _)| report(b, OutcomeKind::Succeeded))
+            .collect();
+        let racing_reports: Vec<CompleteRequest> = racing
+            .iter()
+            .map(|id| report(id, OutcomeKind::Succeeded))
+            .collect();
+        let mut sets = vec![(firsts, 4), (seconds, 4), (racing_reports, 3)];
+        for ids in &by_index {
+            let reqs = ids
+                .iter()
+                .map(|id| report(id, OutcomeKind::Succeeded))
+                .collect();
+            sets.push((reqs, 2));
+        }
+        for (reqs, per) in sets {
+            let store = store.clone();
+            calls.push(tokio::spawn(async move {
+                let mut settled = Vec::new();
+                for chunk in reqs.chunks(per) {
+                    let out = store
+                        .complete_attempts(&system(), chunk.to_vec())
+                        .await
+                        .unwrap();
+                    for (req, r) in chunk.iter().zip(out) {
+                        settled.push((req.task_id.clone(), r));
+                    }
+                }
+                settled
+            }));
+        }
+        let mut others = Vec::new();
+        // The main writer's ops meanwhile: heartbeats of every attempt, cancellations of the
+        // racing tasks, memory writes.
+        {
+            let store = store.clone();
+            let held: Vec<(String, i64)> = all.iter().map(|id| (id.clone(), epochs[id])).collect();
+            others.push(tokio::spawn(async move {
+                for _ in 0..30 {
+                    store
+                        .extend_leases("w", &held, now() + crate::attempts::LEASE)
+                        .await
+                        .unwrap();
+                }
+                Vec::new()
+            }));
+        }
+        {
+            let (store, t, racing) = (store.clone(), t.clone(), racing.clone());
+            others.push(tokio::spawn(async move {
+                let mut cancelled = Vec::new();
+                for id in racing.iter().rev() {
+                    if store.cancel_task(&ctx(&t), &t, id, now()).await.is_ok() {
+                        cancelled.push(id.clone());
+                    }
+                }
+                cancelled
+            }));
+        }
+        {
+            let (store, t) = (store.clone(), t.clone());
+            others.push(tokio::spawn(async move {
+                for i in 0..30 {
+                    store
+                        .memory_put(&ctx(&t), &t, put("ns", &format!("k{i}"), json!(i)))
+                        .await
+                        .unwrap();
+                }
+                Vec::new()
+            }));
+        }
+        let deadline = std::time::Duration::from_secs(60);
+        let settled = tokio::time::timeout(deadline, async {
+            let mut settled = Vec::new();
+            for call in calls {
+                settled.extend(call.await.unwrap());
+            }
+            let mut cancelled = Vec::new();
+            for call in others {
+                cancelled.extend(call.await.unwrap());
+            }
+            (settled, cancelled)
+        })
+        .await;
+        let Ok((settled, cancelled)) = settled else {
+            panic!(
+                "{backend:?}: the writes did not finish within {deadline:?}: writers waiting on each other's locks?"
+            );
+        };
+
+        // Each dependent settled by exactly one of its dependencies' completions.
+        let mut queued = std::collections::HashMap::<String, usize>::new();
+        let mut dependents_cancelled = std::collections::HashMap::<String, usize>::new();
+        let mut decided = 0;
+        for (id, r) in &settled {
+            match r {
+                Ok(s) => {
+                    for q in &s.queued {
+                        *queued.entry(q.clone()).or_default() += 1;
+                    }
+                    for c in &s.cancelled {
+                        *dependents_cancelled.entry(c.clone()).or_default() += 1;
+                    }
+                    decided += usize::from(s.parent.is_some());
+                }
+                // A racing task cancelled before its completion arrived.
+                Err(e) => assert!(
+                    racing.contains(id) && crate::attempts::stale(e),
+                    "{backend:?}: {id}: {e}"
+                ),
+            }
+        }
+        for (i, _, _, d) in &pairs {
+            let task = crate::attempts::get(&store, &t, d).await;
+            if i % 2 == 1 {
+                assert_eq!(task.state, TaskState::Cancelled, "{backend:?}");
+                assert_eq!(dependents_cancelled.get(d), Some(&1), "{backend:?}: {d}");
+                assert_eq!(queued.get(d), None, "{backend:?}: {d}");
+            } else {
+                assert_eq!(task.state, TaskState::Queued, "{backend:?}");
+                assert_eq!(queued.get(d), Some(&1), "{backend:?}: {d}");
+            }
+        }
+        assert_eq!(
+            decided,
+            parents.len(),
+            "{backend:?}: each quorum decided once"
+        );
+        for p in &parents {
+            let p = crate::attempts::get(&store, &t, p).await;
+            assert_eq!(p.state, TaskState::Succeeded, "{backend:?}");
+        }
+        // A racing task ended one way: cancelled (by the cancel that won) or succeeded.
+        for id in &racing {
+            let task = crate::attempts::get(&store, &t, id).await;
+            let expected = if cancelled.contains(id) {
+                TaskState::Cancelled
+            } else {
+                TaskState::Succeeded
+            };
+            assert_eq!(task.state, expected, "{backend:?}: {id}");
+            let attempts = store.list_attempts(&t, id).await.unwrap();
+            assert_eq!(attempts.len(), 1, "{backend:?}: {attempts:?}");
+            assert_eq!(
+                attempts[0].state.as_str(),
+                if expected == TaskState::Cancelled {
+                    "cancelled"
+                } else {
+                    "succeeded"
+                },
+                "{backend:?}: {id}"
+            );
+        }
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.first_break.is_none(), "{backend:?}: {report:?}");
+        store.close().await;
+    }
+
+    let (store, _dir) = cflow_test_support::db::temp_sqlite().await;
+    body(store, cflow_store::Backend::Sqlite).await;
+    let Some(url) = cflow_test_support::db::fresh_postgres_url().await else {
+        return;
+    };
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let (name,): (String,) = sqlx::query_as("SELECT current_database()::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" SET deadlock_timeout = '1h'"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+    body(store, cflow_store::Backend::Postgres).await;
 }
