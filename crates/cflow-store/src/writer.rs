@@ -491,6 +491,27 @@ pub(crate) struct WriterHandle {
     durability_lost: Arc<AtomicBool>,
     /// Fires when the writer has stopped (or is dropped if its thread died).
     task: Mutex<Option<oneshot::Receiver<()>>>,
+    /// The elements (tasks, attempt reports) of the calls sent and not yet answered: how far
+    /// behind the writer is ([`WriterHandle::load`]).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Takes a call's elements off [`WriterHandle::in_flight`] when it is answered or abandoned.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize, usize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// How many elements an op carries, for [`WriterHandle::load`].
+fn weight(op: &Op) -> usize {
+    match op {
+        Op::SubmitTasks { tasks, .. } => tasks.len(),
+        Op::AttemptBatch(ops) => ops.len(),
+        _ => 1,
+    }
 }
 
 impl WriterHandle {
@@ -556,6 +577,7 @@ impl WriterHandle {
             closed: AtomicBool::new(false),
             durability_lost,
             task: Mutex::new(Some(done_rx)),
+            in_flight: Default::default(),
         })
     }
 
@@ -564,6 +586,9 @@ impl WriterHandle {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        let n = weight(&op);
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight, n);
         let (reply, answer) = oneshot::channel();
         let req = Request {
             ctx: ctx.clone(),
@@ -590,6 +615,11 @@ impl WriterHandle {
             reply: None,
         };
         let _ = self.tx.try_send(Msg::Req(req));
+    }
+
+    /// The elements of the calls sent to this writer and not yet answered.
+    pub fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn is_closed(&self) -> bool {

@@ -708,6 +708,11 @@ async fn attempt_reports_alongside_other_writes_settle_everything_once() {
         .unwrap();
         conn.close().await.unwrap();
     }
-    let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+    // The attempt writers take batches in turn, so that they run alongside each other.
+    let opts = StoreOptions {
+        attempt_spill_after: 0,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&url, opts).await.unwrap();
     body(store, cflow_store::Backend::Postgres).await;
 }
