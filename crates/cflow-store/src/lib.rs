@@ -246,8 +246,8 @@ pub struct StoreOptions {
     /// goes through the one writer.
     pub submission_writer: bool,
     /// PostgreSQL: writers, each with a connection of its own, for batches of assignments,
-    /// starts and completions, which run alongside each other (see `writer::Role::Attempts`).
-    /// 0: they go through the main writer.
+    /// starts and completions and for submissions with offers, which run alongside each other
+    /// (see `writer::Role::Attempts`). 0: they go through the main writer.
     pub attempt_writers: usize,
     /// How many elements (tasks, reports) the first attempt writer may have in flight before the
     /// next batch goes to a less busy one ([`SPILL_AFTER`]; 0: each batch to the next writer in
@@ -286,7 +286,7 @@ struct Inner {
     /// ([`StoreOptions::submission_writer`]).
     submitter: Option<WriterHandle>,
     /// PostgreSQL: write the batches that [`attempts_alone`] accepts
-    /// ([`StoreOptions::attempt_writers`]), taken in turn.
+    /// ([`StoreOptions::attempt_writers`]), each to the one [`Store::attempter`] picks.
     attempters: Vec<WriterHandle>,
     /// [`StoreOptions::attempt_spill_after`].
     spill_after: usize,
@@ -408,11 +408,11 @@ impl Store {
     }
 
     /// The attempt writer for the next batch: the first one unless it is behind by more than
-    /// [`StoreOptions::attempt_spill_after`] elements, else the least behind. Under a light load one writer takes
-    /// everything, as one would alone: its batches gather what arrives together, where two
-    /// writers taking turns would each commit (and flush) one op at a time (at 1,000 tasks/s
-    /// submit→start p99 was 2.4 and 3.5 ms with one attempt writer, 4.9 with two in turn);
-    /// under a heavy one they all work.
+    /// [`StoreOptions::attempt_spill_after`] elements, else the least behind. Under a light load
+    /// one writer takes everything, as one would alone: its batches gather what arrives
+    /// together, where two writers taking turns would each commit (and flush) one op at a time
+    /// (at 1,000 tasks/s submit→start p99 was 2.4 and 3.5 ms with one attempt writer, 4.9 with
+    /// two in turn); under a heavy one they all work.
     fn attempter(&self) -> &WriterHandle {
         let all = &self.inner.attempters;
         if self.inner.spill_after == 0 {
