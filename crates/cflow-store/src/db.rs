@@ -579,6 +579,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "tasks by tenant",
                 include_str!("../migrations/postgres/0016_tasks_by_tenant.sql"),
             ),
+            (
+                17,
+                "hot path checks",
+                include_str!("../migrations/postgres/0017_hot_path_checks.sql"),
+            ),
         ],
     };
     Migrator::with_migrations(

@@ -641,3 +641,49 @@ fn succeeded(task_id: String, epoch: i64) -> CompleteRequest {
         next: None,
     }
 }
+
+/// PostgreSQL (migration 0017): expired leases are found through the partial index of live
+/// attempts, with sequential scans off for that query as `Store::expired_leases` sets them, on
+/// a young database whose statistics would otherwise favour scanning the table; the hot path's
+/// references are checked by its statements, not by foreign keys.
+#[tokio::test]
+async fn postgres_finds_expired_leases_through_the_live_attempts_index() {
+    crate::each_backend_url(|_store, backend, url| async move {
+        if backend != cflow_store::Backend::Postgres {
+            return;
+        }
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT task_id, tenant_id, epoch, agent_id, worker_id, lease_expires_at \
+             FROM attempts WHERE state IN ('assigned', 'running') AND lease_expires_at < 5 \
+             ORDER BY lease_expires_at, task_id LIMIT 1000",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("attempts_live_by_worker"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        tx.rollback().await.unwrap();
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE contype = 'f' \
+             AND conrelid IN ('tasks'::regclass, 'attempts'::regclass) ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            !keys.iter().any(|k| k == "tasks_tenant_id_fkey"
+                || k == "tasks_swarm_id_fkey"
+                || k == "attempts_task_id_fkey"),
+            "{keys:?}"
+        );
+    })
+    .await;
+}
