@@ -584,6 +584,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "hot path checks",
                 include_str!("../migrations/postgres/0017_hot_path_checks.sql"),
             ),
+            (
+                18,
+                "expect message",
+                include_str!("../migrations/postgres/0018_expect_message.sql"),
+            ),
         ],
     };
     Migrator::with_migrations(

@@ -947,6 +947,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("matched 1 rows of 2"), "{err}");
+        // Migration 0018's wording: a duplicate report at two attempt writers is one cause.
+        assert!(err.to_string().contains("another writer changed"), "{err}");
         discard(&mut c);
         raw(&mut c, "ROLLBACK").await.unwrap();
         assert_eq!(count(&mut c).await, 2, "nothing after the failed check ran");
