@@ -574,14 +574,19 @@ fn refused_agent_states() -> String {
 fn agent_tenant_if_open(agent: &str) -> String {
     format!(
         "(SELECT a.tenant_id FROM agents a JOIN swarms s ON s.id = a.swarm_id \
-         WHERE a.id = {agent} AND s.state = '{}' AND a.state NOT IN ({})) ",
+         WHERE a.id = {agent} AND s.state = '{}' AND a.state NOT IN ({}))",
         crate::orch_types::SwarmState::Active.as_str(),
         refused_agent_states()
     )
 }
 
-/// The successful step of an assignment that the database made: its attempt and audit entry.
-fn assigned_step(r: &AssignReq<'_>, tenant: &str, epoch: i64, attempt_no: i64) -> (Attempt, Step) {
+/// An assignment that the database made: its attempt and audit entry.
+fn made_assignment(
+    r: &AssignReq<'_>,
+    tenant: &str,
+    epoch: i64,
+    attempt_no: i64,
+) -> (Attempt, Draft) {
     let a = assigned_attempt(
         r.task_id,
         r.agent_id,
@@ -598,7 +603,7 @@ fn assigned_step(r: &AssignReq<'_>, tenant: &str, epoch: i64, attempt_no: i64) -
         serde_json::Value::Null,
     );
     let draft = assigned_draft(draft, &a);
-    (a.clone(), Step::done(Output::Assigned(a), draft))
+    (a, draft)
 }
 
 /// [`assign`] on SQLite: each task by one guarded `UPDATE … RETURNING` that makes the same
@@ -633,9 +638,9 @@ async fn assign_lite(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<Vec<St
             continue;
         };
         let tenant: String = row.try_get(0)?;
-        let (a, step) = assigned_step(r, &tenant, row.try_get(1)?, row.try_get(2)?);
-        created.push((tenant, a));
-        steps.push(Some(step));
+        let (a, draft) = made_assignment(r, &tenant, row.try_get(1)?, row.try_get(2)?);
+        created.push((tenant, a.clone()));
+        steps.push(Some(Step::done(Output::Assigned(a), draft)));
     }
     let rows: Vec<(&str, &Attempt)> = created.iter().map(|(t, a)| (t.as_str(), a)).collect();
     insert_attempts(cx, &rows).await?;
@@ -743,7 +748,8 @@ async fn assign_pg(cx: &mut OpCx<'_>, reqs: &[AssignReq<'_>]) -> Result<Vec<Step
             rest.push((i, r.clone()));
             continue;
         };
-        steps.push(Some(assigned_step(r, &tenant, epoch, attempt_no).1));
+        let (a, draft) = made_assignment(r, &tenant, epoch, attempt_no);
+        steps.push(Some(Step::done(Output::Assigned(a), draft)));
     }
     if !assigned.is_empty() {
         return Err(Error::Corrupt {
